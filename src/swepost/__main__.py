@@ -1,0 +1,3 @@
+from swepost.cli import main
+
+main()

@@ -1,0 +1,370 @@
+"""The artifact store: versioned, content-hashed, atomically written datasets and checkpoints.
+
+Layout under the store root ($SWEPOST_HOME):
+    artifacts/<name>/<version>/manifest.json + data files   what `ls` sees
+    staging/<name>.<pid>.<random>/                         writes in progress (invisible; `gc` clears the dead)
+    cache/<key>.json                                       recipe cache key -> artifact id
+A write happens in staging/ and becomes visible with one rename, so a crash never leaves half an artifact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from swepost import __version__
+from swepost.errors import BadInput
+
+FORMAT = 1
+KINDS = ("tasks", "trajectories", "sft-data", "checkpoint", "eval")
+MANIFEST = "manifest.json"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+KEY_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "vllm")
+# Fields of the manifest that do not enter the version hash: the version itself and when it was written.
+_UNHASHED = ("id", "version", "created")
+
+
+def default_home() -> Path:
+    """$SWEPOST_HOME, else $XDG_DATA_HOME/swepost, else ~/.local/share/swepost."""
+    if os.environ.get("SWEPOST_HOME"):
+        return Path(os.environ["SWEPOST_HOME"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "swepost"
+
+
+def producer_record(stage: str, config: dict, *, seed: int | None = None, **extra: Any) -> dict:
+    """What made an artifact: the stage, its resolved config, the code and the libraries."""
+    libs = {}
+    for lib in KEY_LIBRARIES:
+        try:
+            libs[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"stage": stage, "config": config, "seed": seed, "swepost_version": __version__,
+            "git_commit": _code_commit(), "libraries": libs, **extra}
+
+
+def _code_commit() -> str | None:
+    """The git commit of the swepost code itself (with '+dirty' for uncommitted edits), if it is a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def version_of(manifest: dict) -> str:
+    """The short content hash: every manifest field (file hashes included) but id, version and created."""
+    body = {k: v for k, v in manifest.items() if k not in _UNHASHED}
+    return hashlib.sha256(canonical_json(body)).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    manifest: dict
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def parents(self) -> list[str]:
+        return list(self.manifest.get("parents", []))
+
+    @property
+    def created(self) -> str:
+        return self.manifest.get("created", "")
+
+    @property
+    def stats(self) -> dict:
+        return self.manifest.get("stats", {})
+
+    @classmethod
+    def load(cls, path: Path) -> Artifact:
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+            manifest["id"], manifest["kind"]  # noqa: B018 - the minimum every manifest has
+        except (OSError, ValueError, KeyError) as e:
+            raise BadInput(f"not a readable swepost artifact ({e})", file=str(path)) from None
+        return cls(path, manifest)
+
+
+class ArtifactWriter:
+    """Context manager for one artifact write: fill `.path`, then leave the block to publish it.
+
+    On an exception the staging folder is removed; on a kill it stays invisible in staging/ until `gc`.
+    """
+
+    def __init__(self, store: ArtifactStore, name: str, kind: str, parents: list[str], producer: dict):
+        if not NAME_RE.match(name):
+            raise BadInput(f"artifact name {name!r}: use letters, digits, '.', '_' and '-' (no '@' or '/')")
+        if kind not in KINDS:
+            raise BadInput(f"artifact kind {kind!r}: expected one of {', '.join(KINDS)}")
+        self.store, self.name, self.kind, self.producer = store, name, kind, producer
+        self.parents = sorted({store.resolve(p).id for p in parents})
+        self.stats: dict[str, Any] = {}
+        self.path = store.root / "staging" / f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self.artifact: Artifact | None = None
+
+    def __enter__(self) -> ArtifactWriter:
+        self.path.mkdir(parents=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return False
+        try:
+            self.artifact = self._publish()
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        return False
+
+    def _publish(self) -> Artifact:
+        files = {}
+        for f in sorted(self.path.rglob("*")):
+            rel = f.relative_to(self.path).as_posix()
+            if f.is_symlink() or not (f.is_file() or f.is_dir()):
+                raise BadInput(f"artifact {self.name}: {rel} is not a regular file")
+            if f.is_file():
+                if rel == MANIFEST:
+                    raise BadInput(f"artifact {self.name}: {MANIFEST} is reserved")
+                files[rel] = {"sha256": sha256_file(f), "size": f.stat().st_size}
+                _fsync(f)
+        manifest = {"format": FORMAT, "name": self.name, "kind": self.kind, "parents": self.parents,
+                    "producer": self.producer, "stats": self.stats, "files": files}
+        version = version_of(manifest)
+        manifest = {"id": f"{self.name}@{version}", "version": version,
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **manifest}
+        (self.path / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        _fsync(self.path / MANIFEST)
+        _fsync(self.path)
+        final = self.store.root / "artifacts" / self.name / version
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(self.path, final)  # the one atomic step that makes the artifact visible
+        except OSError:
+            if not (final / MANIFEST).exists():
+                raise
+            shutil.rmtree(self.path, ignore_errors=True)  # same content already stored: keep the first
+        _fsync(final.parent)
+        return Artifact.load(final)
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root else default_home()
+
+    # --- writing ---------------------------------------------------------------------------------------
+    def write(self, name: str, kind: str, *, producer: dict, parents: list[str] | tuple = ()) -> ArtifactWriter:
+        return ArtifactWriter(self, name, kind, list(parents), producer)
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def all(self) -> list[Artifact]:
+        out = []
+        for manifest in (self.root / "artifacts").glob(f"*/*/{MANIFEST}"):
+            try:
+                out.append(Artifact.load(manifest.parent))
+            except BadInput:
+                continue  # a damaged manifest shows up in `verify`, not here
+        return sorted(out, key=lambda a: (a.created, a.id))
+
+    def resolve(self, ref: str | Path) -> Artifact:
+        """`name` (latest), `name@version`, `name@prefix`, a unique version prefix, or a folder path."""
+        ref = str(ref).strip()
+        if not ref:
+            raise BadInput("empty artifact reference")
+        if "/" in ref or ref.startswith((".", "~")) or os.sep in ref:
+            path = Path(ref).expanduser()
+            if (path / MANIFEST).is_file():
+                return Artifact.load(path)
+            raise BadInput(f"artifact reference {ref!r}: no {MANIFEST} in that folder")
+        name, _, version = ref.partition("@")
+        if version or "@" in ref:
+            found = [a for a in self._versions(name) if a.version.startswith(version)]
+            if len(found) == 1:
+                return found[0]
+            known = ", ".join(a.id for a in self._versions(name)) or "none"
+            if not found:
+                raise BadInput(f"no artifact {ref!r} (versions of {name!r}: {known})")
+            raise BadInput(f"artifact reference {ref!r} is ambiguous: {', '.join(a.id for a in found)}")
+        versions = self._versions(name)
+        if versions:
+            return versions[-1]
+        found = [a for a in self.all() if a.version.startswith(ref)] if len(ref) >= 4 else []
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise BadInput(f"version prefix {ref!r} is ambiguous: {', '.join(a.id for a in found)}")
+        raise BadInput(f"no artifact named {ref!r} in {self.root} (see `swepost artifacts ls`)")
+
+    def _versions(self, name: str) -> list[Artifact]:
+        if not NAME_RE.match(name):
+            return []
+        folder = self.root / "artifacts" / name
+        out = [Artifact.load(p) for p in folder.iterdir() if (p / MANIFEST).is_file()] if folder.is_dir() else []
+        return sorted(out, key=lambda a: (a.created, a.id))
+
+    def find(self, artifact_id: str) -> Artifact | None:
+        name, _, version = artifact_id.partition("@")
+        path = self.root / "artifacts" / name / version
+        return Artifact.load(path) if version and (path / MANIFEST).is_file() else None
+
+    # --- checking --------------------------------------------------------------------------------------
+    def verify(self, art: Artifact) -> list[tuple[str, str]]:
+        """(problem, file) pairs: 'edited', 'missing' or 'extra' file; an empty list means intact."""
+        problems = []
+        listed = art.manifest.get("files", {})
+        present = {f.relative_to(art.path).as_posix() for f in art.path.rglob("*")
+                   if f.is_file() or f.is_symlink()}
+        present.discard(MANIFEST)
+        for rel in sorted(listed):
+            if rel not in present:
+                problems.append(("missing", rel))
+            elif (art.path / rel).is_symlink() or sha256_file(art.path / rel) != listed[rel].get("sha256"):
+                problems.append(("edited", rel))
+        problems.extend(("extra", rel) for rel in sorted(present - set(listed)))
+        if version_of(art.manifest) != art.version or art.id != f"{art.name}@{art.version}":
+            problems.append(("edited", MANIFEST))
+        return problems
+
+    def children(self, art: Artifact) -> list[Artifact]:
+        return [a for a in self.all() if art.id in a.parents]
+
+    def lineage(self, art: Artifact, _seen: frozenset = frozenset()) -> dict:
+        """{'artifact': Artifact, 'parents': [...]} down to the roots; a missing parent is {'missing': id}."""
+        parents = []
+        for pid in art.parents:
+            parent = self.find(pid)
+            if parent is None:
+                parents.append({"missing": pid})
+            elif pid in _seen:
+                parents.append({"cycle": pid})
+            else:
+                parents.append(self.lineage(parent, _seen | {art.id}))
+        return {"artifact": art, "parents": parents}
+
+    # --- removing --------------------------------------------------------------------------------------
+    def remove(self, art: Artifact, *, force: bool = False) -> None:
+        users = self.children(art)
+        if users and not force:
+            raise BadInput(f"{art.id} is a parent of {', '.join(a.id for a in users)}; "
+                           "remove those first or pass --force")
+        trash = self.root / "staging" / f"rm-{art.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(art.path, trash)  # disappears at once; the bytes go after
+        shutil.rmtree(trash, ignore_errors=True)
+        try:
+            art.path.parent.rmdir()
+        except OSError:
+            pass
+
+    def gc(self, *, everything: bool = False) -> dict[str, list[str]]:
+        """Remove writes whose process is gone (or all, with everything=True) and dangling cache entries."""
+        removed: dict[str, list[str]] = {"staging": [], "cache": []}
+        for entry in sorted((self.root / "staging").glob("*")):
+            pid = _staging_pid(entry.name)
+            if everything or pid is None or not _alive(pid):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed["staging"].append(entry.name)
+        for entry in sorted((self.root / "cache").glob("*.json")):
+            try:
+                target = json.loads(entry.read_text())["id"]
+            except (OSError, ValueError, KeyError):
+                target = None
+            if target is None or self.find(target) is None:
+                entry.unlink(missing_ok=True)
+                removed["cache"].append(entry.stem)
+        return removed
+
+    # --- recipe cache ----------------------------------------------------------------------------------
+    def cached(self, key: str) -> Artifact | None:
+        try:
+            target = json.loads((self.root / "cache" / f"{key}.json").read_text())["id"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return self.find(target)
+
+    def remember(self, key: str, art: Artifact) -> None:
+        folder = self.root / "cache"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"id": art.id}) + "\n")
+        os.replace(tmp, folder / f"{key}.json")
+
+
+def _staging_pid(name: str) -> int | None:
+    parts = name.split(".")
+    try:
+        return int(parts[-2])
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def walk_lineage(tree: dict, depth: int = 0) -> Iterator[tuple[int, dict]]:
+    yield depth, tree
+    for parent in tree.get("parents", []):
+        yield from walk_lineage(parent, depth + 1)

@@ -1,0 +1,70 @@
+"""The `swepost` command line: thin typer commands that build a config and call a stage.
+
+Importing this package must stay cheap (no torch, trl, docker or datasets): `swepost --help` is run often.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from swepost import __version__
+from swepost.cli import artifacts, model, pending, recipes, tasks
+from swepost.errors import BadInput, WorkFailed
+
+
+def _home_help() -> str:
+    from swepost.artifacts import default_home
+
+    return (f"Artifacts live in $SWEPOST_HOME (default: $XDG_DATA_HOME/swepost or ~/.local/share/swepost; "
+            f"here: {default_home()}).")
+
+
+app = typer.Typer(
+    name="swepost",
+    help="Post-train open-weight language models into software-engineering agents.\n\n"
+    "Each stage reads and writes versioned artifacts; `swepost run RECIPE.yaml` chains them. " + _home_help(),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"swepost {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False):
+    pass
+
+
+app.add_typer(tasks.app, name="tasks", help="Import, check and list task sets (SWE-bench format).")
+for _name in ("collect", "filter", "sft", "rft", "rl", "eval"):
+    pending.register(app, _name)
+app.command("run", help="Run a recipe: its stages in order, reusing every stage already done.")(recipes.run_cmd)
+app.add_typer(recipes.app, name="recipes", help="Check recipe files without running them.")
+app.add_typer(artifacts.app, name="artifacts", help="List, inspect, verify and remove stored artifacts.")
+for _name in ("grade", "sandbox"):
+    pending.register(app, _name)
+app.add_typer(model.app, name="model", help="Build the embedded tiny model used by tests and the demo.")
+
+
+def main() -> None:
+    try:
+        app()
+    except BadInput as e:
+        print(f"error: {e.render()}", file=sys.stderr)
+        sys.exit(2)
+    except WorkFailed as e:
+        print(f"failed: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,32 @@
+"""Commands that later issues build: listed in --help with their purpose, exit 1 until then."""
+
+from __future__ import annotations
+
+import typer
+
+from swepost.cli.common import not_built
+
+# name -> (one-line purpose, the issue that builds it)
+PENDING = {name: (purpose, issue) for name, purpose, issue in [
+    ("collect", "Run a policy on tasks in sandboxes and save trajectories (crash-safe, resumable).", 5),
+    ("filter", "Keep the trajectories that pass a reward or rule (rejection sampling).", 6),
+    ("sft", "Supervised fine-tuning on trajectories (TRL SFTTrainer, tool-aware, assistant-only loss).", 6),
+    ("rft", "Rejection fine-tuning: collect, filter to successes, then SFT, in one stage.", 6),
+    ("rl", "Reinforcement learning (GRPO/DAPO) from test rewards (RLVR) or a judge (RLAIF).", 7),
+    ("eval", "Evaluate a model or checkpoint on a task set and write an eval artifact.", 5),
+    ("grade", "Grade a patch or predictions file against a task's hidden tests in a fresh sandbox.", 4),
+    ("sandbox", "Run commands in a hardened sandbox (docker, bubblewrap, local); build base images; gc.", 3),
+]}
+
+
+def _stub(name: str, issue: int):
+    def command(ctx: typer.Context) -> None:
+        not_built(name, issue)
+
+    return command
+
+
+def register(app: typer.Typer, name: str) -> None:
+    purpose, issue = PENDING[name]
+    app.command(name, help=purpose, short_help=purpose, add_help_option=True,
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_stub(name, issue))

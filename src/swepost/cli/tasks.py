@@ -1,0 +1,76 @@
+"""`swepost tasks ...`: import task files into the store, list them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from swepost.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    PrintConfigOpt,
+    SetOpt,
+    console,
+    not_built,
+    print_config,
+    resolve_config,
+    run_stage,
+    store,
+)
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("import")
+def import_cmd(
+    source: Annotated[Path | None, typer.Argument(help="SWE-bench-format JSONL file or JSON list.",
+                                                     show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Output artifact name [default: tasks].",
+                                                show_default=False)] = None,
+    format: Annotated[str | None, typer.Option(help="auto | jsonl | json", show_default=False)] = None,
+    kind: Annotated[str | None, typer.Option(help="Kind of rows that do not say: swe | codeqa | search.",
+                                                show_default=False)] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    print_config_: PrintConfigOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Import a task file (FAIL_TO_PASS / PASS_TO_PASS as lists or JSON strings) as a `tasks` artifact."""
+    from swepost.stages.tasks import TasksImportConfig
+
+    cfg = resolve_config(TasksImportConfig, config, set_,
+                         {"source": source, "name": name, "format": format, "kind": kind})
+    if print_config_:
+        return print_config(cfg)
+    run_stage("tasks-import", cfg, as_json)
+
+
+@app.command("ls")
+def ls_cmd(
+    ref: Annotated[str, typer.Argument(help="Tasks artifact: name, name@version, version prefix or path.")],
+    limit: Annotated[int, typer.Option(help="Show at most this many rows (0: all).")] = 50,
+):
+    """Show the tasks of a tasks artifact as a table."""
+    from rich.table import Table
+
+    from swepost.stages.tasks import load_tasks
+
+    art = store().resolve(ref)
+    tasks = load_tasks(art)
+    table = Table(title=f"{art.id}: {len(tasks)} tasks")
+    for col in ("instance_id", "kind", "repo", "base_commit", "F2P", "P2P", "image"):
+        table.add_column(col, overflow="fold")
+    for t in tasks[: limit or None]:
+        table.add_row(t.instance_id, t.kind, t.repo or "", (t.base_commit or "")[:10],
+                      str(len(t.verify.fail_to_pass)), str(len(t.verify.pass_to_pass)), t.env.image or "")
+    console.print(table)
+    if limit and len(tasks) > limit:
+        console.print(f"… {len(tasks) - limit} more (--limit 0 shows all)")
+
+
+@app.command("validate")
+def validate_cmd(ctx: typer.Context):
+    """Check that each task's tests fail before and pass after its patch, in a sandbox."""
+    not_built("tasks validate", 4)

@@ -1,0 +1,46 @@
+"""The one place stages register, by the short name recipes use.
+
+A stage is a config model (a StageConfig subclass, light to import) and a run function
+`run(config, store) -> Artifact`, both named by import path so nothing heavy loads until a stage runs.
+Later stages add one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from swepost.errors import BadInput
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    summary: str
+    config: str  # "module:ConfigClass"
+    run: str  # "module:function"
+
+    def config_model(self):
+        return _load(self.config)
+
+    def runner(self):
+        return _load(self.run)
+
+
+def _load(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+STAGES: dict[str, StageSpec] = {s.name: s for s in [
+    StageSpec("tiny-model", "build the embedded tiny Qwen2 model (checkpoint)",
+              "swepost.stages.tiny_model:TinyModelConfig", "swepost.stages.tiny_model:run"),
+    StageSpec("tasks-import", "import SWE-bench-format tasks (tasks)",
+              "swepost.stages.tasks:TasksImportConfig", "swepost.stages.tasks:run_import"),
+]}
+
+
+def get_stage(name: str) -> StageSpec:
+    if name not in STAGES:
+        raise BadInput(f"unknown stage {name!r} (known: {', '.join(STAGES)})")
+    return STAGES[name]
