@@ -178,7 +178,7 @@ class ArtifactWriter:
                     "producer": self.producer, "stats": self.stats, "files": files}
         version = version_of(manifest)
         manifest = {"id": f"{self.name}@{version}", "version": version,
-                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **manifest}
+                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"), **manifest}
         (self.path / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         _fsync(self.path / MANIFEST)
         _fsync(self.path)

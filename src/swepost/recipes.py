@@ -226,12 +226,9 @@ def _stage_refs(config: dict, recipe: Recipe) -> list[str]:
 def _set_path(data: dict, parts: list, value: Any) -> None:
     node: Any = data
     for p in parts[:-1]:
-        if isinstance(p, int):
-            node = node[p]
-        else:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
+        if not isinstance(p, int) and not isinstance(node.get(p), (dict, list)):
+            node[p] = {}
+        node = node[p]
     node[parts[-1]] = value
 
 

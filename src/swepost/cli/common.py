@@ -12,8 +12,9 @@ from rich.console import Console
 
 from swepost.errors import WorkFailed
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: messages name files and keys that tests and users grep; never break them across lines
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of config values "
                                                    "(overrides the defaults).", show_default=False)]

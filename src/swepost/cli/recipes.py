@@ -67,6 +67,8 @@ def _step_json(step) -> dict:
 @app.command("validate")
 def validate_cmd(files: Annotated[list[Path], typer.Argument(help="Recipe files, e.g. recipes/*.yaml.")]):
     """Check recipes without running them: keys, stage names, references, every stage's config."""
+    from rich.markup import escape
+
     from swepost import recipes
     from swepost.errors import BadInput
 
@@ -76,7 +78,7 @@ def validate_cmd(files: Annotated[list[Path], typer.Argument(help="Recipe files,
             loaded = recipes.load_recipe(f)
         except BadInput as e:
             bad += 1
-            err_console.print(f"[red]✗[/] {e.render()}")
+            err_console.print(f"[red]✗[/] {escape(e.render())}")
             continue
         console.print(f"[green]✓[/] {f}: {loaded.recipe.name}, {len(loaded.recipe.stages)} stage(s)")
     if bad:

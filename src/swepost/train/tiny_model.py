@@ -90,6 +90,7 @@ def build_tiny_model(
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,11 +132,13 @@ def build_tiny_model(
         pad_token_id=pad_id,
         bos_token_id=None,
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(
         eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=None, do_sample=False
     )
+    hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is noise in a CLI
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
 

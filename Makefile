@@ -1,0 +1,35 @@
+# swepost: `make demo` installs everything and runs the quickstart recipe; `make test` runs what CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; on a GPU machine install your own torch first and run `make install TORCH=`.
+TORCH ?= torch==2.13.0
+export HF_HUB_OFFLINE ?= 1
+export TRL_EXPERIMENTAL_SILENCE ?= 1
+
+.PHONY: install test demo bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH),$(PY) -m pip install -q "$(TORCH)")
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/swepost run recipes/quickstart.yaml
+	$(VENV)/bin/swepost artifacts lineage quickstart-tasks
+	$(VENV)/bin/swepost tasks ls quickstart-tasks
+
+bench: install
+	$(PY) bench/cli.py --out bench/results/cli.json
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache bench/results

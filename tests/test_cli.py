@@ -1,0 +1,49 @@
+"""The CLI shell: every command listed with its purpose, --help kept light, pending commands honest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from swepost import __version__
+
+COMMANDS = ["tasks", "collect", "filter", "sft", "rft", "rl", "eval", "run", "artifacts", "grade", "sandbox"]
+
+
+def test_version(swepost):
+    r = swepost("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"swepost {__version__}"
+
+
+def test_help_lists_every_command_with_a_purpose(swepost, home):
+    r = swepost("--help")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    for name in COMMANDS:
+        row = next((ln for ln in lines if ln.strip("│ ").startswith(name + " ")), None)
+        assert row is not None, f"{name} missing from --help"
+        assert len(row.strip("│ ").split(None, 1)) == 2, f"{name} has no one-line purpose"
+    assert "SWEPOST_HOME" in r.stdout  # where artifacts go is visible in --help
+
+
+def test_help_imports_no_heavy_library():
+    code = ("import sys\nfrom swepost.cli import app\n"
+            "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+            "import json\nprint(json.dumps(sorted(m for m in ('torch','trl','docker','datasets','transformers')"
+            " if m in sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+
+
+def test_pending_commands_say_so_and_exit_1(swepost):
+    for name in ["collect", "filter", "sft", "rft", "rl", "eval", "grade", "sandbox"]:
+        r = swepost(name, "--anything", "x")
+        assert r.returncode == 1 and "not built yet" in r.stderr, name
+        assert swepost(name, "--help").returncode == 0
+
+
+def test_bad_reference_exits_2(swepost):
+    r = swepost("artifacts", "show", "nothing-here")
+    assert r.returncode == 2 and "no artifact named 'nothing-here'" in r.stderr and "Traceback" not in r.stderr

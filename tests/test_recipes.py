@@ -1,0 +1,139 @@
+"""The recipe runner: plan, cache keys, reuse, --set, --from, and errors that name the recipe's line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from swepost import recipes
+from swepost.errors import BadInput
+
+
+@pytest.fixture
+def recipe_dir(tmp_path, repo_root):
+    """A copy of the quickstart recipe and its data, made small and quick (a 1-layer tiny model)."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "data").mkdir()
+    shutil.copy(repo_root / "data" / "swe_tiny.jsonl", tmp_path / "data" / "swe_tiny.jsonl")
+    (tmp_path / "recipes" / "r.yaml").write_text(
+        "name: demo\n"
+        "model: ${stages.model}\n"
+        "seed: 1\n"
+        "stages:\n"
+        "  - name: model\n"
+        "    stage: tiny-model\n"
+        "    config:\n"
+        "      num_hidden_layers: 1\n"
+        "  - name: tasks\n"
+        "    stage: tasks-import\n"
+        "    config:\n"
+        "      source: ../data/swe_tiny.jsonl\n")
+    return tmp_path
+
+
+def test_second_run_reuses_every_stage(recipe_dir, swepost):
+    recipe = recipe_dir / "recipes" / "r.yaml"
+    r = swepost("run", str(recipe), "--dry-run", "--json")
+    assert [s["action"] for s in json.loads(r.stdout)] == ["run", "run"]
+    first = swepost("run", str(recipe), "--json")
+    assert first.returncode == 0, first.stderr
+    steps = json.loads(first.stdout)["steps"]
+    assert [s["action"] for s in steps] == ["run", "run"]
+    assert steps[0]["artifact"].startswith("demo-model@") and steps[1]["artifact"].startswith("demo-tasks@")
+    second = swepost("run", str(recipe))
+    assert second.returncode == 0
+    assert "reused " + steps[0]["artifact"] in second.stdout and "reused " + steps[1]["artifact"] in second.stdout
+    assert "nothing ran" in second.stdout
+    plan = json.loads(swepost("run", str(recipe), "--dry-run", "--json").stdout)
+    assert [(s["action"], s["artifact"]) for s in plan] == [("reuse", steps[0]["artifact"]),
+                                                            ("reuse", steps[1]["artifact"])]
+    # the recipe's seed reached the stage that has a seed field
+    show = json.loads(swepost("artifacts", "show", steps[0]["artifact"]).stdout)
+    assert show["producer"]["config"]["seed"] == 1 and show["producer"]["config"]["num_hidden_layers"] == 1
+
+
+def test_cache_key_follows_config_and_file_content_not_path(recipe_dir, store):
+    path = recipe_dir / "recipes" / "r.yaml"
+    base = {s.name: s.key for s in recipes.plan(recipes.load_recipe(path), store)}
+    changed = {s.name: s.key for s in recipes.plan(recipes.load_recipe(path, ["seed=2"]), store)}
+    assert changed["model"] != base["model"] and changed["tasks"] == base["tasks"]
+    # the same bytes at another path: same key; edited bytes: new key
+    moved = recipe_dir / "elsewhere.jsonl"
+    shutil.copy(recipe_dir / "data" / "swe_tiny.jsonl", moved)
+    same = {s.name: s.key for s in recipes.plan(recipes.load_recipe(path, [f"stages.tasks.source={moved}"]), store)}
+    assert same["tasks"] == base["tasks"]
+    moved.write_text(moved.read_text().replace("subtracts", "SUBTRACTS"))
+    edited = {s.name: s.key for s in recipes.plan(recipes.load_recipe(path, [f"stages.tasks.source={moved}"]), store)}
+    assert edited["tasks"] != base["tasks"]
+
+
+def test_from_reruns_that_stage_and_later(recipe_dir, store):
+    loaded = recipes.load_recipe(recipe_dir / "recipes" / "r.yaml")
+    recipes.run(loaded, store)
+    events = []
+    steps = recipes.run(loaded, store, from_stage="tasks", on_step=lambda s, e: events.append((s.name, e)))
+    assert [s.action for s in steps] == ["reuse", "run"]
+    assert ("tasks", "start") in events and ("model", "start") not in events
+    with pytest.raises(BadInput, match="--from nope: no such stage"):
+        recipes.plan(loaded, store, from_stage="nope")
+
+
+def test_set_on_a_stage_by_name(recipe_dir, store):
+    loaded = recipes.load_recipe(recipe_dir / "recipes" / "r.yaml", ["stages.tasks.name=renamed", "seed=4"])
+    steps = recipes.run(loaded, store)
+    assert steps[1].artifact.name == "renamed"
+    assert steps[0].artifact.manifest["producer"]["seed"] == 4
+    with pytest.raises(BadInput, match="no stage named 'nope'"):
+        recipes.load_recipe(recipe_dir / "recipes" / "r.yaml", ["stages.nope.x=1"])
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (("      num_hidden_layers: 1\n", "      num_hidden_layers: 1\n      hiden: 3\n"),
+     r"r.yaml:9: stages\[0\].config.hiden: unknown key \(expected one of: .*num_hidden_layers"),
+    (("seed: 1\n", "seed: 1\nmodle: x\n"), r"r.yaml:4: modle: unknown key"),
+    (("stage: tasks-import", "stage: tasks-imprt"), r"r.yaml:10: stages\[1\].stage: unknown stage 'tasks-imprt'"),
+    (("      num_hidden_layers: 1\n", "      num_hidden_layers: zero\n"),
+     r"r.yaml:8: stages\[0\].config.num_hidden_layers: Input should be a valid integer"),
+    (("      source: ../data/swe_tiny.jsonl\n", "      source: ${stages.later}\n"),
+     r"r.yaml:12: stages\[1\].config.source: \$\{stages.later\} names no stage"),
+    (("  - name: tasks\n", "  - name: model\n"), r"r.yaml:9: stages\[1\].name: duplicate stage name 'model'"),
+])
+def test_bad_recipes_exit_2_naming_file_line_and_key(recipe_dir, swepost, edit, expected):
+    path = recipe_dir / "recipes" / "r.yaml"
+    text = path.read_text()
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1], 1))
+    for args in (["run", str(path)], ["recipes", "validate", str(path)]):
+        r = swepost(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert __import__("re").search(expected, r.stderr + r.stdout), r.stderr + r.stdout
+        assert "Traceback" not in r.stderr
+    assert json.loads(swepost("artifacts", "ls", "--json").stdout) == []
+
+
+def test_reference_to_a_later_stage_is_rejected(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nmodel: ${stages.tasks}\nstages:\n"
+                    "  - {name: model, stage: tiny-model, config: {name: '${model}'}}\n"
+                    "  - {name: tasks, stage: tasks-import, config: {source: a.jsonl}}\n")
+    with pytest.raises(BadInput, match=r"r.yaml:4: stages\[0\].config.name: \$\{stages.tasks\} names a later stage"):
+        recipes.load_recipe(path)
+
+
+def test_a_failing_stage_keeps_the_finished_ones(recipe_dir, swepost):
+    path = recipe_dir / "recipes" / "r.yaml"
+    (recipe_dir / "data" / "swe_tiny.jsonl").write_text('{"instance_id": "a"}\n')
+    r = swepost("run", str(path))
+    assert r.returncode == 2 and "swe_tiny.jsonl:1: problem_statement: required field missing" in r.stderr
+    ids = [a["id"] for a in json.loads(swepost("artifacts", "ls", "--json").stdout)]
+    assert len(ids) == 1 and ids[0].startswith("demo-model@")
+
+
+def test_shipped_recipes_validate(repo_root, swepost):
+    shipped = sorted((repo_root / "recipes").glob("*.yaml"))
+    assert any(p.name == "quickstart.yaml" for p in shipped)
+    r = swepost("recipes", "validate", *map(str, shipped))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("✓") == len(shipped)
