@@ -33,11 +33,13 @@ def ls_cmd(
     from rich.table import Table
 
     table = Table(title=str(st.root))
-    for col in ("id", "kind", "created", "stats", "parents"):
+    for col in ("id", "kind", "created"):
+        table.add_column(col, no_wrap=True)
+    for col in ("stats", "parents"):
         table.add_column(col, overflow="fold")
     for a in arts:
-        stats = ", ".join(f"{k}={v}" for k, v in a.stats.items() if not isinstance(v, (dict, list)))
-        table.add_row(a.id, a.kind, a.created, stats, ", ".join(a.parents))
+        stats = ", ".join(f"{k}={v}" for k, v in list(a.stats.items())[:3] if isinstance(v, (int, float)))
+        table.add_row(a.id, a.kind, a.created[:16].replace("T", " "), stats, ", ".join(a.parents))
     console.print(table)
 
 

@@ -60,7 +60,8 @@ def ls_cmd(
     art = store().resolve(ref)
     tasks = load_tasks(art)
     table = Table(title=f"{art.id}: {len(tasks)} tasks")
-    for col in ("instance_id", "kind", "repo", "base_commit", "F2P", "P2P", "image"):
+    table.add_column("instance_id", no_wrap=True)
+    for col in ("kind", "repo", "base_commit", "F2P", "P2P", "image"):
         table.add_column(col, overflow="fold")
     for t in tasks[: limit or None]:
         table.add_row(t.instance_id, t.kind, t.repo or "", (t.base_commit or "")[:10],

@@ -127,7 +127,7 @@ def _json_list_rows(text: str, file: str) -> list[tuple[int, Any]]:
         if i < len(text) and text[i] == "]":
             if text[i + 1:].strip():
                 raise BadInput("invalid JSON: extra data after the list", file=file,
-                               line=text.count("\n", 0, i) + 1)
+                               line=text.count("\n", 0, skip(i + 1)) + 1)
             return rows
         raise BadInput("invalid JSON: expected ',' or ']' between rows", file=file,
                        line=text.count("\n", 0, i) + 1)
