@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRL_EXPERIMENTAL_SILENCE ?= 1
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint clean base-image
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+# The sandbox base image (debootstrap + docker import, no registry); a no-op when it already exists.
+base-image: install
+	$(PY) -c 'from swepost.sandbox.images import build_base_image; build_base_image()'
+
 demo: install
 	$(VENV)/bin/swepost run recipes/quickstart.yaml
 	$(VENV)/bin/swepost artifacts lineage quickstart-tasks
@@ -27,6 +31,7 @@ demo: install
 
 bench: install
 	$(PY) bench/cli.py --out bench/results/cli.json
+	$(PY) bench/sandbox.py --out bench/results/sandbox.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

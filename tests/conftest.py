@@ -44,3 +44,37 @@ def swepost(home):
         return r
 
     return run
+
+
+def require_or_skip(reason: str):
+    """Skip a test that needs docker or bubblewrap; fail instead where SWEPOST_REQUIRE_DOCKER=1 (CI)."""
+    if os.environ.get("SWEPOST_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"{reason} (SWEPOST_REQUIRE_DOCKER=1, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(f"{reason} (CI sets SWEPOST_REQUIRE_DOCKER=1 and fails instead)")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A docker SDK client for the local engine; skips (or fails in CI) when no engine answers."""
+    from swepost.errors import WorkFailed
+    from swepost.sandbox.images import docker_client as connect
+
+    try:
+        client = connect()
+    except WorkFailed as e:
+        require_or_skip(f"docker engine not running: {e}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client) -> str:
+    """The sandbox base image's name, built with debootstrap on first use (reused when present)."""
+    from swepost.errors import BadInput
+    from swepost.sandbox.images import DEFAULT_BASE_IMAGE, build_base_image
+
+    try:
+        build_base_image(DEFAULT_BASE_IMAGE)
+    except BadInput as e:
+        require_or_skip(f"cannot build {DEFAULT_BASE_IMAGE}: {e}")
+    return DEFAULT_BASE_IMAGE

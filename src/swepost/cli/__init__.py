@@ -6,12 +6,13 @@ Importing this package must stay cheap (no torch, trl, docker or datasets): `swe
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Annotated
 
 import typer
 
 from swepost import __version__
-from swepost.cli import artifacts, model, pending, recipes, tasks
+from swepost.cli import artifacts, model, pending, recipes, sandbox, tasks
 from swepost.errors import BadInput, WorkFailed
 
 
@@ -51,12 +52,18 @@ for _name in ("collect", "filter", "sft", "rft", "rl", "eval"):
 app.command("run", help="Run a recipe: its stages in order, reusing every stage already done.")(recipes.run_cmd)
 app.add_typer(recipes.app, name="recipes", help="Check recipe files without running them.")
 app.add_typer(artifacts.app, name="artifacts", help="List, inspect, verify and remove stored artifacts.")
-for _name in ("grade", "sandbox"):
-    pending.register(app, _name)
+pending.register(app, "grade")
+app.add_typer(sandbox.app, name="sandbox",
+              help="Run commands in a hardened sandbox (docker, bubblewrap, local); build base images; gc.")
 app.add_typer(model.app, name="model", help="Build the embedded tiny model used by tests and the demo.")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning  # one line for people, not a source location
     try:
         app()
     except BadInput as e:

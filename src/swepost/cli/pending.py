@@ -15,7 +15,6 @@ PENDING = {name: (purpose, issue) for name, purpose, issue in [
     ("rl", "Reinforcement learning (GRPO/DAPO) from test rewards (RLVR) or a judge (RLAIF).", 7),
     ("eval", "Evaluate a model or checkpoint on a task set and write an eval artifact.", 5),
     ("grade", "Grade a patch or predictions file against a task's hidden tests in a fresh sandbox.", 4),
-    ("sandbox", "Run commands in a hardened sandbox (docker, bubblewrap, local); build base images; gc.", 3),
 ]}
 
 

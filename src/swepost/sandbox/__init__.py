@@ -1,0 +1,62 @@
+"""Where model-written commands run: docker, bubblewrap or a local subprocess, behind one protocol.
+
+    agent.py    the session agent that runs inside every sandbox (persistent shell, timeouts, output cap)
+    base.py     the Sandbox protocol and the agent client every backend shares
+    docker.py   hardened containers through the docker SDK, warm pool, gc
+    bwrap.py    bubblewrap namespaces with cgroup limits
+    local.py    a subprocess in a temporary working copy (isolates nothing)
+    images.py   base images without a registry (debootstrap + docker import)
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+from swepost.errors import BadInput
+
+BACKENDS = {
+    "docker": "swepost.sandbox.docker:DockerSandbox",
+    "bwrap": "swepost.sandbox.bwrap:BwrapSandbox",
+    "local": "swepost.sandbox.local:LocalSandbox",
+}
+
+
+def pick_backend(name: str = "auto") -> str:
+    """`auto`: docker if an engine answers, else bubblewrap, else local (with a warning)."""
+    if name != "auto":
+        return name
+    from swepost.sandbox.docker import docker_available
+
+    if docker_available():
+        return "docker"
+    from swepost.sandbox.bwrap import bwrap_available
+
+    if bwrap_available():
+        return "bwrap"
+    warnings.warn("no docker engine and no working bubblewrap: falling back to the local backend, "
+                  "which isolates nothing", stacklevel=2)
+    return "local"
+
+
+def sandbox_class(name: str):
+    """A backend by short name (docker, bwrap, local) or by import path (`mypkg.mod:MySandbox`)."""
+    target = BACKENDS.get(name, name)
+    module, sep, attr = target.partition(":")
+    if not sep:
+        module, _, attr = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        raise BadInput(f"unknown sandbox backend {name!r} (known: auto, {', '.join(BACKENDS)}, "
+                       "or module:Class)") from None
+
+
+def open_sandbox(backend: str = "auto", *, image: str | None = None, source_dir=None, limits=None,
+                 env: dict | None = None, workdir: str | None = None):
+    """A started sandbox; use it as a context manager so it is always closed."""
+    cls = sandbox_class(pick_backend(backend))
+    kwargs = {"image": image, "source_dir": source_dir, "limits": limits, "env": env}
+    if workdir:
+        kwargs["workdir"] = workdir
+    return cls(**kwargs).start()

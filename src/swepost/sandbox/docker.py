@@ -1,0 +1,208 @@
+"""Docker backend: one fresh, hardened container per episode, driven through the docker SDK.
+
+The container's main process is the session agent (under docker's init), talked to over the attach socket,
+so a command's round trip is a write and a read on one socket instead of a `docker exec` per command.
+Defaults: no network, CPU / memory / pids limits, all capabilities dropped, no-new-privileges, no host
+paths mounted. Every container carries labels (run id, owner) so `swepost sandbox gc` finds leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import select
+import socket
+import struct
+import threading
+from pathlib import Path
+
+from swepost.errors import WorkFailed
+from swepost.sandbox.base import AGENT_SOURCE, LABEL, Channel, Limits, Sandbox, SandboxError, owner, owner_alive
+from swepost.sandbox.images import DEFAULT_BASE_IMAGE, docker_client
+
+OOM_FILES = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
+
+
+def docker_available() -> bool:
+    try:
+        docker_client(timeout=5).close()
+    except WorkFailed:
+        return False
+    return True
+
+
+class AttachChannel(Channel):
+    """The container's stdin/stdout over the attach socket; docker multiplexes frames when tty is off."""
+
+    def __init__(self, raw: socket.socket):
+        self.sock = raw
+        self.pending = b""
+        self.stderr = b""
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise SandboxError(f"docker sandbox is gone ({e})") from None
+
+    def recv(self, timeout: float) -> bytes | None:
+        while True:
+            frame = self._frame()
+            if frame is not None:
+                stream, payload = frame
+                if stream == 2:  # the agent's stderr: keep a little for diagnosis
+                    self.stderr = (self.stderr + payload)[-4096:]
+                    continue
+                return payload
+            ready, _, _ = select.select([self.sock], [], [], max(timeout, 0))
+            if not ready:
+                return None
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                return b""
+            self.pending += chunk
+
+    def _frame(self) -> tuple[int, bytes] | None:
+        if len(self.pending) < 8:
+            return None
+        stream, size = self.pending[0], struct.unpack(">I", self.pending[4:8])[0]
+        if len(self.pending) < 8 + size:
+            return None
+        payload, self.pending = self.pending[8:8 + size], self.pending[8 + size:]
+        return stream, payload
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class DockerSandbox(Sandbox):
+    backend = "docker"
+
+    def __init__(self, image: str | None = None, *, source_dir: str | Path | None = None,
+                 workdir: str = "/testbed", limits: Limits | None = None, env: dict | None = None,
+                 client=None, **_ignored):
+        super().__init__(workdir=workdir, limits=limits, env=env)
+        self.image = image or DEFAULT_BASE_IMAGE
+        self.source_dir = source_dir
+        self.client = client
+        self.container = None
+
+    def _open(self) -> AttachChannel:
+        self.client = self.client or docker_client()
+        lim = self.limits
+        opts = {"workdir": self.workdir, "env": self.env, "oom_files": OOM_FILES, "cmd_dir": "/tmp/.swepost"}
+        try:
+            self.container = self.client.containers.create(
+                self.image,
+                command=["sh", "-c", f'mkdir -p "{self.workdir}" && cd "{self.workdir}" && '
+                         'exec python3 -u -c "$0" "$1"', AGENT_SOURCE, json.dumps(opts)],
+                stdin_open=True, tty=False, init=True, detach=True,
+                network_mode="bridge" if lim.network else "none",
+                mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
+                pids_limit=lim.pids, nano_cpus=int(lim.cpus * 1e9),
+                cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                labels={LABEL: "1", "swepost.run": self.run_id, "swepost.owner": owner()},
+                environment={"HOME": "/root", **self.env},
+            )
+            sock = self.container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            raw = getattr(sock, "_sock", sock)
+            self.container.start()
+        except Exception as e:  # noqa: BLE001 - docker.errors.* and requests errors alike
+            if isinstance(e, SandboxError):
+                raise
+            raise SandboxError(f"docker sandbox from {self.image!r} did not start: {e}") from None
+        return AttachChannel(raw)
+
+    def start(self) -> DockerSandbox:
+        super().start()
+        if self.source_dir is not None:  # the working copy goes in through the agent: no host path is mounted
+            for child in sorted(Path(self.source_dir).iterdir()):
+                self.copy_in(child, self.workdir)
+        return self
+
+    def _teardown(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.remove(force=True)
+            except Exception:  # noqa: BLE001 - already gone is fine; gc catches the rest
+                pass
+
+    def _diagnose(self) -> str:
+        detail = ""
+        if isinstance(self._channel, AttachChannel) and self._channel.stderr:
+            detail = self._channel.stderr.decode(errors="replace").strip()[-500:]
+        return f": {detail}" if detail else ""
+
+
+class WarmPool:
+    """Fresh containers started ahead of time for one image, so an episode starts without waiting.
+
+    A container is handed out once and never returns to the pool; `acquire` refills in the background.
+    """
+
+    def __init__(self, image: str | None = None, size: int = 2, **sandbox_kwargs):
+        self.image, self.size, self.kwargs = image, size, sandbox_kwargs
+        self.ready: queue.Queue[DockerSandbox] = queue.Queue()
+        self.stopped = threading.Event()
+        self.wanted = threading.Semaphore(0)
+        self.thread = threading.Thread(target=self._fill, name="swepost-warm-pool", daemon=True)
+        for _ in range(size):
+            self.wanted.release()
+        self.thread.start()
+
+    def _fill(self) -> None:
+        while not self.stopped.is_set():
+            if not self.wanted.acquire(timeout=0.2):
+                continue
+            if self.stopped.is_set():
+                break
+            try:
+                box = DockerSandbox(self.image, **self.kwargs).start()
+            except SandboxError:
+                self.wanted.release()
+                self.stopped.wait(1.0)
+                continue
+            if self.stopped.is_set():
+                box.close()
+                break
+            self.ready.put(box)
+
+    def acquire(self, timeout: float = 60.0) -> DockerSandbox:
+        self.wanted.release()  # a replacement starts right away
+        try:
+            return self.ready.get(timeout=timeout)
+        except queue.Empty:
+            raise SandboxError(f"warm pool for {self.image!r} had no sandbox within {timeout} s") from None
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=60)
+        while not self.ready.empty():
+            self.ready.get_nowait().close()
+
+    def __enter__(self) -> WarmPool:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+
+def gc_docker(everything: bool = False, client=None) -> list[str]:
+    """Remove swepost containers whose owner process is dead (all of them with everything=True)."""
+    try:
+        client = client or docker_client(timeout=30)
+    except WorkFailed:
+        return []
+    removed = []
+    for c in client.containers.list(all=True, filters={"label": LABEL}):
+        if everything or not owner_alive(c.labels.get("swepost.owner", "")):
+            try:
+                c.remove(force=True)
+                removed.append(c.name)
+            except Exception:  # noqa: BLE001 - raced with another gc or the owner's own close
+                pass
+    return removed

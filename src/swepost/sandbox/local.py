@@ -1,0 +1,52 @@
+"""Local backend: the agent as a plain subprocess in a temporary working copy. It isolates nothing.
+
+For trusted use only (your own commands, debugging); `auto` picks it last, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from swepost.sandbox.base import AGENT_SOURCE, Limits, PipeChannel, Sandbox
+
+
+class LocalSandbox(Sandbox):
+    backend = "local"
+    isolates = False
+
+    def __init__(self, source_dir: str | Path | None = None, *, limits: Limits | None = None,
+                 env: dict | None = None, **_ignored):
+        self.scratch = Path(tempfile.mkdtemp(prefix="swepost-local-"))
+        work = self.scratch / "work"
+        if source_dir is not None:
+            shutil.copytree(source_dir, work, symlinks=True)
+        else:
+            work.mkdir()
+        super().__init__(workdir=str(work), limits=limits, env=env)
+        self.proc: subprocess.Popen | None = None
+
+    def _open(self) -> PipeChannel:
+        warnings.warn("the local sandbox isolates nothing: commands run as you, with your network and files",
+                      stacklevel=3)
+        opts = {"workdir": self.workdir, "env": self.env, "cmd_dir": str(self.scratch / "cmd")}
+        self.proc = subprocess.Popen([sys.executable, "-u", "-c", AGENT_SOURCE, json.dumps(opts)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.workdir,
+                                     start_new_session=True)
+        return PipeChannel(self.proc)
+
+    def _teardown(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=5)  # the agent kills its shell's session when told to close
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.scratch, ignore_errors=True)
