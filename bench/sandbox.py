@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=8, help="cold and warm starts measured")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     parser.add_argument("--image", default=None)
+    parser.add_argument("--backends", default="docker,bwrap,local", help="round-trip backends, comma-separated")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from swepost.sandbox.images import DEFAULT_BASE_IMAGE
@@ -143,7 +144,7 @@ def main() -> None:
     image = args.image or DEFAULT_BASE_IMAGE
     result: dict = {"benchmark": "sandbox", "python": platform.python_version(), "cpus": os.cpu_count(),
                     "image": image}
-    result["round_trip"] = bench_round_trip(os.environ.get("BENCH_BACKENDS", "docker,bwrap,local").split(","), args.runs, image)
+    result["round_trip"] = bench_round_trip(args.backends.split(","), args.runs, image)
     if available("docker") is None:
         result["startup"] = bench_startup(image, args.starts)
         result["throughput"] = bench_throughput(image, [1, 4, 16], args.seconds)
