@@ -236,7 +236,6 @@ KILLED_PARENT = """
 import sys, time
 from swepost.sandbox import sandbox_class
 from swepost.sandbox.base import Limits
-from conftest import require_or_skip
 backend, image, marker = sys.argv[1], sys.argv[2], sys.argv[3]
 kwargs = {"image": image} if backend == "docker" else {}
 box = sandbox_class(backend)(limits=Limits(), **kwargs).start()
