@@ -304,3 +304,41 @@ def test_warm_pool_hands_out_fresh_containers_once(base_image):
         finally:
             a.close()
             b.close()
+
+
+TERMINATED_PARENT = """
+import sys, time
+from swepost.sandbox import sandbox_class
+box = sandbox_class(sys.argv[1])(**({"image": sys.argv[2]} if sys.argv[1] == "docker" else {})).start()
+box.run(f"sleep {sys.argv[3]} &")
+print("READY", box.run_id, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("backend", ISOLATING)
+def test_sigterm_closes_open_sandboxes_without_gc(backend, request):
+    kwargs = _require(backend, request)
+    marker = f"{time.time_ns() % 10**9}.{os.getpid()}"
+    proc = subprocess.Popen([sys.executable, "-c", TERMINATED_PARENT, backend, kwargs.get("image", ""), marker],
+                            stdout=subprocess.PIPE, text=True)
+    ready = proc.stdout.readline().split()
+    assert ready and ready[0] == "READY"
+    proc.terminate()
+    assert proc.wait(timeout=60) == 128 + 15
+    assert host_processes(f"sleep {marker}") == []
+    if backend == "docker":
+        client = request.getfixturevalue("docker_client")
+        assert client.containers.list(all=True, filters={"label": f"swepost.run={ready[1]}"}) == []
+
+
+def test_cli_shell_keeps_state_between_lines(swepost, tmp_path):
+    from swepost.sandbox.bwrap import bwrap_available
+
+    if not bwrap_available():
+        require_or_skip("bubblewrap (bwrap) is missing or cannot create namespaces here")
+    (tmp_path / "hello.txt").write_text("hi there\n")
+    r = swepost("sandbox", "shell", "--backend", "bwrap", "--dir", str(tmp_path),
+                input="cd /tmp && export WHO=me\npwd; echo $WHO\ncat /testbed/hello.txt\nfalse\n")
+    assert r.returncode == 0, r.stderr
+    assert "/tmp\nme\nhi there\n" in r.stdout and "exit 1" in r.stderr

@@ -56,9 +56,10 @@ def shell_cmd(backend: BackendOpt = "auto", image: ImageOpt = None, network: Net
 
     with open_sandbox(backend, image=image, source_dir=dir, limits=_limits(network, timeout, memory_mb)) as box:
         err_console.print(f"[bold]{box.backend}[/] sandbox ready; Ctrl-D to leave.")
+        prompt = "sandbox$ " if sys.stdin.isatty() else ""  # piped input gets clean output
         while True:
             try:
-                line = input("sandbox$ ")
+                line = input(prompt)
             except EOFError:
                 break
             if line.strip():
