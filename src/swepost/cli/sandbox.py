@@ -10,7 +10,7 @@ import typer
 
 from swepost.cli.common import console, err_console
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="auto | docker | bwrap | local | module:Class.")]
 ImageOpt = Annotated[str | None, typer.Option("--image", "-i", help="Docker image [default: the swepost "
@@ -75,10 +75,11 @@ def gc_cmd(everything: Annotated[bool, typer.Option("--all", help="Also remove s
     """Remove containers, processes and cgroups left by runs that died (kill -9, crash)."""
     from swepost.sandbox.bwrap import gc_bwrap
     from swepost.sandbox.docker import gc_docker
+    from swepost.sandbox.local import gc_local
 
     containers = gc_docker(everything=everything)
-    other = gc_bwrap(everything=everything)
-    console.print(f"removed {len(containers)} container(s), {len(other)} bubblewrap leftover(s)")
+    other = gc_bwrap(everything=everything) + gc_local(everything=everything)
+    console.print(f"removed {len(containers)} container(s), {len(other)} bubblewrap / local leftover(s)")
 
 
 @app.command("build-base")

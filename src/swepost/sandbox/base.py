@@ -87,6 +87,20 @@ def owner_alive(label: str) -> bool:
     return True
 
 
+def remove_orphan_dirs(prefix: str, everything: bool = False) -> list[str]:
+    """Remove temp folders `<prefix><host:pid>-<random>` whose owner process is gone (all with everything)."""
+    import shutil
+    import tempfile
+
+    removed = []
+    for d in sorted(Path(tempfile.gettempdir()).glob(prefix + "*")):
+        label = d.name[len(prefix):].rpartition("-")[0]  # mkdtemp's random suffix has no "-"
+        if d.is_dir() and (everything or not owner_alive(label)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+    return removed
+
+
 class Channel:
     """Bytes to and from the agent. Backends give `send`, `recv(timeout)` (b'' at EOF) and `close`."""
 

@@ -26,7 +26,16 @@ import uuid
 from concurrent.futures import Future
 from pathlib import Path
 
-from swepost.sandbox.base import AGENT_SOURCE, Limits, PipeChannel, Sandbox, SandboxError, owner, owner_alive
+from swepost.sandbox.base import (
+    AGENT_SOURCE,
+    Limits,
+    PipeChannel,
+    Sandbox,
+    SandboxError,
+    owner,
+    owner_alive,
+    remove_orphan_dirs,
+)
 
 CGROUP = Path("/sys/fs/cgroup")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -297,9 +306,4 @@ def gc_bwrap(everything: bool = False) -> list[str]:
         for d in sorted(parent.glob("*@*")) if parent.is_dir() else []:
             if everything or not owner_alive(d.name.rpartition("@")[2]):
                 removed += [str(p) for p in _kill_and_remove([d])]
-    for d in sorted(Path(tempfile.gettempdir()).glob(TEMP_PREFIX + "*")):
-        label = d.name[len(TEMP_PREFIX):].rpartition("-")[0]  # mkdtemp's random suffix has no "-"
-        if d.is_dir() and (everything or not owner_alive(label)):
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(str(d))
-    return removed
+    return removed + remove_orphan_dirs(TEMP_PREFIX, everything)

@@ -198,7 +198,7 @@ def gc_docker(everything: bool = False, client=None) -> list[str]:
     except WorkFailed:
         return []
     removed = []
-    for c in client.containers.list(all=True, filters={"label": LABEL}):
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
         if everything or not owner_alive(c.labels.get("swepost.owner", "")):
             try:
                 c.remove(force=True)

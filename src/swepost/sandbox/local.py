@@ -15,7 +15,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from swepost.sandbox.base import AGENT_SOURCE, Limits, PipeChannel, Sandbox
+from swepost.sandbox.base import AGENT_SOURCE, Limits, PipeChannel, Sandbox, owner, remove_orphan_dirs
+
+TEMP_PREFIX = "swepost-local-"
 
 
 class LocalSandbox(Sandbox):
@@ -24,7 +26,7 @@ class LocalSandbox(Sandbox):
 
     def __init__(self, source_dir: str | Path | None = None, *, limits: Limits | None = None,
                  env: dict | None = None, **_ignored):
-        self.scratch = Path(tempfile.mkdtemp(prefix="swepost-local-"))
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{owner()}-"))
         work = self.scratch / "work"
         if source_dir is not None:
             shutil.copytree(source_dir, work, symlinks=True)
@@ -50,3 +52,8 @@ class LocalSandbox(Sandbox):
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def gc_local(everything: bool = False) -> list[str]:
+    """Temporary working copies left by local sandboxes whose process died."""
+    return remove_orphan_dirs(TEMP_PREFIX, everything)
