@@ -26,8 +26,8 @@ base-image: install
 
 demo: install
 	$(VENV)/bin/swepost run recipes/quickstart.yaml
-	$(VENV)/bin/swepost artifacts lineage quickstart-tasks
-	$(VENV)/bin/swepost tasks ls quickstart-tasks
+	$(VENV)/bin/swepost artifacts lineage quickstart-validated
+	$(VENV)/bin/swepost tasks ls quickstart-validated
 
 bench: install
 	$(PY) bench/cli.py --out bench/results/cli.json

@@ -35,8 +35,14 @@ def FileInput(default: Any = ..., *, description: str) -> Any:
     return Field(default, description=description, json_schema_extra={"swepost_input": "file"})
 
 
+def PathInput(default: Any = None, *, description: str) -> Any:
+    """A folder outside the store whose location does not change the result (e.g. a repo mirror: the tasks'
+    commit hashes pin the code). Relative to the recipe in recipes; left out of cache keys."""
+    return Field(default, description=description, json_schema_extra={"swepost_input": "path"})
+
+
 def input_fields(model: type[BaseModel], kind: str) -> list[str]:
-    """Names of the fields of `model` declared with ArtifactInput ("artifact") or FileInput ("file")."""
+    """Fields of `model` declared with ArtifactInput ("artifact"), FileInput ("file") or PathInput ("path")."""
     out = []
     for name, field in model.model_fields.items():
         extra = field.json_schema_extra

@@ -169,6 +169,8 @@ def cache_key(spec: StageSpec, config: BaseModel, store: ArtifactStore) -> str:
             if not path.is_file():
                 raise BadInput(f"{field}: file not found: {path}")
             files[field] = sha256_file(path)
+    for field in input_fields(model, "path"):
+        data.pop(field, None)
     body = {"stage": spec.name, "config": data, "inputs": inputs, "files": files, "swepost": __version__}
     return hashlib.sha256(canonical_json(body)).hexdigest()[:20]
 
@@ -186,7 +188,7 @@ def _stage_config(loaded: LoadedRecipe, i: int, outputs: dict[str, str], check_o
     if "seed" in model.model_fields and "seed" not in data:
         data["seed"] = recipe.seed
     # input files in a recipe are relative to the recipe's folder, so a recipe runs from anywhere
-    for field in input_fields(model, "file"):
+    for field in input_fields(model, "file") + input_fields(model, "path"):
         if isinstance(data.get(field), str) and not check_only:
             data[field] = str((loaded.path.parent / data[field]).resolve())
     return validate(model, data, loaded.where, prefix=("stages", i, "config"))

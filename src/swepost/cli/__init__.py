@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from swepost import __version__
-from swepost.cli import artifacts, model, pending, recipes, sandbox, tasks
+from swepost.cli import artifacts, grade, model, pending, recipes, sandbox, tasks
 from swepost.errors import BadInput, WorkFailed
 
 
@@ -29,6 +29,7 @@ app = typer.Typer(
     "Each stage reads and writes versioned artifacts; `swepost run RECIPE.yaml` chains them. " + _home_help(),
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # help texts say "[default: x]"; no markup to interpret
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -52,7 +53,8 @@ for _name in ("collect", "filter", "sft", "rft", "rl", "eval"):
 app.command("run", help="Run a recipe: its stages in order, reusing every stage already done.")(recipes.run_cmd)
 app.add_typer(recipes.app, name="recipes", help="Check recipe files without running them.")
 app.add_typer(artifacts.app, name="artifacts", help="List, inspect, verify and remove stored artifacts.")
-pending.register(app, "grade")
+app.add_typer(grade.app, name="grade",
+              help="Grade a patch against a task's hidden tests in a fresh sandbox; read test logs.")
 app.add_typer(sandbox.app, name="sandbox",
               help="Run commands in a hardened sandbox (docker, bubblewrap, local); build base images; gc.")
 app.add_typer(model.app, name="model", help="Build the embedded tiny model used by tests and the demo.")

@@ -9,7 +9,7 @@ import typer
 
 from swepost.cli.common import JsonOpt, console, err_console, store
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 RefArg = Annotated[str, typer.Argument(help="name (latest), name@version, a version prefix, or a folder path.")]
 
 

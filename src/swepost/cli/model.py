@@ -16,7 +16,7 @@ from swepost.cli.common import (
     run_stage,
 )
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command("tiny")

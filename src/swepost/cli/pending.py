@@ -14,7 +14,6 @@ PENDING = {name: (purpose, issue) for name, purpose, issue in [
     ("rft", "Rejection fine-tuning: collect, filter to successes, then SFT, in one stage.", 6),
     ("rl", "Reinforcement learning (GRPO/DAPO) from test rewards (RLVR) or a judge (RLAIF).", 7),
     ("eval", "Evaluate a model or checkpoint on a task set and write an eval artifact.", 5),
-    ("grade", "Grade a patch or predictions file against a task's hidden tests in a fresh sandbox.", 4),
 ]}
 
 

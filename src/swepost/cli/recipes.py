@@ -10,7 +10,7 @@ import typer
 
 from swepost.cli.common import JsonOpt, SetOpt, console, err_console, store
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 
 def run_cmd(

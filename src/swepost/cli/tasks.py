@@ -13,14 +13,15 @@ from swepost.cli.common import (
     PrintConfigOpt,
     SetOpt,
     console,
-    not_built,
     print_config,
     resolve_config,
     run_stage,
     store,
 )
+from swepost.cli.task_images import images_cmd
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
+app.command("images")(images_cmd)
 
 
 @app.command("import")
@@ -72,6 +73,27 @@ def ls_cmd(
 
 
 @app.command("validate")
-def validate_cmd(ctx: typer.Context):
-    """Check that each task's tests fail before and pass after its patch, in a sandbox."""
-    not_built("tasks validate", 4)
+def validate_cmd(
+    tasks: Annotated[str | None, typer.Argument(help="Tasks artifact to validate.", show_default=False)] = None,
+    repos: Annotated[Path | None, typer.Option(help="Folder of owner__name git repos (or .bundle files).",
+                                                  show_default=False)] = None,
+    runs: Annotated[int | None, typer.Option(help="Repeats of each check; tests that flip are flaky "
+                                                "[default: 1].", show_default=False)] = None,
+    backend: Annotated[str | None, typer.Option(help="auto | docker | bwrap | local [default: auto].",
+                                                   show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Output artifact name "
+                                                "[default: tasks-validated].", show_default=False)] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    print_config_: PrintConfigOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Check each task in fresh sandboxes: FAIL_TO_PASS fails without the fix, everything passes with the
+    gold patch, nothing flips over --runs repeats. Writes a validated tasks artifact and its report."""
+    from swepost.stages.validate import TasksValidateConfig
+
+    cfg = resolve_config(TasksValidateConfig, config, set_, {"tasks": tasks, "repos": repos, "runs": runs,
+                                                             "backend": backend, "name": name})
+    if print_config_:
+        return print_config(cfg)
+    run_stage("tasks-validate", cfg, as_json)

@@ -37,6 +37,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               "swepost.stages.tiny_model:TinyModelConfig", "swepost.stages.tiny_model:run"),
     StageSpec("tasks-import", "import SWE-bench-format tasks (tasks)",
               "swepost.stages.tasks:TasksImportConfig", "swepost.stages.tasks:run_import"),
+    StageSpec("tasks-validate", "check tasks in sandboxes; drop flaky or broken tests (tasks)",
+              "swepost.stages.validate:TasksValidateConfig", "swepost.stages.validate:run_validate"),
 ]}
 
 

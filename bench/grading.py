@@ -1,0 +1,69 @@
+"""Grading overhead per task beyond the test run itself, as JSON (goal: p50 <= 1 s).
+
+Grades the gold patch of every bundled example task (data/minicalc_tasks.jsonl, repo built by
+data/example_repo/build.py) `--rounds` times in fresh sandboxes. Overhead = total grading time minus the
+time pytest itself ran: sandbox start, checkout, patch application, restoring tests, report, teardown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backend", default="docker")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    from swepost.rewards.grading import grade_patch
+    from swepost.stages.tasks import read_task_file
+
+    tasks = read_task_file(ROOT / "data" / "minicalc_tasks.jsonl")
+    with tempfile.TemporaryDirectory() as repos:
+        subprocess.run([sys.executable, str(ROOT / "data" / "example_repo" / "build.py"), "--out", repos],
+                       check=True, capture_output=True)
+        overhead, tests, total, resolved = [], [], [], 0
+        for _ in range(args.rounds):
+            for task in tasks:
+                started = time.perf_counter()
+                result = grade_patch(task, task.patch, repos=repos, backend=args.backend)
+                wall = time.perf_counter() - started
+                total.append(wall)
+                tests.append(result.seconds.get("tests", 0.0))
+                overhead.append(wall - result.seconds.get("tests", 0.0))
+                resolved += result.resolved == "RESOLVED_FULL"
+    out = {
+        "benchmark": "grading", "backend": args.backend, "python": platform.python_version(),
+        "cpus": os.cpu_count(), "gradings": len(total), "resolved": resolved,
+        "overhead_s": {"p50": round(pct(overhead, 0.5), 3), "p90": round(pct(overhead, 0.9), 3),
+                       "mean": round(statistics.fmean(overhead), 3)},
+        "test_run_s": {"p50": round(pct(tests, 0.5), 3)},
+        "total_s": {"p50": round(pct(total, 0.5), 3)},
+    }
+    out["goal"] = {"overhead_p50_le_1s": out["overhead_s"]["p50"] <= 1.0}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

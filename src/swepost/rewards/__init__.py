@@ -1,0 +1,1 @@
+"""Rewards and graders: plain functions shared by collect, filter, rl and eval."""

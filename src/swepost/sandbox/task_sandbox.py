@@ -1,0 +1,47 @@
+"""A fresh sandbox holding a task's repo at its base commit: from the task's image, or from a mirror."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from swepost.errors import BadInput
+from swepost.records import Task
+from swepost.sandbox import open_sandbox, pick_backend
+from swepost.sandbox.base import Limits, Sandbox
+from swepost.sandbox.repos import checkout
+
+
+def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: str = "auto",
+                      limits: Limits | None = None) -> Sandbox:
+    """Started and ready at `task.env.workdir`; the task's network setting holds unless `limits` says."""
+    limits = limits or Limits(network=task.env.network)
+    backend = pick_backend(backend)
+    image = task.env.image
+    if backend == "docker" and image is None:
+        from swepost.sandbox.task_images import find_task_image
+
+        image = find_task_image(task)
+    if image is not None:
+        if backend != "docker":
+            raise BadInput(f"{task.instance_id}: its repo lives in image {image}, which needs --backend docker")
+        return open_sandbox("docker", image=image, limits=limits, workdir=task.env.workdir)
+    if repos is None:
+        raise BadInput(f"{task.instance_id}: no task image; give --repos DIR (a folder of owner__name repos)")
+    scratch = Path(tempfile.mkdtemp(prefix="swepost-checkout-"))
+    try:
+        checkout(task, repos, scratch / "repo")
+        box = open_sandbox(backend, source_dir=scratch / "repo", limits=limits, workdir=task.env.workdir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        for command in task.env.install:
+            r = box.run(command, timeout=1800)
+            if r.exit_code != 0:
+                raise BadInput(f"{task.instance_id}: install command failed ({r.exit_code}): {command}\n"
+                               f"{r.output[-1000:]}")
+    except BaseException:
+        box.close()
+        raise
+    return box

@@ -1,0 +1,74 @@
+"""`tasks validate` on the bundled tasks and on tasks broken on purpose, in real containers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from swepost.records import Task, TaskVerify
+from swepost.stages.tasks import load_tasks, read_task_file
+from swepost.stages.validate import TasksValidateConfig, validate_task
+
+pytestmark = pytest.mark.docker
+
+
+def test_bundled_tasks_all_pass_validation(repo_root, swepost, store, base_image):
+    r = swepost("tasks", "import", str(repo_root / "data" / "minicalc_tasks.jsonl"), "--name", "mini", check=0)
+    r = swepost("tasks", "validate", "mini", "--repos", str(repo_root / "data" / "repos"), "--backend", "docker",
+                "--json", check=0)
+    out = json.loads(r.stdout)
+    assert out["stats"] == {"tasks": 7, "dropped": 0, "tests_removed": 0}
+    art = store.resolve(out["id"])
+    assert art.parents == [store.resolve("mini").id]
+    report = json.loads((art.path / "validation.json").read_text())
+    assert all(t["kept"] and t["gold"] == ["RESOLVED_FULL"] and t["without_patch"] == ["RESOLVED_NO"]
+               for t in report)
+    assert [t.verify for t in load_tasks(art)] == [t.verify for t in load_tasks(store.resolve("mini"))]
+
+
+def test_bad_tests_are_removed_and_hopeless_tasks_dropped(repo_root, base_image):
+    tasks = read_task_file(repo_root / "data" / "minicalc_tasks.jsonl")
+    config = TasksValidateConfig(tasks="unused", repos=repo_root / "data" / "repos", backend="docker")
+    # a PASS_TO_PASS test listed as FAIL_TO_PASS as well: it passes without the fix
+    t1 = tasks[0]
+    passing = t1.verify.pass_to_pass[0]
+    wrong = t1.model_copy(update={"verify": t1.verify.model_copy(
+        update={"fail_to_pass": [*t1.verify.fail_to_pass, passing]})})
+    kept, report = validate_task(wrong, config)
+    assert kept is not None and kept.verify.fail_to_pass == t1.verify.fail_to_pass
+    assert report["removed"] == [{"test": passing, "list": "FAIL_TO_PASS", "reason": "passes without the fix"}]
+    # a gold patch that fixes nothing: no FAIL_TO_PASS test survives, the task goes
+    t2 = tasks[1]
+    kept, report = validate_task(t2.model_copy(update={"patch": ""}), config)
+    assert kept is None and report["reason"] == "no FAIL_TO_PASS test left"
+    assert {r["reason"] for r in report["removed"]} == {"does not pass with the gold patch (FAILED)"}
+
+
+FLAKY_TEST = "import random\n\n\ndef test_coin():\n    assert random.random() < 0.5\n\n\ndef test_ok():\n    pass\n"
+
+
+def test_a_test_that_flips_over_repeats_is_flaky(tmp_path, base_image):
+    repo = tmp_path / "repos" / "acme__coin"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "tests" / "test_coin.py").write_text("def test_ok():\n    pass\n")
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                              capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    base = git("rev-parse", "HEAD").strip()
+    (repo / "tests" / "test_coin.py").write_text(FLAKY_TEST)
+    test_patch = git("diff")
+    git("checkout", "-q", "--", ".")
+    task = Task(instance_id="acme__coin-1", repo="acme/coin", base_commit=base, problem_statement="coin",
+                test_patch=test_patch, verify=TaskVerify(fail_to_pass=["tests/test_coin.py::test_coin"],
+                                                         pass_to_pass=["tests/test_coin.py::test_ok"]))
+    config = TasksValidateConfig(tasks="unused", repos=tmp_path / "repos", backend="docker", runs=6)
+    kept, report = validate_task(task, config)
+    # 12 coin flips all alike has probability 2 / 4096
+    assert kept is None and report["removed"][0]["reason"].startswith("flaky"), report
