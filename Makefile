@@ -25,6 +25,8 @@ base-image: install
 	$(PY) -c 'from swepost.sandbox.images import build_base_image; build_base_image()'
 
 demo: install
+	@# with a docker engine, sandboxes need the base image (built once, ~1 min); without one, bubblewrap is used
+	$(PY) -c 'from swepost.sandbox.docker import docker_available as up; from swepost.sandbox.images import build_base_image as b; up() and b()'
 	$(VENV)/bin/swepost run recipes/quickstart.yaml
 	$(VENV)/bin/swepost artifacts lineage quickstart-validated
 	$(VENV)/bin/swepost tasks ls quickstart-validated
@@ -32,6 +34,7 @@ demo: install
 bench: install
 	$(PY) bench/cli.py --out bench/results/cli.json
 	$(PY) bench/sandbox.py --out bench/results/sandbox.json
+	$(PY) bench/grading.py --out bench/results/grading.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

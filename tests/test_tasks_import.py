@@ -278,3 +278,47 @@ def test_other_kinds_need_no_tests():
     t = row_to_task({"instance_id": "i", "problem_statement": "p", "image_name": "img:1",
                      "FAIL_TO_PASS": ["t"], "install": "pip install -e ."})
     assert t.repo is None and t.env.image == "img:1" and t.env.install == ["pip install -e ."]
+
+
+def test_parquet_and_saved_dataset_import_like_jsonl(tiny, tmp_path, swepost):
+    """Rows as the Hub ships them (Parquet, or a DatasetDict saved with save_to_disk) import the same tasks."""
+    import datasets
+
+    jsonl_tasks = read_task_file(tiny)
+    rows = [json.loads(line) for line in tiny.read_text().splitlines()]
+    common = sorted(set.intersection(*(set(r) for r in rows)))  # Arrow wants one schema
+    table = datasets.Dataset.from_list([{k: r[k] if k not in ("FAIL_TO_PASS", "PASS_TO_PASS") or
+                                         isinstance(r[k], str) else json.dumps(r[k]) for k in common}
+                                        for r in rows])
+    table.to_parquet(str(tmp_path / "t.parquet"))
+    datasets.DatasetDict({"test": table}).save_to_disk(str(tmp_path / "saved"))
+    ids = [t.instance_id for t in jsonl_tasks]
+    for source in (tmp_path / "t.parquet", tmp_path / "saved"):
+        got = read_task_file(source)
+        assert [t.instance_id for t in got] == ids
+        assert [t.verify for t in got] == [t.verify for t in jsonl_tasks]
+    out = json.loads(swepost("tasks", "import", str(tmp_path / "saved"), "--name", "hub", "--json", check=0).stdout)
+    assert out["stats"]["tasks"] == len(ids)
+    r = swepost("tasks", "import", str(tmp_path / "saved"), "--split", "train", check=2)
+    assert "choose a split" in r.stderr and "test" in r.stderr
+    (tmp_path / "broken.parquet").write_text("not parquet")
+    assert "not a readable Parquet file" in swepost("tasks", "import", str(tmp_path / "broken.parquet"),
+                                                    check=2).stderr
+
+
+def test_repo_specs_fill_install_and_test_cmd(tiny, tmp_path, swepost, store):
+    specs = tmp_path / "specs.yaml"
+    specs.write_text("swepost/calc:\n  install: [pip install -e .]\n  test_cmd: python3 -m pytest -x\n"
+                     "  versions:\n    '0.1': {network: true}\n")
+    out = json.loads(swepost("tasks", "import", str(tiny), "--name", "spec", "--specs", str(specs), "--json",
+                             check=0).stdout)
+    from swepost.stages.tasks import load_tasks
+
+    by_id = {t.instance_id: t for t in load_tasks(store.resolve(out["id"]))}
+    calc = by_id["swepost__calc-1"]
+    assert calc.env.install == ["pip install -e ."] and calc.env.test_cmd == "python3 -m pytest -x"
+    assert calc.env.network is True  # its version is 0.1
+    assert by_id["swepost__textkit-1"].env.install == []  # another repo: untouched
+    specs.write_text("swepost/calc:\n  instal: [x]\n")
+    r = swepost("tasks", "import", str(tiny), "--specs", str(specs), check=2)
+    assert f"{specs}:2: swepost/calc.instal: unknown key" in r.stderr

@@ -78,6 +78,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (names and contents, in a stable order)."""
+    if not path.is_dir():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
 def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from swepost import __version__
-from swepost.artifacts import Artifact, ArtifactStore, canonical_json, sha256_file
+from swepost.artifacts import Artifact, ArtifactStore, canonical_json, sha256_path
 from swepost.config import ConfigLayers, KeyPath, dotted, input_fields, parse_set, validate
 from swepost.errors import BadInput
 from swepost.stages import STAGES, StageSpec, get_stage
@@ -166,9 +166,9 @@ def cache_key(spec: StageSpec, config: BaseModel, store: ArtifactStore) -> str:
     for field in input_fields(model, "file"):
         if data.get(field) is not None:
             path = Path(data.pop(field))
-            if not path.is_file():
+            if not path.exists():
                 raise BadInput(f"{field}: file not found: {path}")
-            files[field] = sha256_file(path)
+            files[field] = sha256_path(path)
     for field in input_fields(model, "path"):
         data.pop(field, None)
     body = {"stage": spec.name, "config": data, "inputs": inputs, "files": files, "swepost": __version__}

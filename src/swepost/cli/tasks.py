@@ -26,13 +26,17 @@ app.command("images")(images_cmd)
 
 @app.command("import")
 def import_cmd(
-    source: Annotated[Path | None, typer.Argument(help="SWE-bench-format JSONL file or JSON list.",
-                                                     show_default=False)] = None,
+    source: Annotated[Path | None, typer.Argument(help="SWE-bench-format rows: JSONL, JSON list, Parquet, or a "
+                                                       "save_to_disk folder.", show_default=False)] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Output artifact name [default: tasks].",
-                                                show_default=False)] = None,
-    format: Annotated[str | None, typer.Option(help="auto | jsonl | json", show_default=False)] = None,
+                                             show_default=False)] = None,
+    format: Annotated[str | None, typer.Option(help="auto | jsonl | json | parquet | hf-disk.",
+                                               show_default=False)] = None,
     kind: Annotated[str | None, typer.Option(help="Kind of rows that do not say: swe | codeqa | search.",
-                                                show_default=False)] = None,
+                                             show_default=False)] = None,
+    split: Annotated[str | None, typer.Option(help="Split of a saved DatasetDict.", show_default=False)] = None,
+    specs: Annotated[Path | None, typer.Option(help="YAML of per-repo specs: install, test_cmd, network, "
+                                                    "per-version overrides.", show_default=False)] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     print_config_: PrintConfigOpt = False,
@@ -42,7 +46,8 @@ def import_cmd(
     from swepost.stages.tasks import TasksImportConfig
 
     cfg = resolve_config(TasksImportConfig, config, set_,
-                         {"source": source, "name": name, "format": format, "kind": kind})
+                         {"source": source, "name": name, "format": format, "kind": kind,
+                          "split": split, "specs": specs})
     if print_config_:
         return print_config(cfg)
     run_stage("tasks-import", cfg, as_json)

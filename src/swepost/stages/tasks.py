@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from swepost.artifacts import Artifact, ArtifactStore, producer_record, sha256_file
-from swepost.config import FileInput, StageConfig, dotted
+from swepost.artifacts import Artifact, ArtifactStore, producer_record, sha256_path
+from swepost.config import FileInput, StageConfig, dotted, load_yaml, validate
 from swepost.errors import BadInput, BadInputs
 from swepost.records import Task, TaskEnv, TaskVerify
 
@@ -24,17 +24,67 @@ _SWE_BENCH_FIELDS = {"instance_id", "repo", "base_commit", "problem_statement", 
 
 
 class TasksImportConfig(StageConfig):
-    source: Path = FileInput(description="a SWE-bench-format JSONL file or JSON list of task rows")
+    source: Path = FileInput(description="SWE-bench-format rows: a JSONL file, a JSON list, a Parquet file, or a "
+                             "Hugging Face dataset folder written by save_to_disk")
     name: str = Field("tasks", description="output artifact name")
-    format: Literal["auto", "jsonl", "json"] = Field("auto", description="auto: a file starting with '[' is a "
-                                                     "JSON list, anything else JSONL")
+    format: Literal["auto", "jsonl", "json", "parquet", "hf-disk"] = Field(
+        "auto", description="auto: a folder is a saved dataset, *.parquet is Parquet, a file starting with '[' "
+        "is a JSON list, anything else JSONL")
+    split: str | None = Field(None, description="split of a saved DatasetDict (default: its only split, or test)")
     kind: Literal["swe", "codeqa", "search"] = Field("swe", description="task kind of rows that do not say")
+    specs: Path | None = FileInput(None, description="YAML of per-repo specs (install, test_cmd, network, and "
+                                   "per-version overrides) for rows that do not carry their own")
+
+
+class RepoSpec(BaseModel):
+    """How to install and test one repo (like SWE-bench's per-repo specs); a row's own values win."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    install: list[str] | None = None
+    test_cmd: str | None = None
+    network: bool | None = None
+    versions: dict[str, RepoSpec] = Field(default_factory=dict)
+
+
+def load_specs(path: str | Path) -> dict[str, RepoSpec]:
+    """`owner/name: {install: [...], test_cmd: ..., versions: {"1.2": {...}}}`, checked key by key."""
+    data, lines = load_yaml(path)
+    if not isinstance(data, dict):
+        raise BadInput("a specs file maps owner/name to {install, test_cmd, network, versions}", file=str(path))
+
+    def where(loc):
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in lines:
+                return f"{path}:{lines[loc[:n]]}"
+        return str(path)
+
+    return {repo: validate(RepoSpec, spec or {}, where, prefix=(repo,)) for repo, spec in data.items()}
+
+
+def apply_specs(task: Task, specs: dict[str, RepoSpec]) -> Task:
+    spec = specs.get(task.repo or "")
+    if spec is None:
+        return task
+    layers = [spec, spec.versions.get(task.version or "")]
+    env = task.env.model_copy()
+    for layer in [x for x in layers if x is not None]:
+        if layer.install is not None and not task.env.install:
+            env.install = list(layer.install)
+        if layer.test_cmd is not None and task.env.test_cmd is None:
+            env.test_cmd = layer.test_cmd
+        if layer.network is not None:
+            env.network = layer.network
+    return task.model_copy(update={"env": env})
 
 
 def run_import(config: TasksImportConfig, store: ArtifactStore) -> Artifact:
-    tasks = read_task_file(config.source, fmt=config.format, kind=config.kind)
+    tasks = read_task_file(config.source, fmt=config.format, kind=config.kind, split=config.split)
+    if config.specs is not None:
+        specs = load_specs(config.specs)
+        tasks = [apply_specs(t, specs) for t in tasks]
     producer = producer_record("tasks-import", config.model_dump(mode="json"),
-                               source_sha256=sha256_file(Path(config.source)))
+                               source_sha256=sha256_path(Path(config.source)))
     with store.write(config.name, "tasks", producer=producer) as w:
         with open(w.path / TASKS_FILE, "w") as f:
             for task in tasks:
@@ -53,18 +103,24 @@ def load_tasks(art: Artifact) -> list[Task]:
 
 # --- reading rows ---------------------------------------------------------------------------------------------
 
-def read_task_file(path: str | Path, *, fmt: str = "auto", kind: str = "swe") -> list[Task]:
+def read_task_file(path: str | Path, *, fmt: str = "auto", kind: str = "swe", split: str | None = None) -> list[Task]:
+    """Rows of any supported format -> tasks; problems are reported by file and line (or row number)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput("file not found", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"cannot read: {e}", file=str(path)) from None
-    if fmt == "json" or (fmt == "auto" and text.lstrip().startswith("[")):
-        rows = _json_list_rows(text, str(path))
+    if not path.exists():
+        raise BadInput("file not found", file=str(path))
+    if fmt == "hf-disk" or (fmt == "auto" and path.is_dir()):
+        rows = _dataset_rows(path, split)
+    elif fmt == "parquet" or (fmt == "auto" and path.suffix == ".parquet"):
+        rows = _parquet_rows(path)
     else:
-        rows = _jsonl_rows(text, str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadInput(f"cannot read: {e}", file=str(path)) from None
+        if fmt == "json" or (fmt == "auto" and text.lstrip().startswith("[")):
+            rows = _json_list_rows(text, str(path))
+        else:
+            rows = _jsonl_rows(text, str(path))
     tasks, problems, first_line = [], [], {}
     for line, row in rows:
         try:
@@ -84,6 +140,35 @@ def read_task_file(path: str | Path, *, fmt: str = "auto", kind: str = "swe") ->
     if not tasks:
         raise BadInput("no task rows found", file=str(path))
     return tasks
+
+
+def _parquet_rows(path: Path) -> list[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+        raise BadInput(f"not a readable Parquet file: {e}", file=str(path)) from None
+    return [(n, row) for n, row in enumerate(table.to_pylist(), start=1)]
+
+
+def _dataset_rows(path: Path, split: str | None) -> list[tuple[int, Any]]:
+    """A Hugging Face dataset saved with `save_to_disk` (a Dataset, or a DatasetDict and a split)."""
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        data = load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - datasets raises FileNotFoundError, ValueError, ...
+        raise BadInput(f"not a dataset saved with save_to_disk: {e}", file=str(path)) from None
+    if isinstance(data, DatasetDict):
+        names = list(data)
+        chosen = split or (names[0] if len(names) == 1 else "test" if "test" in names else None)
+        if chosen not in data:
+            raise BadInput(f"choose a split with --split ({', '.join(names)})", file=str(path))
+        data = data[chosen]
+    elif split is not None:
+        raise BadInput(f"--split {split}: this dataset has no splits", file=str(path))
+    return [(n, row) for n, row in enumerate(data.to_list(), start=1)]
 
 
 def _jsonl_rows(text: str, file: str) -> list[tuple[int, Any]]:
