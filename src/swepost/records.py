@@ -52,3 +52,37 @@ class Task(BaseModel):
     env: TaskEnv = Field(default_factory=TaskEnv)
     verify: TaskVerify = Field(default_factory=TaskVerify)
     metadata: dict[str, Any] = Field(default_factory=dict, description="source columns swepost has no field for")
+
+
+ExitStatus = Literal["submitted", "max_turns", "context_overflow", "timeout", "format_error", "sandbox_error",
+                     "policy_error"]
+
+
+class Trajectory(BaseModel):
+    """One episode, saved after every step: a crash leaves a usable partial record (exit_status None)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = 1
+    episode_id: str = Field(description="instance_id#sample: unique within a collection")
+    instance_id: str
+    sample: int = 0
+    policy: dict[str, Any] = Field(default_factory=dict, description="name, model, sampling parameters")
+    environment: str = "swe"
+    tools: list[dict[str, Any]] = Field(default_factory=list, description="tool schemas offered (OpenAI format)")
+    messages: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI chat format, tool turns too")
+    exit_status: ExitStatus | None = None
+    final_diff: str = ""
+    answer: str | None = None
+    reward: float | None = None
+    resolved: str | None = None
+    evidence: dict[str, Any] = Field(default_factory=dict, description="grader evidence: statuses, apply log")
+    turns: int = 0
+    tool_calls: int = 0
+    tool_errors: int = Field(0, description="malformed or failing tool calls answered with an error")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: dict[str, float] = Field(default_factory=dict, description="policy, env, grading, total")
+    error: str | None = None
+    started: str | None = None
+    finished: str | None = None

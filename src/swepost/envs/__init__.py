@@ -1,0 +1,1 @@
+"""Stateful task environments (swe; codeqa and search later): reset, tools, step, score, close."""
