@@ -35,6 +35,7 @@ bench: install
 	$(PY) bench/cli.py --out bench/results/cli.json
 	$(PY) bench/sandbox.py --out bench/results/sandbox.json
 	$(PY) bench/grading.py --out bench/results/grading.json
+	$(PY) bench/rollout.py --out bench/results/rollout.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

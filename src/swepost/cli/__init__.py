@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from swepost import __version__
-from swepost.cli import artifacts, grade, model, pending, recipes, sandbox, tasks
+from swepost.cli import artifacts, grade, model, pending, recipes, rollouts, sandbox, tasks
 from swepost.errors import BadInput, WorkFailed
 
 
@@ -48,8 +48,12 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 app.add_typer(tasks.app, name="tasks", help="Import, check and list task sets (SWE-bench format).")
-for _name in ("collect", "filter", "sft", "rft", "rl", "eval"):
+app.command("collect", help="Run a policy on tasks in sandboxes and save graded trajectories (crash-safe, "
+            "resumable).")(rollouts.collect_cmd)
+for _name in ("filter", "sft", "rft", "rl"):
     pending.register(app, _name)
+app.command("eval", help="Evaluate a policy on a task set: resolved rate, pass@k, SWE-bench predictions.")(
+    rollouts.eval_cmd)
 app.command("run", help="Run a recipe: its stages in order, reusing every stage already done.")(recipes.run_cmd)
 app.add_typer(recipes.app, name="recipes", help="Check recipe files without running them.")
 app.add_typer(artifacts.app, name="artifacts", help="List, inspect, verify and remove stored artifacts.")

@@ -56,9 +56,7 @@ def run_stage(stage: str, config, as_json: bool) -> None:
     """Run one registered stage on a resolved config and report the artifact it wrote."""
     from swepost.stages import get_stage
 
-    st = store()
-    with err_console.status(f"[bold]{stage}[/] running…", spinner="dots") if not as_json else _null():
-        art = get_stage(stage).runner()(config, st)
+    art = get_stage(stage).runner()(config, store())  # long stages draw their own progress on stderr
     report(art, as_json)
 
 
@@ -74,14 +72,6 @@ def report(art, as_json: bool, **extra: Any) -> None:
 def not_built(command: str, issue: int) -> None:
     err_console.print(f"swepost {command}: not built yet (planned in issue {issue}).")
     raise typer.Exit(1)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 __all__ = ["WorkFailed", "console", "err_console"]

@@ -8,12 +8,10 @@ from swepost.cli.common import not_built
 
 # name -> (one-line purpose, the issue that builds it)
 PENDING = {name: (purpose, issue) for name, purpose, issue in [
-    ("collect", "Run a policy on tasks in sandboxes and save trajectories (crash-safe, resumable).", 5),
     ("filter", "Keep the trajectories that pass a reward or rule (rejection sampling).", 6),
     ("sft", "Supervised fine-tuning on trajectories (TRL SFTTrainer, tool-aware, assistant-only loss).", 6),
     ("rft", "Rejection fine-tuning: collect, filter to successes, then SFT, in one stage.", 6),
     ("rl", "Reinforcement learning (GRPO/DAPO) from test rewards (RLVR) or a judge (RLAIF).", 7),
-    ("eval", "Evaluate a model or checkpoint on a task set and write an eval artifact.", 5),
 ]}
 
 

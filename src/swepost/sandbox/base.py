@@ -239,6 +239,15 @@ class Sandbox:
             tar.add(src, arcname=src.name)
         self._call({"op": "put_tar", "dest": dest, "data": base64.b64encode(buf.getvalue()).decode()})
 
+    def copy_contents_in(self, src: str | Path, dest: str) -> None:
+        """Copy everything inside the host folder `src` into the sandbox folder `dest`, in one transfer."""
+        src = Path(src)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for child in sorted(src.iterdir()):
+                tar.add(child, arcname=child.name)
+        self._call({"op": "put_tar", "dest": dest, "data": base64.b64encode(buf.getvalue()).decode()})
+
     def copy_out(self, src: str, dest: str | Path) -> Path:
         """Copy a sandbox file or folder into the host folder `dest`; returns the host path."""
         data = base64.b64decode(self._call({"op": "get_tar", "path": src})["data"])

@@ -119,8 +119,7 @@ class DockerSandbox(Sandbox):
     def start(self) -> DockerSandbox:
         super().start()
         if self.source_dir is not None:  # the working copy goes in through the agent: no host path is mounted
-            for child in sorted(Path(self.source_dir).iterdir()):
-                self.copy_in(child, self.workdir)
+            self.copy_contents_in(self.source_dir, self.workdir)
         return self
 
     def _teardown(self) -> None:

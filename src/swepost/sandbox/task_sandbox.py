@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -10,7 +13,24 @@ from swepost.errors import BadInput
 from swepost.records import Task
 from swepost.sandbox import open_sandbox, pick_backend
 from swepost.sandbox.base import Limits, Sandbox
-from swepost.sandbox.repos import checkout
+from swepost.sandbox.repos import checkout, mirror_path
+
+
+@functools.lru_cache(maxsize=16)
+def _checkout_tar_cached(mirror: str, repo: str, base_commit: str, instance_id: str) -> bytes:
+    task = Task(instance_id=instance_id, problem_statement="", repo=repo, base_commit=base_commit)
+    with tempfile.TemporaryDirectory(prefix="swepost-checkout-") as tmp:
+        checkout(task, Path(mirror).parent, Path(tmp) / "repo")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(Path(tmp) / "repo", arcname="repo")
+        return buf.getvalue()
+
+
+def _checkout_tar(mirror: str, task: Task) -> bytes:
+    """The task's repo at base_commit as a tar, made once per (mirror, commit) in this process: episodes on
+    the same task (samples, validation runs) skip the clone."""
+    return _checkout_tar_cached(mirror, task.repo or "", task.base_commit or "", task.instance_id)
 
 
 def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: str = "auto",
@@ -31,7 +51,8 @@ def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: s
         raise BadInput(f"{task.instance_id}: no task image; give --repos DIR (a folder of owner__name repos)")
     scratch = Path(tempfile.mkdtemp(prefix="swepost-checkout-"))
     try:
-        checkout(task, repos, scratch / "repo")
+        with tarfile.open(fileobj=io.BytesIO(_checkout_tar(str(mirror_path(repos, task.repo or "")), task))) as tar:
+            tar.extractall(scratch, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
         box = open_sandbox(backend, source_dir=scratch / "repo", limits=limits, workdir=task.env.workdir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,172 @@
+"""The multi-turn loop: a policy talks to an environment through tools until it submits or a limit ends it.
+
+Every episode ends with an exit status (submitted, max_turns, context_overflow, timeout, format_error,
+sandbox_error, policy_error). A malformed tool call (bad JSON, unknown tool, missing or wrong arguments) is
+answered with an error observation and counted; too many in a row end the episode as format_error. The
+trajectory is handed to `on_step` after every step, so a crash leaves a usable partial record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from swepost.envs.base import Environment, EnvironmentBroken, ToolError
+from swepost.errors import WorkFailed
+from swepost.policies.base import ContextOverflow, Policy, PolicyError
+from swepost.records import Task, Trajectory
+
+NO_TOOL_CALL = ("Your reply had no tool call. Use one of the tools to work on the repository, "
+                "or call `submit` when you are done.")
+
+
+@dataclass
+class AgentLimits:
+    max_turns: int = 30
+    max_context_tokens: int = 32768
+    max_seconds: float = 1800.0
+    max_consecutive_errors: int = 5
+    max_argument_chars: int = 200_000  # a tool call bigger than this is refused, not parsed
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def parse_call(call: Any, tool_names: set[str], limit: int) -> tuple[str, dict[str, Any]]:
+    """A tool call from the model -> (name, arguments); ToolError says what is wrong with it."""
+    if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+        raise ToolError("Malformed tool call: expected {\"function\": {\"name\": ..., \"arguments\": ...}}.")
+    name, raw = call["function"].get("name"), call["function"].get("arguments", "{}")
+    if not isinstance(name, str) or name not in tool_names:
+        raise ToolError(f"Unknown tool {str(name)[:100]!r}. Available tools: {', '.join(sorted(tool_names))}.")
+    if isinstance(raw, dict):
+        return name, raw
+    if not isinstance(raw, str):
+        raise ToolError("Tool arguments must be a JSON object.")
+    if len(raw) > limit:
+        raise ToolError(f"Tool arguments are {len(raw)} characters long; the limit is {limit}.")
+    try:
+        args = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as e:
+        raise ToolError(f"Tool arguments are not valid JSON ({e.msg} at column {e.colno}).") from None
+    if not isinstance(args, dict):
+        raise ToolError("Tool arguments must be a JSON object.")
+    return name, args
+
+
+def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0,
+                limits: AgentLimits | None = None, grade: bool = True,
+                on_step: Callable[[Trajectory], None] = lambda t: None) -> Trajectory:
+    """Run one episode to its end, grade it, and return the trajectory (also passed to on_step each step)."""
+    limits = limits or AgentLimits()
+    traj = Trajectory(episode_id=f"{task.instance_id}#{sample}", instance_id=task.instance_id, sample=sample,
+                      policy=policy.describe(), environment=env.name, started=now())
+    started = time.monotonic()
+    policy_s = env_s = 0.0
+    try:
+        t0 = time.monotonic()
+        try:
+            traj.messages = env.reset(task)
+            traj.tools = env.tools()
+        except EnvironmentBroken as e:
+            traj.exit_status, traj.error = "sandbox_error", str(e)
+            return traj
+        finally:
+            traj.seconds["reset"] = round(time.monotonic() - t0, 3)
+        policy.start(task)
+        names = {t["function"]["name"] for t in traj.tools}
+        errors_in_row = 0
+        on_step(traj)
+        while traj.exit_status is None:
+            if traj.turns >= limits.max_turns:
+                traj.exit_status = "max_turns"
+                break
+            if time.monotonic() - started > limits.max_seconds:
+                traj.exit_status = "timeout"
+                break
+            t0 = time.monotonic()
+            try:
+                reply = policy.reply(traj.messages, traj.tools)
+            except ContextOverflow as e:
+                traj.exit_status, traj.error = "context_overflow", str(e)
+                break
+            except PolicyError as e:
+                traj.exit_status, traj.error = "policy_error", str(e)
+                break
+            finally:
+                policy_s += time.monotonic() - t0
+            traj.turns += 1
+            traj.prompt_tokens += reply.prompt_tokens
+            traj.completion_tokens += reply.completion_tokens
+            message = {"role": "assistant", "content": reply.message.get("content") or ""}
+            calls = reply.message.get("tool_calls") or []
+            if calls:
+                message["tool_calls"] = calls
+            traj.messages.append(message)
+            if reply.prompt_tokens > limits.max_context_tokens:
+                traj.exit_status = "context_overflow"
+                break
+            if not calls:
+                errors_in_row += 1
+                traj.tool_errors += 1
+                traj.messages.append({"role": "user", "content": NO_TOOL_CALL})
+            for call in calls:
+                traj.tool_calls += 1
+                call_id = call.get("id") if isinstance(call, dict) else None
+                t0 = time.monotonic()
+                try:
+                    name, args = parse_call(call, names, limits.max_argument_chars)
+                    observation = env.step(name, args)
+                    content, errors_in_row = observation.content, 0
+                    if observation.done:
+                        traj.exit_status, traj.answer = "submitted", observation.answer
+                except ToolError as e:
+                    content = f"Error: {e}"
+                    errors_in_row += 1
+                    traj.tool_errors += 1
+                except EnvironmentBroken as e:
+                    traj.exit_status, traj.error = "sandbox_error", str(e)
+                    content = f"Error: the sandbox failed: {e}"
+                finally:
+                    env_s += time.monotonic() - t0
+                traj.messages.append({"role": "tool", "tool_call_id": call_id or f"call_{traj.tool_calls}",
+                                      "name": _call_name(call), "content": content})
+                if traj.exit_status is not None:
+                    break
+            if traj.exit_status is None and errors_in_row >= limits.max_consecutive_errors:
+                traj.exit_status = "format_error"
+            on_step(traj)
+        if traj.exit_status != "sandbox_error":
+            try:
+                traj.final_diff = env.final_diff()
+                if grade:
+                    t0 = time.monotonic()
+                    scored = env.score()
+                    traj.seconds["grading"] = round(time.monotonic() - t0, 3)
+                    traj.reward, traj.resolved = scored.get("reward"), scored.get("resolved")
+                    traj.evidence = scored.get("evidence") or {}
+            except EnvironmentBroken as e:
+                traj.exit_status, traj.error = "sandbox_error", str(e)
+            except WorkFailed as e:  # the grader's own sandbox failed: the episode stands, ungraded
+                traj.error = f"grading failed: {e}"
+        return traj
+    finally:
+        t0 = time.monotonic()
+        env.close()
+        traj.seconds["close"] = round(time.monotonic() - t0, 3)
+        traj.seconds.update(policy=round(policy_s, 3), env=round(env_s, 3),
+                            total=round(time.monotonic() - started, 3))
+        traj.finished = now()
+        on_step(traj)
+
+
+def _call_name(call: Any) -> str:
+    try:
+        return str(call["function"]["name"])[:100]
+    except (TypeError, KeyError):
+        return ""

@@ -1,0 +1,310 @@
+"""A policy served by any OpenAI-compatible chat-completions server: vLLM, SGLang, hosted APIs.
+
+Tool calls go either natively (`tools=` in the request, the server's tool parser fills `tool_calls`) or as
+text in the Hermes/Qwen format (`<tools>` in the system message, `<tool_call>` blocks in the reply) for
+servers started without a tool parser. `auto` starts native and switches to text for good the first time
+the server says it cannot take tools.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import random
+import re
+import time
+import uuid
+from typing import Any
+
+from swepost.policies.base import ContextOverflow, PolicyError, PolicyReply
+from swepost.records import Task
+
+log = logging.getLogger(__name__)
+
+TOOL_MODES = ("native", "text", "auto")
+RETRYABLE_STATUS = {408, 409, 429}
+MAX_BACKOFF_S = 60.0
+MAX_RETRY_AFTER_S = 600.0
+
+_CONTEXT_OVERFLOW = re.compile(
+    r"context[ _-]?length|context window|maximum model length|max_model_len|model's context|"
+    r"prompt is too long|too many tokens|reduce the length|is longer than the model|exceeds the model",
+    re.IGNORECASE)
+_TOOLS_UNSUPPORTED = re.compile(
+    r"enable-auto-tool-choice|tool-call-parser|tool[ _-]?choice[^.]*?(?:not supported|unsupported)|"
+    r"\btools? (?:use )?(?:are|is) not supported|does not support (?:tools|tool|function)",
+    re.IGNORECASE)
+
+TOOLS_PROMPT_HEAD = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+                     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>")
+TOOLS_PROMPT_TAIL = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+                     "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+                     '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+_TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+_NAME_IN_BROKEN_JSON = re.compile(r'"name"\s*:\s*"([^"\\]*)"')
+
+
+class OpenAIPolicy:
+    name = "openai"
+
+    def __init__(self, *, model: str, base_url: str | None = None, api_key: str | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 1024, seed: int | None = None,
+                 extra_body: dict[str, Any] | None = None, tool_mode: str = "auto", timeout: float = 120.0,
+                 max_retries: int = 5, backoff: float = 0.5):
+        if tool_mode not in TOOL_MODES:
+            raise ValueError(f"tool_mode must be one of {', '.join(TOOL_MODES)}, not {tool_mode!r}")
+        import openai  # here, not at module import: only this policy needs the client
+
+        self._openai = openai
+        self.model = model
+        self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
+        self.extra_body = dict(extra_body or {})
+        self.tool_mode = tool_mode
+        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        # auto starts native; the first "tools not supported" answer moves it to text for the rest of its life
+        self.active_tool_mode = "text" if tool_mode == "text" else "native"
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        # max_retries=0: our retry loop is the only one, so attempts and backoff are what describe() says
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+        self.base_url = str(self.client.base_url)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "base_url": self.base_url,
+            "tool_mode": self.tool_mode,
+            "tool_mode_active": self.active_tool_mode,
+            "sampling": {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+                         "seed": self.seed, "extra_body": dict(self.extra_body)},
+        }
+
+    def start(self, task: Task) -> None:
+        pass
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- one turn -------------------------------------------------------------------------------------------
+
+    def reply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PolicyReply:
+        openai = self._openai
+        attempt = 0
+        while True:
+            mode = self.active_tool_mode
+            delay: float | None = None
+            try:
+                response = self._create(messages, tools, mode)
+            except openai.APIStatusError as e:
+                status, text = e.status_code, _error_text(e)
+                if status in RETRYABLE_STATUS or status >= 500:
+                    last: Exception = e
+                    delay = _retry_after(e)
+                elif _CONTEXT_OVERFLOW.search(text):
+                    raise ContextOverflow(f"{self.model}: context exceeded ({status}): {text}") from e
+                elif self.tool_mode == "auto" and mode == "native" and _TOOLS_UNSUPPORTED.search(text):
+                    log.warning("%s at %s does not take native tools (%s); using text tool calls from now on",
+                                self.model, self.base_url, text)
+                    self.active_tool_mode = "text"
+                    continue
+                else:
+                    hint = ""
+                    if mode == "native" and _TOOLS_UNSUPPORTED.search(text):
+                        hint = " (the server takes no native tools: use tool_mode text or auto)"
+                    raise PolicyError(f"{self.model} at {self.base_url} refused the request ({status}): "
+                                      f"{text}{hint}") from e
+            except openai.APIConnectionError as e:  # timeouts included
+                last = e
+            except openai.OpenAIError as e:
+                raise PolicyError(f"{self.model} at {self.base_url}: {type(e).__name__}: {e}") from e
+            else:
+                return self._to_reply(response, mode, attempt + 1)
+            if attempt >= self.max_retries:
+                raise PolicyError(f"{self.model} at {self.base_url}: gave up after {attempt + 1} attempts; "
+                                  f"last error: {_describe_error(last)}") from last
+            if delay is None:
+                delay = min(self.backoff * 2 ** attempt, MAX_BACKOFF_S) * (1 + 0.5 * random.random())
+            log.info("%s: attempt %d failed (%s); retrying in %.2fs", self.model, attempt + 1,
+                     _describe_error(last), delay)
+            time.sleep(delay)
+            attempt += 1
+
+    def _create(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], mode: str):
+        kwargs: dict[str, Any] = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p,
+                                  "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        if self.extra_body:
+            kwargs["extra_body"] = dict(self.extra_body)
+        if mode == "native":
+            kwargs["messages"] = [_clean_message(m) for m in messages]
+            if tools:
+                kwargs["tools"] = tools
+        else:
+            kwargs["messages"] = to_text_mode(messages, tools)
+        return self.client.chat.completions.create(**kwargs)
+
+    def _to_reply(self, response: Any, mode: str, attempts: int) -> PolicyReply:
+        if not response.choices:
+            raise PolicyError(f"{self.model} at {self.base_url} answered with no choices")
+        choice = response.choices[0]
+        message = choice.message
+        content = message.content
+        if mode == "native":
+            tool_calls = [_plain_tool_call(tc) for tc in (message.tool_calls or [])]
+        else:
+            content, tool_calls = parse_tool_calls(content)
+        out: dict[str, Any] = {"role": "assistant", "content": content}
+        if tool_calls:
+            out["tool_calls"] = tool_calls
+        extra: dict[str, Any] = {"tool_mode": mode, "attempts": attempts, "response_id": response.id,
+                                 "served_model": response.model}
+        reasoning = (message.model_extra or {}).get("reasoning_content")
+        if reasoning:
+            extra["reasoning_content"] = reasoning
+        usage = response.usage
+        return PolicyReply(message=out,
+                           prompt_tokens=(getattr(usage, "prompt_tokens", None) or 0) if usage else 0,
+                           completion_tokens=(getattr(usage, "completion_tokens", None) or 0) if usage else 0,
+                           finish_reason=choice.finish_reason, extra=extra)
+
+
+# -- text mode: the Hermes / Qwen2.5 tool-call format ---------------------------------------------------------
+
+
+def tools_system_block(tools: list[dict[str, Any]]) -> str:
+    lines = "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools)
+    return TOOLS_PROMPT_HEAD + lines + TOOLS_PROMPT_TAIL
+
+
+def to_text_mode(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What Qwen2.5's chat template renders: tools in the system message, calls and results as plain text."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role = m.get("role")
+        if role == "tool":
+            block = f"<tool_response>\n{_text(m.get('content'))}\n</tool_response>"
+            if out and out[-1].get("_tool_responses"):
+                out[-1]["content"] += "\n" + block  # consecutive results share one user turn
+            else:
+                out.append({"role": "user", "content": block, "_tool_responses": True})
+        elif role == "assistant" and m.get("tool_calls"):
+            parts = [_text(m.get("content"))] if m.get("content") else []
+            for tc in m["tool_calls"]:
+                fn = tc.get("function") or {}
+                args = fn.get("arguments")
+                if isinstance(args, str):
+                    try:
+                        args = json.loads(args)
+                    except ValueError:
+                        pass  # sent back as the string the model wrote
+                call = json.dumps({"name": fn.get("name", ""), "arguments": args}, ensure_ascii=False)
+                parts.append(f"<tool_call>\n{call}\n</tool_call>")
+            out.append({"role": "assistant", "content": "\n".join(parts)})
+        else:
+            out.append(_clean_message(m))
+    for m in out:
+        m.pop("_tool_responses", None)
+    if tools:
+        block = tools_system_block(tools)
+        if out and out[0].get("role") == "system":
+            system = _text(out[0].get("content"))
+            out[0] = {**out[0], "content": f"{system}\n\n{block}" if system else block}
+        else:
+            out.insert(0, {"role": "system", "content": block})
+    return out
+
+
+def parse_tool_calls(content: str | None) -> tuple[str | None, list[dict[str, Any]]]:
+    """Split `<tool_call>{json}</tool_call>` blocks out of a reply; malformed ones stay calls, raw text as args."""
+    if not content or "<tool_call>" not in content:
+        return content, []
+    calls = []
+    for match in _TOOL_CALL_BLOCK.finditer(content):
+        raw = match.group(1).strip()
+        name, arguments = "", raw
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+            found = _NAME_IN_BROKEN_JSON.search(raw)
+            name = found.group(1) if found else ""
+        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
+            name = obj["name"]
+            args = obj.get("arguments", obj.get("parameters", {}))
+            arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                      "function": {"name": name, "arguments": arguments}})
+    rest = _TOOL_CALL_BLOCK.sub("", content).strip()
+    return (rest or None), calls
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content)
+
+
+def _clean_message(m: dict[str, Any]) -> dict[str, Any]:
+    m = dict(m)
+    if "tool_calls" in m and not m["tool_calls"]:
+        del m["tool_calls"]  # OpenAI rejects an empty tool_calls array
+    return m
+
+
+def _plain_tool_call(tc: Any) -> dict[str, Any]:
+    fn = getattr(tc, "function", None)
+    return {"id": getattr(tc, "id", None) or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+            "function": {"name": getattr(fn, "name", None) or "",
+                         "arguments": getattr(fn, "arguments", None) or ""}}
+
+
+def _error_text(e: Any) -> str:
+    text = str(getattr(e, "message", "") or e)
+    body = getattr(e, "body", None)
+    if body is not None:
+        extra = body if isinstance(body, str) else json.dumps(body, default=str)
+        if extra not in text:
+            text = f"{text} {extra}"
+    return text
+
+
+def _describe_error(e: Exception) -> str:
+    status = getattr(e, "status_code", None)
+    detail = _error_text(e) if status is not None else str(e)
+    return f"{type(e).__name__}{f' {status}' if status else ''}: {detail}"
+
+
+def _retry_after(e: Any) -> float | None:
+    """Seconds the server asked us to wait (Retry-After / retry-after-ms), or None."""
+    response = getattr(e, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return min(max(float(ms) / 1000, 0.0), MAX_RETRY_AFTER_S)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)

@@ -1,0 +1,77 @@
+"""Stage `eval`: the collect engine on a task split, k samples per task, summarised as metrics.
+
+Writes an `eval` artifact: metrics.json (resolved rate, unbiased pass@k, exit statuses, mean turns and
+tokens), predictions.jsonl in SWE-bench's format (instance_id, model_name_or_path, model_patch), a Markdown
+summary, and the trajectories themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from math import comb
+
+from pydantic import Field
+
+from swepost.artifacts import Artifact, ArtifactStore, producer_record
+from swepost.records import Trajectory
+from swepost.stages.collect import CollectConfig, episode_stats, run_episodes, write_trajectories
+
+
+class EvalConfig(CollectConfig):
+    name: str = Field("eval", description="output artifact name")
+    policy: str = Field("hf", description="openai | hf | scripted | oracle | module:Class")
+    model_name: str | None = Field(None, description="model_name_or_path written in predictions.jsonl "
+                                   "(default: the policy's model)")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of Chen et al. (2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def metrics(trajectories: list[Trajectory], samples: int) -> dict:
+    by_task: dict[str, list[Trajectory]] = {}
+    for t in trajectories:
+        by_task.setdefault(t.instance_id, []).append(t)
+    out = episode_stats(trajectories)
+    out["tasks"] = len(by_task)
+    out["pass_at_k"] = {}
+    for k in sorted({1, samples} | ({5} if samples >= 5 else set())):
+        scores = [pass_at_k(len(ts), sum(t.resolved == "RESOLVED_FULL" for t in ts), k) for ts in by_task.values()]
+        out["pass_at_k"][str(k)] = round(sum(scores) / len(scores), 4) if scores else 0.0
+    out["resolved_tasks"] = sorted(i for i, ts in by_task.items() if any(t.resolved == "RESOLVED_FULL" for t in ts))
+    return out
+
+
+def summary_markdown(name: str, config: EvalConfig, m: dict) -> str:
+    rows = "\n".join(f"| {status} | {count} |" for status, count in sorted(m["exit_status"].items()))
+    passes = ", ".join(f"pass@{k} = {v:.3f}" for k, v in m["pass_at_k"].items())
+    return (f"# {name}\n\npolicy `{config.policy}` {json.dumps(config.policy_args)} on {m['tasks']} tasks x "
+            f"{config.samples} samples\n\n- resolved: {m['resolved']} / {m['episodes']} episodes "
+            f"({m['resolved_rate']:.1%})\n- {passes}\n- mean turns: {m['mean_turns']}, tokens: {m['tokens']}, "
+            f"tool errors: {m['tool_errors']}\n\n| exit status | episodes |\n|---|---|\n{rows}\n")
+
+
+def run_eval(config: EvalConfig, store: ArtifactStore) -> Artifact:
+    source, _, trajectories, work = run_episodes(config, store, "eval")
+    m = metrics(trajectories, config.samples)
+    model_name = config.model_name or str(config.policy_args.get("model") or config.policy)
+    data = config.model_dump(mode="json")
+    data["tasks"] = source.id
+    producer = producer_record("eval", data, seed=config.seed)
+    with store.write(config.name, "eval", producer=producer, parents=[source.id]) as w:
+        write_trajectories(w.path, trajectories)
+        (w.path / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+        with open(w.path / "predictions.jsonl", "w") as f:
+            for t in trajectories:
+                if t.sample == 0:  # SWE-bench takes one prediction per instance
+                    f.write(json.dumps({"instance_id": t.instance_id, "model_name_or_path": model_name,
+                                        "model_patch": t.final_diff}) + "\n")
+        (w.path / "summary.md").write_text(summary_markdown(config.name, config, m))
+        w.stats.update({k: m[k] for k in ("episodes", "resolved", "resolved_rate", "mean_turns", "tokens")})
+        w.stats["pass_at_1"] = m["pass_at_k"]["1"]
+    shutil.rmtree(work, ignore_errors=True)
+    return w.artifact
