@@ -28,7 +28,7 @@ demo: install
 	@# with a docker engine, sandboxes need the base image (built once, ~1 min); without one, bubblewrap is used
 	$(PY) -c 'from swepost.sandbox.docker import docker_available as up; from swepost.sandbox.images import build_base_image as b; up() and b()'
 	$(VENV)/bin/swepost run recipes/quickstart.yaml
-	$(VENV)/bin/swepost artifacts lineage quickstart-validated
+	$(VENV)/bin/swepost artifacts lineage quickstart-eval
 	$(VENV)/bin/swepost tasks ls quickstart-validated
 
 bench: install

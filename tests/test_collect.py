@@ -109,6 +109,7 @@ def test_the_tiny_hf_model_produces_well_formed_trajectories(mini, swepost, stor
     r = swepost("eval", "mini", "--policy", "hf", "--model", out["id"], "--limit", "2", "--concurrency", "1",
                 "--set", "policy_args.max_new_tokens=24", "--set", "limits.max_turns=3", *mini, "--json", check=0)
     art = store.resolve(json.loads(r.stdout)["id"])
+    assert art.parents == sorted([store.resolve("mini").id, out["id"]])  # lineage reaches the model
     for t in trajectories(store, art.id):
         assert t["exit_status"] in ("max_turns", "format_error", "submitted"), t["exit_status"]
         assert t["turns"] >= 1 and t["policy"]["name"] == "hf" and t["policy"]["model"]

@@ -148,6 +148,20 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
     return source, tasks, trajectories, log.folder
 
 
+def input_parents(config: CollectConfig, store: ArtifactStore, tasks_id: str) -> list[str]:
+    """The tasks, and the policy's model when it is a stored checkpoint: lineage reaches both."""
+    from swepost.errors import BadInput
+
+    parents = [tasks_id]
+    model = config.policy_args.get("model")
+    if isinstance(model, str) and model:
+        try:
+            parents.append(store.resolve(model).id)
+        except BadInput:
+            pass  # a hub id or a plain folder: recorded in the config, not in the store
+    return parents
+
+
 def episode_stats(trajectories: list[Trajectory]) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     for t in trajectories:
@@ -192,7 +206,8 @@ def run_collect(config: CollectConfig, store: ArtifactStore) -> Artifact:
     data = config.model_dump(mode="json")
     data["tasks"] = source.id
     producer = producer_record("collect", data, seed=config.seed)
-    with store.write(config.name, "trajectories", producer=producer, parents=[source.id]) as w:
+    with store.write(config.name, "trajectories", producer=producer,
+                     parents=input_parents(config, store, source.id)) as w:
         write_trajectories(w.path, trajectories)
         w.stats.update(episode_stats(trajectories))
     shutil.rmtree(work, ignore_errors=True)

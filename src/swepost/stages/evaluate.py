@@ -15,7 +15,7 @@ from pydantic import Field
 
 from swepost.artifacts import Artifact, ArtifactStore, producer_record
 from swepost.records import Trajectory
-from swepost.stages.collect import CollectConfig, episode_stats, run_episodes, write_trajectories
+from swepost.stages.collect import CollectConfig, episode_stats, input_parents, run_episodes, write_trajectories
 
 
 class EvalConfig(CollectConfig):
@@ -62,7 +62,7 @@ def run_eval(config: EvalConfig, store: ArtifactStore) -> Artifact:
     data = config.model_dump(mode="json")
     data["tasks"] = source.id
     producer = producer_record("eval", data, seed=config.seed)
-    with store.write(config.name, "eval", producer=producer, parents=[source.id]) as w:
+    with store.write(config.name, "eval", producer=producer, parents=input_parents(config, store, source.id)) as w:
         write_trajectories(w.path, trajectories)
         (w.path / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
         with open(w.path / "predictions.jsonl", "w") as f:
