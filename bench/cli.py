@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import emit
+
 
 def time_command(args: list[str], env: dict, runs: int) -> dict:
     samples = []
@@ -60,11 +62,7 @@ def main() -> None:
             "goal": {"help_median_s_below": 0.5},
         }
     result["goal"]["met"] = result["help"]["median_s"] < 0.5
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ time pytest itself ran: sandbox start, checkout, patch application, restoring te
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -18,12 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import emit, pct
+
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -58,11 +55,7 @@ def main() -> None:
         "total_s": {"p50": round(pct(total, 0.5), 3)},
     }
     out["goal"] = {"overhead_p50_le_1s": out["overhead_s"]["p50"] <= 1.0}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

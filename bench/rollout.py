@@ -9,13 +9,14 @@ overhead per turn (episode time minus policy, tool, sandbox start/stop time) <= 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = [
@@ -66,11 +67,7 @@ def main() -> None:
     out["goals"] = {"speedup_ge_5": out["speedup"] >= 5,
                     "overhead_per_turn_le_10ms": max(one["overhead_per_turn_ms"]["p50"],
                                                      eight["overhead_per_turn_ms"]["p50"]) <= 10}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Backends that are not available here are reported as skipped, not silently left 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -20,10 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+from report import emit, pct
 
 
 def summary(samples: list[float]) -> dict:
@@ -155,11 +151,7 @@ def main() -> None:
         "cold_start_le_1s": st.get("cold_start", {}).get("p50_ms", 1e9) <= 1000,
         "warm_pool_le_100ms": st.get("warm_pool", {}).get("p50_ms", 1e9) <= 100,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ POLICIES = {
 ENVIRONMENTS = {
     "swe": "swepost.envs.swe:SweEnvironment",
 }
+SANDBOXES = {
+    "docker": "swepost.sandbox.docker:DockerSandbox",
+    "bwrap": "swepost.sandbox.bwrap:BwrapSandbox",
+    "local": "swepost.sandbox.local:LocalSandbox",
+}
 
 
 def load_component(name: str, registry: dict[str, str], what: str):

@@ -241,14 +241,15 @@ def patch_to_calls(patch: str) -> tuple[list[dict[str, Any]], list[str]]:
 class OraclePolicy:
     name = "oracle"
 
-    def __init__(self, *, delay: float = 0.0):
-        self.delay = float(delay)
+    def __init__(self, *, delay: float = 0.0, model: str | None = None):
+        # `model` is recorded, never used: it lets model-driven pipelines (rft, eval) run with the oracle
+        self.delay, self.model = float(delay), model
         self._calls: list[dict[str, Any]] = [{"name": "submit", "arguments": {}}]
         self._skipped: list[str] = []
         self._next = 0
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "delay": self.delay, "source": "task.patch"}
+        return {"name": self.name, "delay": self.delay, "source": "task.patch", "model": self.model}
 
     def start(self, task: Task) -> None:
         calls, self._skipped = patch_to_calls(task.patch or "")

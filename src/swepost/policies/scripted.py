@@ -101,7 +101,8 @@ class ScriptedPolicy:
     name = "scripted"
 
     def __init__(self, *, turns: list | dict | None = None, path: str | None = None, per_task: bool = False,
-                 delay: float = 0.0):
+                 delay: float = 0.0, model: str | None = None):
+        # `model` is accepted and ignored, so pipelines that set it (rft, eval) can run a script
         if (turns is None) == (path is None):
             raise BadInput("ScriptedPolicy needs exactly one of turns= or path=")
         if delay < 0:

@@ -10,16 +10,7 @@
 
 from __future__ import annotations
 
-import importlib
 import warnings
-
-from swepost.errors import BadInput
-
-BACKENDS = {
-    "docker": "swepost.sandbox.docker:DockerSandbox",
-    "bwrap": "swepost.sandbox.bwrap:BwrapSandbox",
-    "local": "swepost.sandbox.local:LocalSandbox",
-}
 
 
 def pick_backend(name: str = "auto") -> str:
@@ -41,15 +32,9 @@ def pick_backend(name: str = "auto") -> str:
 
 def sandbox_class(name: str):
     """A backend by short name (docker, bwrap, local) or by import path (`mypkg.mod:MySandbox`)."""
-    target = BACKENDS.get(name, name)
-    module, sep, attr = target.partition(":")
-    if not sep:
-        module, _, attr = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError):
-        raise BadInput(f"unknown sandbox backend {name!r} (known: auto, {', '.join(BACKENDS)}, "
-                       "or module:Class)") from None
+    from swepost.registry import SANDBOXES, load_component
+
+    return load_component(name, SANDBOXES, "sandbox backend")
 
 
 def open_sandbox(backend: str = "auto", *, image: str | None = None, source_dir=None, limits=None,

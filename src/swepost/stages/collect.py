@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
 from swepost.config import ArtifactInput, PathInput, StageConfig
+from swepost.errors import BadInput
 from swepost.records import Task, Trajectory
 from swepost.stages.tasks import load_tasks
 
@@ -125,7 +126,10 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
 
     def episode(task: Task, sample: int) -> Trajectory:
         if not hasattr(local, "policy"):
-            local.policy = policy_cls(**config.policy_args)
+            try:
+                local.policy = policy_cls(**config.policy_args)
+            except TypeError as e:  # an argument the policy does not take
+                raise BadInput(f"policy {config.policy!r}: {e}", key="policy_args") from None
         env = env_cls(repos=config.repos, backend=config.backend, tool_timeout=config.limits.tool_timeout,
                       grade=config.grade)
         traj = run_episode(local.policy, env, task, sample=sample, limits=limits, grade=config.grade,
@@ -150,8 +154,6 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
 
 def input_parents(config: CollectConfig, store: ArtifactStore, tasks_id: str) -> list[str]:
     """The tasks, and the policy's model when it is a stored checkpoint: lineage reaches both."""
-    from swepost.errors import BadInput
-
     parents = [tasks_id]
     model = config.policy_args.get("model")
     if isinstance(model, str) and model:
