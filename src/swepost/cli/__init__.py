@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from swepost import __version__
-from swepost.cli import artifacts, grade, model, pending, recipes, rollouts, sandbox, tasks
+from swepost.cli import artifacts, filter, grade, model, pending, recipes, rft, rollouts, sandbox, sft, tasks
 from swepost.errors import BadInput, WorkFailed
 
 
@@ -50,8 +50,12 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 app.add_typer(tasks.app, name="tasks", help="Import, check and list task sets (SWE-bench format).")
 app.command("collect", help="Run a policy on tasks in sandboxes and save graded trajectories (crash-safe, "
             "resumable).")(rollouts.collect_cmd)
-for _name in ("filter", "sft", "rft", "rl"):
-    pending.register(app, _name)
+app.command("filter", help="Keep the trajectories that pass the rules; write SFT data in TRL's format.")(
+    filter.filter_cmd)
+app.command("sft", help="Supervised fine-tuning on TRL: assistant-only loss, LoRA, packing, DeepSpeed, resume.")(
+    sft.sft_cmd)
+pending.register(app, "rl")
+app.command("rft", help="Rejection fine-tuning rounds: collect with the current model, filter, SFT.")(rft.rft_cmd)
 app.command("eval", help="Evaluate a policy on a task set: resolved rate, pass@k, SWE-bench predictions.")(
     rollouts.eval_cmd)
 app.command("run", help="Run a recipe: its stages in order, reusing every stage already done.")(recipes.run_cmd)

@@ -8,9 +8,6 @@ from swepost.cli.common import not_built
 
 # name -> (one-line purpose, the issue that builds it)
 PENDING = {name: (purpose, issue) for name, purpose, issue in [
-    ("filter", "Keep the trajectories that pass a reward or rule (rejection sampling).", 6),
-    ("sft", "Supervised fine-tuning on trajectories (TRL SFTTrainer, tool-aware, assistant-only loss).", 6),
-    ("rft", "Rejection fine-tuning: collect, filter to successes, then SFT, in one stage.", 6),
     ("rl", "Reinforcement learning (GRPO/DAPO) from test rewards (RLVR) or a judge (RLAIF).", 7),
 ]}
 

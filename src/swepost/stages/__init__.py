@@ -43,6 +43,11 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               "swepost.stages.collect:CollectConfig", "swepost.stages.collect:run_collect"),
     StageSpec("eval", "resolved rate, pass@k and SWE-bench predictions of a policy (eval)",
               "swepost.stages.evaluate:EvalConfig", "swepost.stages.evaluate:run_eval"),
+    StageSpec("filter", "keep the trajectories that pass the rules; SFT data (sft-data)",
+              "swepost.stages.filter:FilterConfig", "swepost.stages.filter:run_filter"),
+    StageSpec("sft", "SFT on sft-data (checkpoint)", "swepost.stages.sft:SftConfig", "swepost.stages.sft:run_sft"),
+    StageSpec("rft", "rejection fine-tuning rounds: collect, filter, sft (checkpoint)",
+              "swepost.stages.rft:RftConfig", "swepost.stages.rft:run_rft"),
 ]}
 
 

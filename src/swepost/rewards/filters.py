@@ -1,0 +1,151 @@
+"""Trajectory filters: plain functions shared by the filter stage, rl and eval.
+
+A per-trajectory rule takes a Trajectory (and its settings) and returns None to keep it, or a short reason
+string to drop it. A list rule (`dedupe`, `per_task_cap`) takes the whole list and returns one such
+decision per trajectory, in order. The format-error helpers find the assistant turns the agent loop answered
+with an error, so that the training data can mask them out of the loss or drop them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from swepost.agent import NO_TOOL_CALL
+from swepost.records import Trajectory
+
+RESOLVED_FULL = "RESOLVED_FULL"
+ERROR_PREFIX = "Error: "  # how the agent loop answers a malformed or failing tool call
+CHARS_PER_TOKEN = 4  # the estimate used when a trajectory has no token counts
+
+
+# --- per-trajectory rules ---------------------------------------------------------------------------------------
+
+def require_resolved(traj: Trajectory, min_reward: float | None = None) -> str | None:
+    """Keep fully resolved episodes; with `min_reward`, keep episodes whose reward is at least that instead."""
+    if min_reward is not None:
+        if traj.reward is None:
+            return "ungraded"
+        return None if traj.reward >= min_reward else "reward_below_min"
+    if traj.resolved == RESOLVED_FULL:
+        return None
+    return "ungraded" if traj.resolved is None and traj.reward is None else "unresolved"
+
+
+def require_submitted(traj: Trajectory) -> str | None:
+    """Keep episodes the agent ended itself (`submit`), not ones a limit or a failure ended."""
+    if traj.exit_status == "submitted":
+        return None
+    return f"not_submitted:{traj.exit_status or 'unfinished'}"
+
+
+def turn_count(traj: Trajectory) -> int:
+    """The episode's model turns: the recorded count, else the number of assistant messages."""
+    return traj.turns or sum(1 for m in traj.messages if m.get("role") == "assistant")
+
+
+def max_turns(traj: Trajectory, limit: int) -> str | None:
+    return None if turn_count(traj) <= limit else "too_many_turns"
+
+
+def estimate_tokens(traj: Trajectory) -> int:
+    """About CHARS_PER_TOKEN characters per token over every message's text, tool calls and the tool schemas."""
+    chars = len(json.dumps(traj.tools, ensure_ascii=False)) if traj.tools else 0
+    for m in traj.messages:
+        chars += len(str(m.get("content") or ""))
+        for call in m.get("tool_calls") or []:
+            chars += len(json.dumps(call, ensure_ascii=False, default=str))
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def max_tokens(traj: Trajectory, limit: int) -> str | None:
+    """The conversation's length as an SFT sequence: the policy's counts are summed over turns (the prompt
+    is counted again every turn), so they would drop episodes that fit; the text estimate does not."""
+    return None if estimate_tokens(traj) <= limit else "too_many_tokens"
+
+
+# --- list rules ---------------------------------------------------------------------------------------------------
+
+def dedupe(trajectories: Sequence[Trajectory]) -> list[str | None]:
+    """Drop every trajectory whose task and messages (tool call ids aside) equal an earlier one's."""
+    seen: set[str] = set()
+    out: list[str | None] = []
+    for traj in trajectories:
+        key = json.dumps([traj.instance_id, [_without_ids(m) for m in traj.messages]], sort_keys=True,
+                         ensure_ascii=False, default=str)
+        out.append("duplicate" if key in seen else None)
+        seen.add(key)
+    return out
+
+
+def per_task_cap(trajectories: Sequence[Trajectory], limit: int) -> list[str | None]:
+    """At most `limit` trajectories per task: the fewest turns first, ties in list order."""
+    by_task: dict[str, list[int]] = {}
+    for i, traj in enumerate(trajectories):
+        by_task.setdefault(traj.instance_id, []).append(i)
+    out: list[str | None] = [None] * len(trajectories)
+    for indices in by_task.values():
+        for i in sorted(indices, key=lambda i: (turn_count(trajectories[i]), i))[limit:]:
+            out[i] = "per_task_cap"
+    return out
+
+
+def _without_ids(message: dict[str, Any]) -> dict[str, Any]:
+    m = {k: v for k, v in message.items() if k != "tool_call_id"}
+    if m.get("tool_calls"):
+        calls = []
+        for call in m["tool_calls"]:
+            if isinstance(call, dict):
+                call = {k: v for k, v in call.items() if k != "id"}
+                fn = call.get("function")
+                if isinstance(fn, dict):
+                    call["function"] = {**fn, "arguments": parse_arguments(fn.get("arguments"))}
+            calls.append(call)
+        m["tool_calls"] = calls
+    return m
+
+
+# --- format errors --------------------------------------------------------------------------------------------------
+
+def parse_arguments(raw: Any) -> Any:
+    """A tool call's arguments as a dict when they are a JSON object (or blank); anything else unchanged."""
+    if isinstance(raw, str):
+        if not raw.strip():
+            return {}
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return raw
+        return value if isinstance(value, dict) else raw
+    return raw
+
+
+def turn_answers(messages: Sequence[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    """The messages that answer the assistant message at `index`: everything up to the next assistant message."""
+    out = []
+    for m in messages[index + 1:]:
+        if m.get("role") == "assistant":
+            break
+        out.append(m)
+    return out
+
+
+def is_format_error_turn(messages: Sequence[dict[str, Any]], index: int) -> bool:
+    """An assistant turn the agent loop answered only with errors: every tool result starts with "Error: ", or,
+    with no tool call, the loop's NO_TOOL_CALL nudge. (A legitimate call that failed, e.g. a str_replace whose
+    old_str is not in the file, is answered with "Error: " too and counts.)"""
+    message = messages[index]
+    if message.get("role") != "assistant":
+        return False
+    answers = turn_answers(messages, index)
+    if not message.get("tool_calls"):
+        return any(m.get("role") == "user" and m.get("content") == NO_TOOL_CALL for m in answers)
+    results = [m for m in answers if m.get("role") == "tool"]
+    return bool(results) and all(str(m.get("content") or "").startswith(ERROR_PREFIX) for m in results)
+
+
+def format_error_turns(messages: Sequence[dict[str, Any]]) -> list[int]:
+    """Indices of the assistant messages that are format-error turns."""
+    return [i for i in range(len(messages)) if is_format_error_turn(messages, i)]

@@ -1,0 +1,84 @@
+"""Stage `rft`: rejection fine-tuning, the self-improvement loop: collect -> filter -> sft, round after round.
+
+Each round samples with the current model, keeps what passed, and fine-tunes the current model on it; its
+trajectories, data and checkpoint are artifacts of their own (`<name>-r<N>-trajectories`, `-r<N>-data`,
+`-r<N>`). The loop stops early when a round resolves no task that earlier rounds had not. The stage's
+artifact is the last round's checkpoint; `artifacts lineage` walks back through every round.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from swepost.artifacts import Artifact, ArtifactStore
+from swepost.config import ArtifactInput, PathInput, StageConfig, validate
+from swepost.errors import WorkFailed
+from swepost.stages import get_stage
+from swepost.stages.collect import CollectConfig, EpisodeLimits, run_collect
+
+
+class RftConfig(StageConfig):
+    tasks: str = ArtifactInput(description="the tasks to sample on")
+    model: str = Field(description="the starting model: a checkpoint artifact, a local folder or a hub id")
+    name: str = Field("rft", description="prefix of every round's artifacts; the last checkpoint's name")
+    rounds: int = Field(2, ge=1, le=100)
+    samples: int = Field(4, ge=1, le=1024, description="episodes per task per round")
+    policy: str = Field("hf", description="hf (the current checkpoint, locally) or openai (a server that "
+                        "serves the current checkpoint, e.g. vLLM; set policy_args.base_url)")
+    policy_args: dict[str, Any] = Field(default_factory=dict, description="sampling etc.; `model` is set per round")
+    repos: Path | None = PathInput(description="mirror folder of owner__name repos")
+    backend: str = "auto"
+    concurrency: int = Field(1, ge=1, le=512)
+    limit: int | None = Field(None, ge=1, description="only the first N tasks")
+    limits: EpisodeLimits = Field(default_factory=EpisodeLimits)
+    filter: dict[str, Any] = Field(default_factory=dict, description="filter stage settings (see swepost filter)")
+    sft: dict[str, Any] = Field(default_factory=dict, description="sft stage settings (see swepost sft)")
+    seed: int = 0
+
+
+def run_rft(config: RftConfig, store: ArtifactStore) -> Artifact:
+    filter_stage, sft_stage = get_stage("filter"), get_stage("sft")
+    current, last, solved = config.model, None, set()
+    rounds: list[dict] = []
+    for r in range(1, config.rounds + 1):
+        collected = run_collect(CollectConfig(
+            tasks=config.tasks, name=f"{config.name}-r{r}-trajectories", policy=config.policy,
+            policy_args={**config.policy_args, "model": current}, repos=config.repos, backend=config.backend,
+            samples=config.samples, concurrency=config.concurrency, limits=config.limits, limit=config.limit,
+            seed=config.seed + r), store)
+        resolved = _resolved_tasks(collected)
+        new = resolved - solved
+        rounds.append({"round": r, "trajectories": collected.id, "resolved_tasks": len(resolved),
+                       "new": sorted(new)})
+        print(f"rft round {r}: {len(resolved)} task(s) resolved, {len(new)} new", file=sys.stderr)
+        if not new:
+            rounds[-1]["stopped"] = "no new successes"
+            print(f"rft: stopping after round {r}: no new successes", file=sys.stderr)
+            break
+        solved |= resolved
+        data = filter_stage.runner()(validate(filter_stage.config_model(), {
+            "trajectories": collected.id, "name": f"{config.name}-r{r}-data", **config.filter},
+            prefix=("filter",)), store)
+        last = sft_stage.runner()(validate(sft_stage.config_model(), {
+            "data": data.id, "model": current, "name": f"{config.name}-r{r}", "seed": config.seed, **config.sft},
+            prefix=("sft",)), store)
+        rounds[-1].update(data=data.id, checkpoint=last.id)
+        current = last.id
+    if last is None:
+        raise WorkFailed(f"rft: round 1 resolved no task with {config.model}: nothing to train on "
+                         f"(rounds: {json.dumps(rounds)})")
+    return last
+
+
+def _resolved_tasks(trajectories: Artifact) -> set[str]:
+    out = set()
+    for line in (trajectories.path / "trajectories.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("resolved") == "RESOLVED_FULL":
+            out.add(row["instance_id"])
+    return out

@@ -1,0 +1,361 @@
+"""Supervised fine-tuning of a chat model on multi-turn tool-using trajectories: a thin adapter on TRL's SFTTrainer.
+
+Loss on assistant tokens only. TRL's `assistant_only_loss` trains every assistant turn and has no per-message
+switch, so conversations are tokenized here, with the training chat template TRL provides (the model's template
+with `{% generation %}` markers, patched in by TRL for the templates it knows), and handed to SFTTrainer
+pre-tokenized as `input_ids` + `labels`:
+
+* `apply_chat_template(..., return_assistant_tokens_mask=True)` marks the tokens of every assistant turn: its
+  content, its tool calls and its end-of-turn `<|im_end|>`; system, user and tool messages stay unmarked.
+* An assistant message with `"train": false` stays in the context but is unmarked: its character span is where
+  the rendering of the conversation up to it (`messages[:i]`) ends and the rendering up to and including it
+  (`messages[:i+1]`) ends; both are prefixes of the full rendering (checked), and every token starting inside the
+  span (by the tokenizer's offsets) loses its label.
+* labels = input_ids on marked tokens, -100 elsewhere. SFTTrainer keeps a `labels` column as is and packs
+  (best-fit decreasing, padding-free) or pads it.
+
+Everything heavy (torch, transformers, trl, peft, datasets) is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from swepost.errors import BadInput, WorkFailed
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+DEEPSPEED_CONFIGS = ("zero2", "zero3")
+ACCELERATE_CONFIGS = ("single_gpu", "multi_gpu", "zero2", "zero3", "fsdp")
+STATS_FILE = "sft_stats.json"
+FINAL = "final"
+
+
+# --- shipped configs ----------------------------------------------------------------------------------------
+
+def deepspeed_config_path(value: str) -> str:
+    """'zero2' / 'zero3' -> the JSON shipped with swepost; anything else must be a path to a DeepSpeed JSON."""
+    if value in DEEPSPEED_CONFIGS:
+        return str(CONFIGS / "deepspeed" / f"{value}.json")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise BadInput(f"deepspeed {value!r}: expected {' or '.join(DEEPSPEED_CONFIGS)} or a path to a DeepSpeed "
+                       "JSON config", key="deepspeed")
+    return str(path.resolve())
+
+
+def accelerate_config_path(value: str) -> str:
+    """A shipped accelerate config name (single_gpu, multi_gpu, zero2, zero3, fsdp) or a path to a YAML file."""
+    if value in ACCELERATE_CONFIGS:
+        return str(CONFIGS / "accelerate" / f"{value}.yaml")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise BadInput(f"accelerate config {value!r}: expected one of {', '.join(ACCELERATE_CONFIGS)} or a path "
+                       "to an accelerate YAML config", key="accelerate_config")
+    return str(path.resolve())
+
+
+# --- tokenization -------------------------------------------------------------------------------------------
+
+def training_chat_template(tokenizer) -> str:
+    """The chat template to tokenize with: the model's own when it has `{% generation %}` markers, else TRL's
+    patched training copy (known templates only: Qwen2.5/3, Llama 3.x, GLM, GPT-OSS, ...)."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    if not tokenizer.chat_template:
+        raise BadInput("the model's tokenizer has no chat template", key="model")
+    try:
+        template = get_training_chat_template(tokenizer)
+    except ValueError as e:
+        raise BadInput(f"the model's chat template cannot mark assistant tokens ({e}); add `{{% generation %}}` "
+                       "markers around assistant output in its chat template", key="model") from None
+    if template is None:
+        template = tokenizer.chat_template
+        if isinstance(template, dict):
+            template = template["default"]
+    return template
+
+
+def _clean_messages(messages: list[dict]) -> tuple[list[dict], list[bool]]:
+    """Drop the `train` flag and None-valued keys (Arrow fills absent struct keys with None); per message: is it
+    trained (only assistant messages without `"train": false`)."""
+    msgs, trained = [], []
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ValueError(f"a message must be an object with a role, got {m!r:.80}")
+        flag = m.get("train")
+        clean = {k: v for k, v in m.items() if k != "train" and v is not None}
+        if clean["role"] == "assistant" and "content" not in clean:
+            clean["content"] = ""
+        msgs.append(clean)
+        trained.append(clean["role"] == "assistant" and flag is not False)
+    return msgs, trained
+
+
+def tokenize_conversation(tokenizer, template: str, messages: list[dict], tools: list | None = None) -> dict:
+    """One conversation -> {"input_ids", "labels", "excluded_turns"}: labels on assistant turns only, none on
+    assistant messages marked `"train": false`."""
+    msgs, trained = _clean_messages(messages)
+    kwargs = {"tools": tools or None, "chat_template": template}
+    out = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                        **kwargs)
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    excluded = [i for i, m in enumerate(msgs) if m["role"] == "assistant" and not trained[i]]
+    if excluded:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, **kwargs)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if list(enc["input_ids"]) != ids:
+            raise WorkFailed("re-tokenizing the rendered conversation gave different tokens; cannot locate the "
+                             "assistant turns marked train: false")
+        offsets = enc["offset_mapping"]
+        for i in excluded:
+            start = len(tokenizer.apply_chat_template(msgs[:i], tokenize=False, **kwargs)) if i else 0
+            upto = tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False, **kwargs)
+            if not text.startswith(upto) or start > len(upto):
+                raise WorkFailed("the chat template is not prefix-preserving (rendering the conversation up to a "
+                                 "message is not a prefix of the whole); cannot exclude turns marked train: false")
+            end = len(upto)
+            for t, (s, _) in enumerate(offsets):
+                if start <= s < end:
+                    mask[t] = 0
+    labels = [tok if m else -100 for tok, m in zip(ids, mask, strict=True)]
+    return {"input_ids": ids, "labels": labels, "excluded_turns": len(excluded)}
+
+
+def build_dataset(data_path: Path, tokenizer, template: str, max_length: int | None, cache_dir: Path | None = None):
+    """train.jsonl -> (a Dataset of input_ids + labels, stats). Conversations longer than max_length are cut
+    (keeping the start); those left without a trained token are dropped."""
+    from datasets import Dataset, load_dataset
+    from datasets.utils.logging import disable_progress_bar
+
+    data_path = Path(data_path)
+    if not data_path.is_file() or not data_path.read_text().strip():
+        raise BadInput("no training examples (missing or empty file)", file=str(data_path))
+    disable_progress_bar()
+    # load_dataset("json") keeps tool-call arguments verbatim (mixed keys become a Json column, no null filling)
+    raw = load_dataset("json", data_files=str(data_path), split="train",
+                       cache_dir=str(cache_dir) if cache_dir else None)
+    if "messages" not in raw.column_names:
+        raise BadInput(f"expected rows with a 'messages' list, found columns {raw.column_names}", file=str(data_path))
+    rows: dict[str, list] = {"input_ids": [], "labels": []}
+    stats = {"examples": 0, "dataset_tokens": 0, "trained_tokens": 0, "excluded_turns": 0, "truncated": 0,
+             "dropped": 0}
+    for n, example in enumerate(raw, start=1):
+        tools = example.get("tools")
+        if isinstance(tools, str):
+            tools = json.loads(tools)
+        try:
+            out = tokenize_conversation(tokenizer, template, example["messages"] or [], tools)
+        except (ValueError, TypeError, KeyError) as e:
+            raise BadInput(f"cannot render this conversation with the chat template: {e}", file=str(data_path),
+                           line=n) from None
+        ids, labels = out["input_ids"], out["labels"]
+        if max_length and len(ids) > max_length:
+            ids, labels = ids[:max_length], labels[:max_length]
+            stats["truncated"] += 1
+        stats["excluded_turns"] += out["excluded_turns"]
+        trained = sum(1 for x in labels if x != -100)
+        if not trained:
+            stats["dropped"] += 1
+            continue
+        rows["input_ids"].append(ids)
+        rows["labels"].append(labels)
+        stats["examples"] += 1
+        stats["dataset_tokens"] += len(ids)
+        stats["trained_tokens"] += trained
+    if not rows["input_ids"]:
+        raise BadInput(f"none of the {len(raw)} conversation(s) has an assistant token to train on",
+                       file=str(data_path))
+    return Dataset.from_dict(rows), stats
+
+
+# --- training -----------------------------------------------------------------------------------------------
+
+def _get(cfg: Any, name: str, default: Any = None) -> Any:
+    if isinstance(cfg, dict):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+def last_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete `checkpoint-N` (trainer_state.json is written last); incomplete ones are removed."""
+    found = []
+    for p in Path(out_dir).glob("checkpoint-*"):
+        step = p.name.partition("-")[2]
+        if p.is_dir() and step.isdigit():
+            found.append((int(step), p))
+    for _, p in sorted(found, reverse=True):
+        if (p / "trainer_state.json").is_file():
+            return p
+        shutil.rmtree(p, ignore_errors=True)  # a kill while saving: retrain from the one before
+    return None
+
+
+def is_adapter(model_path: str) -> bool:
+    return (Path(model_path) / "adapter_config.json").is_file()
+
+
+def _use_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _single_process_env() -> None:
+    """DeepSpeed outside a launcher wants the torch.distributed variables (else it tries MPI)."""
+    import socket
+
+    if "RANK" in os.environ or "LOCAL_RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        os.environ.setdefault(key, value)
+
+
+def build_trainer(data_path: Path, model_path: str, out_dir: Path, cfg: Any):
+    """The SFTTrainer for this run (not started) and the dataset stats."""
+    import torch
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot load the tokenizer of {model_path!r}: {e}", key="model") from None
+    template = training_chat_template(tokenizer)
+    max_length = _get(cfg, "max_length", 8192)
+    dataset, data_stats = build_dataset(Path(data_path), tokenizer, template, max_length, out_dir / "hf-datasets")
+
+    bf16 = _use_bf16()
+    dtype = _get(cfg, "dtype", "float32")
+    init_kwargs: dict[str, Any] = {"dtype": dtype}
+    if _get(cfg, "attn_implementation"):
+        init_kwargs["attn_implementation"] = _get(cfg, "attn_implementation")
+    model: Any = model_path
+    if is_adapter(model_path):  # a LoRA checkpoint: train on top of the merged model
+        from peft import AutoPeftModelForCausalLM
+
+        load_kwargs = {**init_kwargs, "dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
+        model = AutoPeftModelForCausalLM.from_pretrained(model_path, **load_kwargs)
+        model = model.merge_and_unload()
+        model.requires_grad_(True)  # PEFT froze the base weights; full fine-tuning trains them all
+        init_kwargs = None
+
+    peft_config = None
+    if _get(cfg, "lora", False):
+        from peft import LoraConfig
+
+        targets = _get(cfg, "lora_target_modules", "all-linear")
+        if isinstance(targets, str) and targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        peft_config = LoraConfig(r=_get(cfg, "lora_r", 16), lora_alpha=_get(cfg, "lora_alpha", 32),
+                                 lora_dropout=_get(cfg, "lora_dropout", 0.05), target_modules=targets,
+                                 task_type="CAUSAL_LM")
+
+    deepspeed = _get(cfg, "deepspeed")
+    if deepspeed:
+        deepspeed = deepspeed_config_path(deepspeed)
+        _single_process_env()
+    max_steps = _get(cfg, "max_steps")
+    seed = _get(cfg, "seed", 0)
+    args = SFTConfig(
+        output_dir=str(out_dir),
+        seed=seed,
+        data_seed=seed,
+        num_train_epochs=_get(cfg, "epochs", 1.0),
+        max_steps=max_steps if max_steps else -1,
+        learning_rate=_get(cfg, "learning_rate", 1e-5),
+        warmup_steps=_get(cfg, "warmup_ratio", 0.0),  # a float in [0, 1) is a ratio of the total steps
+        per_device_train_batch_size=_get(cfg, "batch_size", 1),
+        gradient_accumulation_steps=_get(cfg, "grad_accum", 1),
+        gradient_checkpointing=_get(cfg, "gradient_checkpointing", False),
+        max_length=max_length,
+        packing=_get(cfg, "packing", True),
+        packing_strategy="bfd",  # best-fit decreasing, padding-free; documents stay separate
+        assistant_only_loss=False,  # the labels already carry the assistant-only mask (see module docstring)
+        bf16=bf16,
+        model_init_kwargs=init_kwargs,
+        logging_steps=_get(cfg, "logging_steps", 1),
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=_get(cfg, "save_steps", 100),
+        save_total_limit=2,
+        report_to=[r.strip() for r in str(_get(cfg, "report_to", "none")).split(",") if r.strip()],
+        deepspeed=deepspeed,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    return trainer, data_stats
+
+
+def train_sft(data_path: Path, model_path: str, out_dir: Path, cfg: Any) -> dict:
+    """Train; resume from the newest checkpoint in out_dir if there is one; save the final model (or the LoRA
+    adapter) and tokenizer in out_dir/final and the stats in out_dir/sft_stats.json. Returns the stats."""
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs; stdout belongs to --json
+        return _train(Path(data_path), str(model_path), Path(out_dir), cfg)
+
+
+def _train(data_path: Path, model_path: str, out_dir: Path, cfg: Any) -> dict:
+    trainer, data_stats = build_trainer(data_path, model_path, out_dir, cfg)
+    main = trainer.is_world_process_zero()
+    resume = last_checkpoint(out_dir)
+    resumed_from = 0
+    if resume is not None:
+        resumed_from = json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0)
+    if main:
+        print(f"sft: {data_stats['examples']} conversation(s), {data_stats['dataset_tokens']} tokens "
+              f"({data_stats['trained_tokens']} trained, {data_stats['excluded_turns']} turn(s) excluded, "
+              f"{data_stats['truncated']} truncated, {data_stats['dropped']} dropped)", file=sys.stderr)
+        if resume is not None:
+            print(f"sft: resuming from {resume.name} (global_step {resumed_from})", file=sys.stderr)
+    final = out_dir / FINAL
+    if main and final.exists():
+        shutil.rmtree(final)  # left by a kill while saving
+    start = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.monotonic() - start
+
+    merge = bool(_get(cfg, "lora", False)) and (bool(_get(cfg, "lora_merge", False)) or is_adapter(model_path))
+    if merge:
+        if main:
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(final)
+            trainer.processing_class.save_pretrained(final)
+    else:
+        trainer.save_model(str(final))  # every rank: ZeRO-3 / FSDP gather the weights
+    trainer.accelerator.wait_for_everyone()
+
+    losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    stats = {
+        "train_loss": round(float(result.training_loss), 6),
+        "steps": trainer.state.global_step,
+        "tokens": int(trainer.state.num_input_tokens_seen),
+        "first_loss": losses[0][1] if losses else None,
+        "last_loss": losses[-1][1] if losses else None,
+        "seconds": round(seconds, 2),
+        "resumed_from_step": resumed_from,
+        "lora": bool(_get(cfg, "lora", False)),
+        "merged": merge,
+        "bf16": trainer.args.bf16,
+        "world_size": trainer.args.world_size,
+        **data_stats,
+    }
+    if main:
+        (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+        tmp = out_dir / f".{STATS_FILE}.tmp"
+        tmp.write_text(json.dumps(stats, indent=2) + "\n")
+        os.replace(tmp, out_dir / STATS_FILE)  # the marker that training finished
+    return stats
