@@ -35,3 +35,17 @@ def test_rft_with_no_success_in_round_one_fails_cleanly(repo_root, swepost, tmp_
                 "--repos", str(repo_root / "data" / "repos"), "--backend", "docker", "--set", "limit=2",
                 "--samples", "1")
     assert r.returncode == 1 and "round 1 resolved no task" in r.stderr
+
+
+def test_collect_filter_sft_from_the_cli_with_lineage_to_the_tasks(repo_root, swepost, store, base_image):
+    swepost("tasks", "import", str(repo_root / "data" / "minicalc_tasks.jsonl"), "--name", "mini", check=0)
+    tiny = json.loads(swepost("model", "tiny", "--name", "tiny", "--json", check=0).stdout)["id"]
+    trajs = json.loads(swepost("collect", "mini", "--policy", "oracle", "--limit", "2", "--repos",
+                               str(repo_root / "data" / "repos"), "--backend", "docker", "--json", check=0).stdout)
+    data = json.loads(swepost("filter", trajs["id"], "--json", check=0).stdout)
+    assert data["stats"]["kept"] == 2
+    ckpt = json.loads(swepost("sft", data["id"], "--model", tiny, "--max-steps", "2", "--json", check=0).stdout)
+    assert store.resolve(ckpt["id"]).kind == "checkpoint"
+    lineage = swepost("artifacts", "lineage", ckpt["id"], check=0).stdout
+    for ref in (data["id"], trajs["id"], store.resolve("mini").id, tiny):
+        assert ref in lineage, lineage
