@@ -39,26 +39,25 @@ FINAL = "final"
 
 # --- shipped configs ----------------------------------------------------------------------------------------
 
-def deepspeed_config_path(value: str) -> str:
-    """'zero2' / 'zero3' -> the JSON shipped with swepost; anything else must be a path to a DeepSpeed JSON."""
-    if value in DEEPSPEED_CONFIGS:
-        return str(CONFIGS / "deepspeed" / f"{value}.json")
+def _shipped_or_path(value: str, folder: str, names, suffix: str, key: str, what: str) -> str:
+    """A config shipped with swepost, by name, or a path to the user's own file."""
+    if value in names:
+        return str(CONFIGS / folder / f"{value}{suffix}")
     path = Path(value).expanduser()
     if not path.is_file():
-        raise BadInput(f"deepspeed {value!r}: expected {' or '.join(DEEPSPEED_CONFIGS)} or a path to a DeepSpeed "
-                       "JSON config", key="deepspeed")
+        raise BadInput(f"{what} {value!r}: expected one of {', '.join(names)} or a path to a {what} file", key=key)
     return str(path.resolve())
+
+
+def deepspeed_config_path(value: str) -> str:
+    """'zero2' / 'zero3' -> the JSON shipped with swepost; anything else must be a path to a DeepSpeed JSON."""
+    return _shipped_or_path(value, "deepspeed", DEEPSPEED_CONFIGS, ".json", "deepspeed", "DeepSpeed config")
 
 
 def accelerate_config_path(value: str) -> str:
     """A shipped accelerate config name (single_gpu, multi_gpu, zero2, zero3, fsdp) or a path to a YAML file."""
-    if value in ACCELERATE_CONFIGS:
-        return str(CONFIGS / "accelerate" / f"{value}.yaml")
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise BadInput(f"accelerate config {value!r}: expected one of {', '.join(ACCELERATE_CONFIGS)} or a path "
-                       "to an accelerate YAML config", key="accelerate_config")
-    return str(path.resolve())
+    return _shipped_or_path(value, "accelerate", ACCELERATE_CONFIGS, ".yaml", "accelerate_config",
+                            "accelerate config")
 
 
 # --- tokenization -------------------------------------------------------------------------------------------
