@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +78,7 @@ def test_kill_9_during_collect_then_resume_runs_each_episode_exactly_once(mini, 
     assert 3 <= finished_before < 14
     assert json.loads(swepost("artifacts", "ls", "--json", "--kind", "trajectories", check=0).stdout) == []
     swepost("sandbox", "gc", check=0)
+    assert not list(Path(tempfile.gettempdir()).glob(f"swepost-*:{proc.pid}-*"))  # gc took the killed run's dirs
     out = json.loads(swepost(*args, check=0).stdout)
     trajs = trajectories(store, out["id"])
     ids = [t["episode_id"] for t in trajs]

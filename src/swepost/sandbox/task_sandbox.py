@@ -12,14 +12,20 @@ from pathlib import Path
 from swepost.errors import BadInput
 from swepost.records import Task
 from swepost.sandbox import open_sandbox, pick_backend
-from swepost.sandbox.base import Limits, Sandbox
+from swepost.sandbox.base import Limits, Sandbox, owner, remove_orphan_dirs
 from swepost.sandbox.repos import checkout, mirror_path
+
+CHECKOUT_PREFIX = "swepost-checkout-"  # + owner: `sandbox gc` clears what a killed process left
+
+
+def gc_checkouts(everything: bool = False) -> list[str]:
+    return remove_orphan_dirs(CHECKOUT_PREFIX, everything)
 
 
 @functools.lru_cache(maxsize=16)
 def _checkout_tar_cached(mirror: str, repo: str, base_commit: str, instance_id: str) -> bytes:
     task = Task(instance_id=instance_id, problem_statement="", repo=repo, base_commit=base_commit)
-    with tempfile.TemporaryDirectory(prefix="swepost-checkout-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{CHECKOUT_PREFIX}{owner()}-") as tmp:
         checkout(task, Path(mirror).parent, Path(tmp) / "repo")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -49,7 +55,7 @@ def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: s
         return open_sandbox("docker", image=image, limits=limits, workdir=task.env.workdir)
     if repos is None:
         raise BadInput(f"{task.instance_id}: no task image; give --repos DIR (a folder of owner__name repos)")
-    scratch = Path(tempfile.mkdtemp(prefix="swepost-checkout-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{CHECKOUT_PREFIX}{owner()}-"))
     try:
         with tarfile.open(fileobj=io.BytesIO(_checkout_tar(str(mirror_path(repos, task.repo or "")), task))) as tar:
             tar.extractall(scratch, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
