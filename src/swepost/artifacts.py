@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -372,9 +371,3 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def walk_lineage(tree: dict, depth: int = 0) -> Iterator[tuple[int, dict]]:
-    yield depth, tree
-    for parent in tree.get("parents", []):
-        yield from walk_lineage(parent, depth + 1)

@@ -10,8 +10,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from swepost.errors import WorkFailed
-
 # soft_wrap: messages name files and keys that tests and users grep; never break them across lines
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -73,5 +71,3 @@ def not_built(command: str, issue: int) -> None:
     err_console.print(f"swepost {command}: not built yet (planned in issue {issue}).")
     raise typer.Exit(1)
 
-
-__all__ = ["WorkFailed", "console", "err_console"]
