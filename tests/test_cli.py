@@ -1,4 +1,4 @@
-"""The CLI shell: every command listed with its purpose, --help kept light, pending commands honest."""
+"""The CLI shell: every command listed with its purpose, --help kept light, bad settings named."""
 
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ def test_help_imports_no_heavy_library():
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []
 
 
-def test_pending_commands_say_so_and_exit_1(swepost):
-    for name in ["rl"]:
-        r = swepost(name, "--anything", "x")
-        assert r.returncode == 1 and "not built yet" in r.stderr, name
-        assert swepost(name, "--help").returncode == 0
+def test_rl_bad_settings_exit_2_naming_the_key(swepost, home):
+    r = swepost("rl", "tasks", "--model", "m", "--set", "loss_type=ppo")
+    assert r.returncode == 2 and "loss_type" in r.stderr and "Traceback" not in r.stderr
+    r = swepost("rl", "tasks", "--model", "m", "--set", "tasks_per_step=3", "--set", "micro_batch_size=5")
+    assert r.returncode == 2 and "micro_batch_size" in r.stderr
 
 
 def test_bad_reference_exits_2(swepost):

@@ -311,7 +311,7 @@ def test_accelerate_launch_command(tmp_path):
     assert cmd[3:5] == ["--config_file", str(CONFIGS / "accelerate" / "zero3.yaml")]
     assert cmd[5:7] == ["--num_processes", "16"]
     assert cmd[7:13] == ["--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1"]
-    assert cmd[13:] == ["-m", "swepost.train.sft_entry", str(tmp_path / "c.json")]
+    assert cmd[13:] == ["-m", "swepost.train.entry", "sft", str(tmp_path / "c.json")]
     assert machine_rank(cfg.launch_args) == 1 and machine_rank(["--machine-rank=3"]) == 0 + 3
     assert machine_rank([]) == 0
 

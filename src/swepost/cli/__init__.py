@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from swepost import __version__
-from swepost.cli import artifacts, filter, grade, model, pending, recipes, rft, rollouts, sandbox, sft, tasks
+from swepost.cli import artifacts, filter, grade, model, recipes, rft, rl, rollouts, sandbox, sft, tasks
 from swepost.errors import BadInput, WorkFailed
 
 
@@ -54,7 +54,8 @@ app.command("filter", help="Keep the trajectories that pass the rules; write SFT
     filter.filter_cmd)
 app.command("sft", help="Supervised fine-tuning on TRL: assistant-only loss, LoRA, packing, DeepSpeed, resume.")(
     sft.sft_cmd)
-pending.register(app, "rl")
+app.command("rl", help="Reinforcement learning (GRPO/DAPO on TRL) in sandboxes, rewards from hidden tests.")(
+    rl.rl_cmd)
 app.command("rft", help="Rejection fine-tuning rounds: collect with the current model, filter, SFT.")(rft.rft_cmd)
 app.command("eval", help="Evaluate a policy on a task set: resolved rate, pass@k, SWE-bench predictions.")(
     rollouts.eval_cmd)

@@ -66,8 +66,3 @@ def report(art, as_json: bool, **extra: Any) -> None:
     console.print(f"[green]wrote[/] [bold]{art.id}[/] ({art.kind}{', ' + stats if stats else ''})")
     console.print(f"  {art.path}")
 
-
-def not_built(command: str, issue: int) -> None:
-    err_console.print(f"swepost {command}: not built yet (planned in issue {issue}).")
-    raise typer.Exit(1)
-

@@ -48,6 +48,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("sft", "SFT on sft-data (checkpoint)", "swepost.stages.sft:SftConfig", "swepost.stages.sft:run_sft"),
     StageSpec("rft", "rejection fine-tuning rounds: collect, filter, sft (checkpoint)",
               "swepost.stages.rft:RftConfig", "swepost.stages.rft:run_rft"),
+    StageSpec("rl", "GRPO / DAPO in the environment, rewards from hidden tests or a judge (checkpoint)",
+              "swepost.stages.rl:RlConfig", "swepost.stages.rl:run_rl"),
 ]}
 
 

@@ -11,8 +11,8 @@ complete checkpoint. The checkpoint artifact holds `model/` (the full model, or 
 is a stored checkpoint, that checkpoint. The work folder goes once the artifact is published.
 
 Multi-GPU / multi-node: `launch: accelerate` re-runs the training through
-`accelerate launch --config_file <accelerate_config> [--num_processes N] [launch_args...] -m swepost.train.sft_entry
-<resolved config JSON>`; every process trains, and this process publishes the artifact when they are done. On a
+`accelerate launch --config_file <accelerate_config> [--num_processes N] [launch_args...] -m swepost.train.entry
+sft <resolved config JSON>`; every process trains, and this process publishes the artifact when they are done. On a
 multi-node run give every machine the same command plus its own launch_args, e.g.
 `--num-machines 2 --machine-rank 1 --main-process-ip 10.0.0.1 --main-process-port 29500` (num_processes counts
 the processes of all machines); machine rank 0 publishes, the others stop after training.
@@ -35,7 +35,7 @@ from swepost.artifacts import MANIFEST, Artifact, ArtifactStore, canonical_json,
 from swepost.config import ArtifactInput, StageConfig
 from swepost.errors import BadInput, WorkFailed
 
-CHILD_ENV = "SWEPOST_SFT_CHILD"  # set in the processes `accelerate launch` starts: train, do not publish
+CHILD_ENV = "SWEPOST_LAUNCH_CHILD"  # set in the processes `accelerate launch` starts: train, do not publish
 # fields that do not change the trained weights: a run killed under one value resumes under another
 _NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args"}
 
@@ -123,8 +123,8 @@ def machine_rank(launch_args: list[str]) -> int:
     return 0
 
 
-def launch_command(config: SftConfig, config_json: Path) -> list[str]:
-    """`accelerate launch --config_file YAML [--num_processes N] [launch_args] -m swepost.train.sft_entry JSON`
+def launch_command(config, config_json: Path, stage: str = "sft") -> list[str]:
+    """`accelerate launch --config_file YAML [--num_processes N] [launch_args] -m swepost.train.entry STAGE JSON`
     (run with this interpreter: `python -m accelerate.commands.launch` is `accelerate launch`)."""
     from swepost.train.sft import accelerate_config_path
 
@@ -133,8 +133,38 @@ def launch_command(config: SftConfig, config_json: Path) -> list[str]:
     if config.num_processes:
         cmd += ["--num_processes", str(config.num_processes)]
     cmd += [str(a) for a in config.launch_args]
-    cmd += ["-m", "swepost.train.sft_entry", str(config_json)]
+    cmd += ["-m", "swepost.train.entry", stage, str(config_json)]
     return cmd
+
+
+def train_or_launch(stage: str, resolved, store: ArtifactStore, work: Path, stats_file: str, final: str,
+                    train) -> bool:
+    """Train in the work folder (resuming there), here or through `accelerate launch` (config.launch). Returns
+    whether this process should publish the artifact: not the launched children, not machines of rank > 0.
+    `resolved` is the stage config with its inputs resolved to artifact ids or paths."""
+    child = os.environ.get(CHILD_ENV) == "1"
+    done = (work / stats_file).is_file() and (work / final).is_dir()
+    if not done and resolved.launch == "accelerate" and not child:
+        work.mkdir(parents=True, exist_ok=True)
+        config_json = work / "launch-config.json"
+        config_json.write_text(json.dumps({"config": resolved.model_dump(mode="json"),
+                                           "home": str(store.root)}, indent=2) + "\n")
+        cmd = launch_command(resolved, config_json, stage)
+        print(f"{stage}: {' '.join(cmd)}", file=sys.stderr)
+        rc = subprocess.run(cmd, env={**os.environ, CHILD_ENV: "1"}).returncode
+        if rc != 0:
+            raise WorkFailed(f"{stage}: `accelerate launch` exited with {rc}; run the same command again to resume "
+                             f"from the last checkpoint in {work}")
+        rank = machine_rank(resolved.launch_args)
+        if rank != 0:
+            print(f"{stage}: machine rank {rank} done; machine rank 0 publishes", file=sys.stderr)
+            return False
+        if not (work / stats_file).is_file():
+            raise WorkFailed(f"{stage}: training ended without {stats_file} in {work}")
+        return True
+    if not done:
+        train()
+    return not child
 
 
 def _check(config: SftConfig) -> None:
@@ -164,32 +194,9 @@ def run_sft(config: SftConfig, store: ArtifactStore) -> Artifact | None:
         raise BadInput(f"sft-data artifact {data.id} has no train.jsonl", key="data")
     model_path, base = resolve_model(config.model, store)
     work = store.root / "work" / f"sft-{work_key(config, data.id, base.id if base else model_path)}"
-    child = os.environ.get(CHILD_ENV) == "1"
-    done = (work / STATS_FILE).is_file() and (work / FINAL).is_dir()
-
-    if not done and config.launch == "accelerate" and not child:
-        work.mkdir(parents=True, exist_ok=True)
-        resolved = config.model_copy(update={"data": data.id, "model": base.id if base else model_path})
-        config_json = work / "launch-config.json"
-        config_json.write_text(json.dumps({"config": resolved.model_dump(mode="json"),
-                                           "home": str(store.root)}, indent=2) + "\n")
-        cmd = launch_command(config, config_json)
-        print(f"sft: {' '.join(cmd)}", file=sys.stderr)
-        rc = subprocess.run(cmd, env={**os.environ, CHILD_ENV: "1"}).returncode
-        if rc != 0:
-            raise WorkFailed(f"sft: `accelerate launch` exited with {rc}; run the same command again to resume "
-                             f"from the last checkpoint in {work}")
-        if machine_rank(config.launch_args) != 0:
-            print(f"sft: machine rank {machine_rank(config.launch_args)} done; machine rank 0 publishes",
-                  file=sys.stderr)
-            return None
-        if not (work / STATS_FILE).is_file():
-            raise WorkFailed(f"sft: training ended without {STATS_FILE} in {work}")
-    elif not done:
-        train_sft(train_file, model_path, work, config)
-        if child:
-            return None
-    elif child:
+    resolved = config.model_copy(update={"data": data.id, "model": base.id if base else model_path})
+    if not train_or_launch("sft", resolved, store, work, STATS_FILE, FINAL,
+                           lambda: train_sft(train_file, model_path, work, config)):
         return None
 
     stats = json.loads((work / STATS_FILE).read_text())

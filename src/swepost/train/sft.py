@@ -206,7 +206,7 @@ def _use_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def _single_process_env() -> None:
+def single_process_env() -> None:
     """DeepSpeed outside a launcher wants the torch.distributed variables (else it tries MPI)."""
     import socket
 
@@ -218,6 +218,38 @@ def _single_process_env() -> None:
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port)}.items():
         os.environ.setdefault(key, value)
+
+
+def training_model(model_path: str, cfg: Any) -> tuple[Any, dict[str, Any] | None]:
+    """What to hand a TRL trainer as `model`, and its `model_init_kwargs`: the path (the trainer loads it in
+    `dtype`), or for a LoRA checkpoint the base with the adapter merged in, every weight trainable."""
+    import torch
+
+    dtype = _get(cfg, "dtype", "float32")
+    init_kwargs: dict[str, Any] = {"dtype": dtype}
+    if _get(cfg, "attn_implementation"):
+        init_kwargs["attn_implementation"] = _get(cfg, "attn_implementation")
+    if not is_adapter(model_path):
+        return model_path, init_kwargs
+    from peft import AutoPeftModelForCausalLM
+
+    load_kwargs = {**init_kwargs, "dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
+    model = AutoPeftModelForCausalLM.from_pretrained(model_path, **load_kwargs).merge_and_unload()
+    model.requires_grad_(True)  # PEFT froze the base weights; full fine-tuning trains them all
+    return model, None
+
+
+def lora_config(cfg: Any):
+    """A peft LoraConfig when the stage config asks for LoRA, else None."""
+    if not _get(cfg, "lora", False):
+        return None
+    from peft import LoraConfig
+
+    targets = _get(cfg, "lora_target_modules", "all-linear")
+    if isinstance(targets, str) and targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(r=_get(cfg, "lora_r", 16), lora_alpha=_get(cfg, "lora_alpha", 32),
+                      lora_dropout=_get(cfg, "lora_dropout", 0.05), target_modules=targets, task_type="CAUSAL_LM")
 
 
 def build_trainer(data_path: Path, model_path: str, out_dir: Path, cfg: Any):
@@ -237,35 +269,13 @@ def build_trainer(data_path: Path, model_path: str, out_dir: Path, cfg: Any):
     dataset, data_stats = build_dataset(Path(data_path), tokenizer, template, max_length, out_dir / "hf-datasets")
 
     bf16 = _use_bf16()
-    dtype = _get(cfg, "dtype", "float32")
-    init_kwargs: dict[str, Any] = {"dtype": dtype}
-    if _get(cfg, "attn_implementation"):
-        init_kwargs["attn_implementation"] = _get(cfg, "attn_implementation")
-    model: Any = model_path
-    if is_adapter(model_path):  # a LoRA checkpoint: train on top of the merged model
-        from peft import AutoPeftModelForCausalLM
-
-        load_kwargs = {**init_kwargs, "dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
-        model = AutoPeftModelForCausalLM.from_pretrained(model_path, **load_kwargs)
-        model = model.merge_and_unload()
-        model.requires_grad_(True)  # PEFT froze the base weights; full fine-tuning trains them all
-        init_kwargs = None
-
-    peft_config = None
-    if _get(cfg, "lora", False):
-        from peft import LoraConfig
-
-        targets = _get(cfg, "lora_target_modules", "all-linear")
-        if isinstance(targets, str) and targets != "all-linear":
-            targets = [t.strip() for t in targets.split(",") if t.strip()]
-        peft_config = LoraConfig(r=_get(cfg, "lora_r", 16), lora_alpha=_get(cfg, "lora_alpha", 32),
-                                 lora_dropout=_get(cfg, "lora_dropout", 0.05), target_modules=targets,
-                                 task_type="CAUSAL_LM")
+    model, init_kwargs = training_model(model_path, cfg)
+    peft_config = lora_config(cfg)
 
     deepspeed = _get(cfg, "deepspeed")
     if deepspeed:
         deepspeed = deepspeed_config_path(deepspeed)
-        _single_process_env()
+        single_process_env()
     max_steps = _get(cfg, "max_steps")
     seed = _get(cfg, "seed", 0)
     args = SFTConfig(

@@ -50,8 +50,20 @@ _WORDS = (
 ).split()
 
 
+def _agent_texts() -> list[str]:
+    """The texts every agent prompt repeats: the swe environment's prompts and tool schemas, as the chat
+    template writes them. A vocabulary that knows them keeps prompts short, and tests fast."""
+    from swepost.envs.swe import TOOLS, load_prompts
+
+    texts = [json.dumps(tool) for tool in TOOLS]
+    texts += list(load_prompts().values())
+    return texts
+
+
 def _corpus():
-    """Yield a deterministic mix of code, shell, prose, JSON tool calls and diffs."""
+    """Yield a deterministic mix of code, shell, prose, JSON tool calls and diffs, and the agent prompts."""
+    for _ in range(20):
+        yield from _agent_texts()
     n, w = len(_NAMES), len(_WORDS)
     for i in range(400):
         a, b = _NAMES[i % n], _NAMES[(i * 7 + 3) % n]
@@ -76,7 +88,7 @@ def build_tiny_model(
     out_dir: str | pathlib.Path,
     *,
     seed: int = 0,
-    vocab_size: int = 2048,
+    vocab_size: int = 4096,
     hidden_size: int = 64,
     intermediate_size: int = 128,
     num_hidden_layers: int = 2,

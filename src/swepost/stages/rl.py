@@ -1,0 +1,177 @@
+"""Stage `rl`: reinforcement learning of an agent in its environment, on TRL's GRPOTrainer (checkpoint).
+
+RLVR by default: the reward is the environment's own grade (for `swe`, the task's hidden tests run on the final
+diff in a fresh sandbox). The defaults follow the published SWE-agent RL recipes (DAPO, DeepSWE, SkyRL-SWE):
+token-level DAPO loss, clip 0.2 / 0.28, no KL term and no reference model, group-normalised advantages, dynamic
+sampling (groups whose rewards are all equal carry no signal: dropped from the loss, or resampled on other
+tasks), truncated trajectories masked out of the loss. Every default is a config key below.
+
+Rollouts are ordinary swepost episodes run many at once (see `swepost.train.rollout`); training runs in a work
+folder `$SWEPOST_HOME/work/rl-<key>` with a checkpoint every `save_steps`: run the same command again after a
+crash and it resumes from the newest complete one. The checkpoint artifact holds `model/`, the trainer's log
+history, `rollouts.jsonl` (one row per rollout: step, task, reward, exit status, turns, tokens, why it was
+masked) and every rollout's trajectory under `trajectories/`; its parents are the tasks and the base checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
+from swepost.config import ArtifactInput, PathInput, StageConfig
+from swepost.errors import BadInput
+from swepost.stages.sft import resolve_model, train_or_launch
+
+# fields that do not change what is trained: a run killed under one value resumes under another
+_NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args", "save_steps", "max_batch_wait"}
+
+
+class RlConfig(StageConfig):
+    tasks: str = ArtifactInput(description="the tasks to train on (validated tasks: their tests must work)")
+    model: str = Field(description="the policy to train: a checkpoint artifact (sft, rft), a folder, a hub id")
+    name: str = Field("rl", description="output artifact name")
+    seed: int = 0
+    # --- environment
+    environment: str = Field("swe", description="swe | module:Class")
+    repos: Path | None = PathInput(description="mirror folder of owner__name repos (tasks without an image)")
+    backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
+    tool_timeout: float = Field(120.0, gt=0, description="seconds for one bash command")
+    reward: str = Field("env", description="env (the environment's grade: hidden tests for swe) or "
+                        "module:function(trajectory, task) -> float | None (an LLM judge, answer matching, ...)")
+    # --- batch and optimisation
+    max_steps: int = Field(200, ge=1, description="optimizer steps (one rollout batch each)")
+    tasks_per_step: int = Field(32, ge=1, description="tasks (prompts) per step, over all processes")
+    num_generations: int = Field(8, ge=2, description="rollouts per task: the group advantages are relative to")
+    micro_batch_size: int | None = Field(None, ge=1, description="rollouts per forward/backward pass (default: "
+                                         "all of a process's rollouts); the rest is gradient accumulation")
+    num_iterations: int = Field(1, ge=1, description="optimisation passes over each rollout batch (mu)")
+    learning_rate: float = Field(1e-6, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    # --- loss (DAPO defaults)
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo"] = Field(
+        "dapo", description="dapo: token-level, normalised by the active tokens of the whole batch")
+    epsilon: float = Field(0.2, gt=0, description="lower clip of the importance ratio")
+    epsilon_high: float = Field(0.28, gt=0, description="upper clip (DAPO clip-higher)")
+    beta: float = Field(0.0, ge=0, description="KL coefficient; 0 loads no reference model")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="advantage = (r - group mean) / std of the group | batch | not scaled (Dr. GRPO)")
+    dynamic_sampling: Literal["drop", "resample", "off"] = Field(
+        "drop", description="groups whose task rewards are all equal: drop (no loss, out of the token count), "
+        "resample (new groups on other tasks, up to max_resample_rounds, then drop), off")
+    max_resample_rounds: int = Field(2, ge=1)
+    truncated: Literal["mask", "soft_penalty", "keep"] = Field(
+        "mask", description="episodes that ran out of turns, tokens or time: mask (no loss; their reward still "
+        "counts in the group baseline), soft_penalty (DAPO's overlong penalty on the completion length), "
+        "keep (as graded)")
+    overlong_buffer: int = Field(4096, ge=1, description="soft_penalty: tokens before max_completion_tokens where "
+                                 "the penalty ramps from 0 to overlong_penalty")
+    overlong_penalty: float = Field(1.0, ge=0)
+    turn_penalty: float = Field(0.0, ge=0, description="subtracted from the reward per model turn")
+    # --- rollouts
+    max_turns: int = Field(50, ge=1, description="model turns per episode")
+    max_prompt_tokens: int = Field(8192, ge=16, description="tokens of the first prompt (system, tools, task)")
+    max_completion_tokens: int = Field(32768, ge=16, description="tokens after the prompt: model turns and tool "
+                                       "results together (TRL's max_completion_length)")
+    max_seconds: float = Field(1800.0, gt=0, description="wall-clock limit of one episode")
+    max_consecutive_errors: int = Field(5, ge=1)
+    concurrency: int = Field(16, ge=1, le=1024, description="episodes doing sandbox work at the same time, "
+                             "per process (1: TRL's one-rollout-after-another tool execution)")
+    max_batch_wait: float = Field(1.0, gt=0, description="seconds a generation request waits for others to join "
+                                  "its batch (transformers / vLLM colocate)")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    # --- generation backend
+    generation: Literal["transformers", "vllm_colocate", "vllm_server"] = Field(
+        "transformers", description="transformers (model.generate, CPU or GPU), vllm_colocate (vLLM in the "
+        "training processes), vllm_server (a `trl vllm-serve` server; weights pushed every step)")
+    vllm_server_url: str = Field("http://127.0.0.1:8000", description="vllm_server: the server's address")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vllm_colocate: share of GPU memory")
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+    vllm_max_model_length: int | None = Field(None, ge=16)
+    # --- model and training
+    lora: bool = False
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: str | list[str] = "all-linear"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = Field(True, description="trade compute for memory (long SWE contexts need it)")
+    deepspeed: str | None = Field(None, description="zero2, zero3 (shipped configs) or a DeepSpeed JSON path")
+    report_to: str = Field("none", description="none, tensorboard, wandb (comma-separated for several)")
+    save_steps: int = Field(10, ge=1, description="checkpoint every N steps (resume point after a crash)")
+    logging_steps: int = Field(1, ge=1)
+    save_trajectories: bool = Field(True, description="keep every rollout's trajectory in the artifact")
+    launch: Literal["none", "accelerate"] = "none"
+    accelerate_config: str = Field("multi_gpu", description="single_gpu, multi_gpu, zero2, zero3, fsdp or a YAML")
+    num_processes: int | None = Field(None, ge=1)
+    launch_args: list[str] = Field(default_factory=list, description="more `accelerate launch` flags")
+
+    @model_validator(mode="after")
+    def _batch_shape(self) -> RlConfig:
+        if self.micro_batch_size and (self.tasks_per_step * self.num_generations) % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide tasks_per_step x "
+                             f"num_generations = {self.tasks_per_step * self.num_generations}")
+        if self.epsilon_high < self.epsilon:
+            raise ValueError(f"epsilon_high {self.epsilon_high} is below epsilon {self.epsilon}")
+        return self
+
+
+def work_key(config: RlConfig, tasks_id: str, model: str) -> str:
+    body = config.model_dump(mode="json", exclude=_NOT_IN_KEY | {"tasks", "model", "repos"})
+    body.update(tasks=tasks_id, model=model, stage="rl")
+    return hashlib.sha256(canonical_json(body)).hexdigest()[:20]
+
+
+def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
+    """Train (or resume) in the work folder, then publish the checkpoint artifact. Returns None in the processes
+    `accelerate launch` started and on machines of rank > 0."""
+    from swepost.stages.tasks import load_tasks
+    from swepost.train.rl import FINAL, STATS_FILE, train_rl
+    from swepost.train.sft import accelerate_config_path, deepspeed_config_path
+
+    if config.deepspeed:
+        deepspeed_config_path(config.deepspeed)
+    if config.launch == "accelerate":
+        accelerate_config_path(config.accelerate_config)
+    source = store.resolve(config.tasks)
+    if source.kind != "tasks":
+        raise BadInput(f"artifact {source.id} is a {source.kind!r} artifact, not tasks", key="tasks")
+    tasks = load_tasks(source)
+    if not tasks:
+        raise BadInput(f"tasks artifact {source.id} holds no task", key="tasks")
+    model_path, base = resolve_model(config.model, store)
+    model_ref = base.id if base else model_path
+    work = store.root / "work" / f"rl-{work_key(config, source.id, model_ref)}"
+    resolved = config.model_copy(update={"tasks": source.id, "model": model_ref})
+    if not train_or_launch("rl", resolved, store, work, STATS_FILE, FINAL,
+                           lambda: train_rl(tasks, model_path, work, config)):
+        return None
+
+    stats = json.loads((work / STATS_FILE).read_text())
+    producer = producer_record("rl", config.model_dump(mode="json"), seed=config.seed,
+                               inputs={"tasks": source.id, "model": model_ref})
+    parents = [source.id] + ([base.id] if base else [])
+    with store.write(config.name, "checkpoint", producer=producer, parents=parents) as w:
+        shutil.copytree(work / FINAL, w.path / "model")
+        for name in ("log_history.json", "rollouts.jsonl"):
+            if (work / name).is_file():
+                shutil.copy2(work / name, w.path / name)
+        if config.save_trajectories and (work / "trajectories").is_dir():
+            shutil.copytree(work / "trajectories", w.path / "trajectories")
+        if (work / "runs").is_dir():
+            shutil.copytree(work / "runs", w.path / "tensorboard")
+        w.stats.update(stats)
+    shutil.rmtree(work, ignore_errors=True)
+    return w.artifact
+
+
+run = run_rl

@@ -1,0 +1,469 @@
+"""GRPO / DAPO training of an agent on swepost environments: a thin adapter on TRL's GRPOTrainer.
+
+`rollout_func`, not `environment_factory`: TRL's own tool loop executes the tool calls of a batch one rollout
+after another, and it knows nothing of swepost's episode rules (exit statuses, the grader's fresh sandbox, format
+errors). With `rollout_func` TRL hands over the batch's prompts and takes back token ids and an `env_mask`;
+everything in between is swepost's: `swepost.train.rollout` runs the episodes concurrently, the reward comes from
+the environment's grade, and this module adds what TRL lacks:
+
+* dynamic sampling: groups whose task rewards are all equal are dropped (their tokens leave the loss and the
+  DAPO token count) or resampled on other tasks; counts logged per step;
+* truncated episodes (out of turns, tokens or time): masked out of the loss but kept in their group's baseline
+  (running out of room is no evidence the actions were wrong, yet a success among truncated attempts is still
+  better than they are), or given DAPO's soft overlong penalty;
+* a linear penalty per model turn.
+
+Each reward part is its own TRL reward function (logged as rewards/<part>/mean); the parts come precomputed from
+the rollout as extra fields. TRL's dataset rows carry only the task's instance_id (as the prompt text): the
+environment writes the real prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from swepost.errors import BadInput, WorkFailed
+from swepost.records import Task
+
+STATS_FILE = "rl_stats.json"
+FINAL = "final"
+TRUNCATED_STATUSES = ("context_overflow", "max_turns", "timeout")
+REWARD_PARTS = ("task", "turn_penalty", "overlong_penalty")
+
+
+# --- rewards ------------------------------------------------------------------------------------------------
+
+def episode_reward(name: str):
+    """The reward of a finished episode: 'env' (the environment's grade) or module:function(trajectory, task)."""
+    if name == "env":
+        return lambda trajectory, task: trajectory.reward
+    from swepost.registry import load_component
+
+    fn = load_component(name, {}, "reward")
+    if not callable(fn):
+        raise BadInput(f"reward {name!r} is not callable", key="reward")
+    return fn
+
+
+def soft_overlong_penalty(length: int, max_length: int, buffer: int, factor: float) -> float:
+    """DAPO's soft overlong punishment: 0 up to max_length - buffer, then down linearly to -factor at
+    max_length (and beyond)."""
+    start = max_length - buffer
+    if length <= start:
+        return 0.0
+    return -factor * min(1.0, (length - start) / buffer)
+
+
+def _trl_reward(part: str):
+    key = f"rl_{part}"
+
+    def reward(completions, **kwargs):
+        return kwargs[key]
+
+    reward.__name__ = part
+    return reward
+
+
+# --- one rollout batch --------------------------------------------------------------------------------------
+
+class RolloutLog:
+    """Per-rollout rows (rollouts.jsonl) and trajectories (trajectories/step-N.jsonl) in the work folder."""
+
+    def __init__(self, folder: Path, save_trajectories: bool):
+        self.path = folder / "rollouts.jsonl"
+        self.trajectories = folder / "trajectories" if save_trajectories else None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop what steps after `step` logged: they are trained again after a resume."""
+        if self.path.is_file():
+            keep = [line for line in self.path.read_text().splitlines() if line.strip()
+                    and json.loads(line)["step"] <= step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        if self.trajectories and self.trajectories.is_dir():
+            for f in self.trajectories.glob("step-*.jsonl"):
+                if int(f.stem.partition("-")[2]) > step:
+                    f.unlink()
+
+    def write(self, step: int, rows: list[dict], trajectories: list) -> None:
+        with open(self.path, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        if self.trajectories is not None:
+            self.trajectories.mkdir(exist_ok=True)
+            with open(self.trajectories / f"step-{step:06d}.jsonl", "w") as f:
+                for t in trajectories:
+                    f.write(t.model_dump_json() + "\n")
+
+
+class RolloutFunc:
+    """TRL's `rollout_func(prompts, trainer)`: runs this process's slice of the generation batch (whole groups of
+    num_generations), scores it, applies dynamic sampling and truncation masking, and logs it."""
+
+    def __init__(self, cfg: Any, tasks: list[Task], log: RolloutLog):
+        from swepost.agent import AgentLimits
+        from swepost.registry import ENVIRONMENTS, load_component
+
+        self.cfg, self.log = cfg, log
+        self.tasks = {t.instance_id: t for t in tasks}
+        self.order = [t.instance_id for t in tasks]
+        self.reward = episode_reward(cfg.reward)
+        env_cls = load_component(cfg.environment, ENVIRONMENTS, "environment")
+        self.make_env = lambda: env_cls(repos=cfg.repos, backend=cfg.backend, tool_timeout=cfg.tool_timeout,
+                                        grade=True)
+        self.limits = AgentLimits(max_turns=cfg.max_turns, max_context_tokens=10 ** 9, max_seconds=cfg.max_seconds,
+                                  max_consecutive_errors=cfg.max_consecutive_errors)
+        self.generator = None
+        self.seconds = {"rollout": 0.0, "generation": 0.0, "environment": 0.0}
+
+    # the generation backend is built on first use: it needs the trainer
+    def _generator(self, trainer):
+        from swepost.train.rollout import CompletionsGenerator, TransformersGenerator, VllmColocateGenerator
+
+        if self.generator is not None:
+            return self.generator
+        cfg, tok = self.cfg, trainer.processing_class
+        stop_ids = set(trainer.eos_token_ids)
+        sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p}
+        if cfg.generation == "transformers":
+            from trl.models import unwrap_model_for_generation
+
+            def model_context():
+                return unwrap_model_for_generation(
+                    trainer.model_wrapped, trainer.accelerator,
+                    gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                    generation_kwargs=trainer.generation_kwargs,
+                    gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
+
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            self.generator = TransformersGenerator(model_context, trainer.generation_config, stop_ids, pad)
+        elif cfg.generation == "vllm_colocate":
+            sampling.update(top_k=cfg.top_k or -1, stop_token_ids=sorted(stop_ids))
+            self.generator = VllmColocateGenerator(trainer.vllm_generation.llm, sampling, stop_ids)
+        else:
+            if cfg.top_k:
+                sampling["top_k"] = cfg.top_k
+            self.generator = CompletionsGenerator(cfg.vllm_server_url.rstrip("/") + "/v1", None, sampling, stop_ids)
+        return self.generator
+
+    def _run(self, trainer, instance_ids: list[str]):
+        from swepost.train.rollout import run_rollouts
+
+        G = trainer.num_generations
+        rollouts, stats = run_rollouts(
+            [self.tasks[i] for i in instance_ids], make_env=self.make_env, generator=self._generator(trainer),
+            tokenizer=trainer.processing_class, limits=self.limits, max_prompt_tokens=self.cfg.max_prompt_tokens,
+            max_completion_tokens=self.cfg.max_completion_tokens, concurrency=self.cfg.concurrency,
+            max_wait=self.cfg.max_batch_wait, samples=[n % G for n in range(len(instance_ids))],
+            describe={"model": "policy under training", "generation": self.cfg.generation,
+                      "temperature": self.cfg.temperature, "top_p": self.cfg.top_p})
+        self.seconds["rollout"] += stats.wall
+        self.seconds["generation"] += stats.generation
+        self.seconds["environment"] += stats.environment
+        return rollouts, stats
+
+    def _task_reward(self, rollout) -> float | None:
+        t = rollout.trajectory
+        if t.exit_status == "sandbox_error":
+            return None  # the infrastructure failed, not the model: no signal either way
+        value = self.reward(t, self.tasks[t.instance_id])
+        return None if value is None else float(value)
+
+    def _truncated(self, rollout) -> bool:
+        return rollout.trajectory.exit_status in TRUNCATED_STATUSES
+
+    @staticmethod
+    def _zero_variance(values: list[float | None]) -> bool:
+        scored = [v for v in values if v is not None]
+        return len(set(scored)) <= 1
+
+    def __call__(self, prompts: list, trainer) -> dict[str, list]:
+        cfg = self.cfg
+        G = trainer.num_generations
+        ids = [str(p[-1]["content"]) if isinstance(p, list) else str(p) for p in prompts]
+        if len(ids) % G or any(ids[g] != ids[g - g % G] for g in range(len(ids))):
+            raise WorkFailed(f"rl: this process got {len(ids)} rollouts that are not whole groups of {G}: make "
+                             "tasks_per_step a multiple of the number of processes")
+        step = trainer.state.global_step + 1
+        t0 = time.monotonic()
+        rollouts, stats = self._run(trainer, ids)
+        groups = [rollouts[g: g + G] for g in range(0, len(rollouts), G)]
+        resampled: set[int] = set()
+        if cfg.dynamic_sampling == "resample":
+            rng = random.Random(f"{cfg.seed}:{step}")
+            used = set(ids)
+            for _ in range(cfg.max_resample_rounds):
+                flat = [g for g, group in enumerate(groups)
+                        if self._zero_variance([self._task_reward(r) for r in group])]
+                spare = [i for i in self.order if i not in used]
+                rng.shuffle(spare)
+                flat = flat[: len(spare)]
+                if not flat:
+                    break
+                fresh = [spare[k] for k in range(len(flat))]
+                used.update(fresh)
+                new, more = self._run(trainer, [i for i in fresh for _ in range(G)])
+                stats.batches += more.batches
+                for k, g in enumerate(flat):
+                    groups[g] = new[k * G: (k + 1) * G]
+                    resampled.add(g)
+
+        out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [],
+                                "instance_id": [], **{f"rl_{p}": [] for p in REWARD_PARTS}}
+        rows, trajectories = [], []
+        counts = {"dropped_groups": 0, "resampled_groups": len(resampled), "masked_truncated": 0, "ungraded": 0}
+        for g, group in enumerate(groups):
+            scored = [self._task_reward(r) for r in group]
+            drop = cfg.dynamic_sampling != "off" and self._zero_variance(scored)
+            counts["dropped_groups"] += drop
+            for k, r in enumerate(group):
+                t = r.trajectory
+                task_reward = self._task_reward(r)
+                why = None
+                if task_reward is None:
+                    why = "ungraded"
+                    counts["ungraded"] += 1
+                elif cfg.truncated == "mask" and self._truncated(r):
+                    why = "truncated"
+                    counts["masked_truncated"] += 1
+                elif drop:
+                    why = "zero_variance"
+                mask = [0] * len(r.mask) if why else r.mask
+                turn_pen = -cfg.turn_penalty * t.turns
+                over_pen = (soft_overlong_penalty(len(r.completion_ids), cfg.max_completion_tokens,
+                                                  cfg.overlong_buffer, cfg.overlong_penalty)
+                            if cfg.truncated == "soft_penalty" else 0.0)
+                left_out = why == "ungraded"  # out of the group baseline too
+                out["prompt_ids"].append(r.prompt_ids)
+                out["completion_ids"].append(r.completion_ids)
+                out["logprobs"].append(r.logprobs if r.logprobs is not None else [0.0] * len(r.completion_ids))
+                out["env_mask"].append(mask)
+                out["instance_id"].append(t.instance_id)
+                out["rl_task"].append(None if left_out else task_reward)
+                out["rl_turn_penalty"].append(None if left_out else turn_pen)
+                out["rl_overlong_penalty"].append(None if left_out else over_pen)
+                rows.append({"step": step, "process": trainer.accelerator.process_index, "group": g, "sample": k,
+                             "instance_id": t.instance_id, "reward": task_reward, "resolved": t.resolved,
+                             "exit_status": t.exit_status, "turns": t.turns, "tool_calls": t.tool_calls,
+                             "tool_errors": t.tool_errors, "prompt_tokens": len(r.prompt_ids),
+                             "completion_tokens": len(r.completion_ids), "model_tokens": r.model_tokens,
+                             "masked": why, "group_dropped": drop, "resampled": g in resampled,
+                             "seconds": t.seconds})
+                trajectories.append(t)
+        if not any(any(lp) for lp in out["logprobs"]) or cfg.generation == "transformers":
+            out["logprobs"] = None  # transformers: TRL recomputes them (no importance-sampling correction)
+        self.log.write(step, rows, trajectories)
+        self._metrics(trainer, rows, counts, stats, time.monotonic() - t0)
+        return out
+
+    def _metrics(self, trainer, rows: list[dict], counts: dict, stats, wall: float) -> None:
+        metrics = trainer._metrics["train"]  # TRL averages these per logging step
+        graded = [r["reward"] for r in rows if r["reward"] is not None]
+        metrics["rl/task_reward"].append(sum(graded) / len(graded) if graded else 0.0)
+        metrics["rl/resolved_rate"].append(sum(r["resolved"] == "RESOLVED_FULL" for r in rows) / len(rows))
+        metrics["rl/mean_turns"].append(sum(r["turns"] for r in rows) / len(rows))
+        metrics["rl/trained_rollouts"].append(float(sum(r["masked"] is None for r in rows)))
+        for key, value in counts.items():
+            metrics[f"rl/{key}"].append(float(value))
+        for status in ("submitted", *TRUNCATED_STATUSES, "format_error", "sandbox_error", "policy_error"):
+            metrics[f"rl/exit_{status}"].append(sum(r["exit_status"] == status for r in rows) / len(rows))
+        metrics["time/rollout"].append(wall)
+        metrics["time/generation"].append(stats.generation)
+        metrics["time/environment"].append(stats.environment)
+
+
+# --- training -----------------------------------------------------------------------------------------------
+
+def _batch_shape(cfg: Any, world: int) -> tuple[int, int]:
+    """(per-device micro batch, gradient accumulation steps) so that one optimizer step = one rollout batch of
+    tasks_per_step x num_generations over all processes, every process holding whole groups."""
+    if cfg.tasks_per_step % world:
+        raise BadInput(f"tasks_per_step {cfg.tasks_per_step} must be a multiple of the number of processes "
+                       f"({world}) so that every process rolls out whole groups", key="tasks_per_step")
+    local = cfg.tasks_per_step // world * cfg.num_generations
+    micro = cfg.micro_batch_size or local
+    if local % micro:
+        raise BadInput(f"micro_batch_size {micro} must divide the {local} rollouts of each process",
+                       key="micro_batch_size")
+    return micro, local // micro
+
+
+class _QuietMaskedRows:
+    """TRL warns about every batch holding a row whose rewards are all None; here those are the rollouts masked
+    on purpose (truncated, ungraded), counted in the rl/ metrics instead."""
+
+    def filter(self, record) -> bool:
+        return "All reward functions returned None" not in record.getMessage()
+
+
+def build_trainer(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any, log: RolloutLog):
+    import logging
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from swepost.train.sft import (
+        deepspeed_config_path,
+        lora_config,
+        single_process_env,
+        training_model,
+    )
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is flagged experimental
+    logging.getLogger("trl.trainer.grpo_trainer").addFilter(_QuietMaskedRows())
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot load the tokenizer of {model_path!r}: {e}", key="model") from None
+    if not tokenizer.chat_template:
+        raise BadInput(f"model {model_path!r}: the tokenizer has no chat template", key="model")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    micro, accum = _batch_shape(cfg, world)
+    model, init_kwargs = training_model(model_path, cfg)
+    deepspeed = cfg.deepspeed
+    if deepspeed:
+        deepspeed = deepspeed_config_path(deepspeed)
+        single_process_env()
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    vllm = cfg.generation != "transformers"
+    args = GRPOConfig(
+        output_dir=str(out_dir),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,
+        max_grad_norm=cfg.max_grad_norm,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        num_generations=cfg.num_generations,
+        num_iterations=cfg.num_iterations,
+        max_completion_length=cfg.max_completion_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k or 0,
+        loss_type=cfg.loss_type,
+        epsilon=cfg.epsilon,
+        epsilon_high=cfg.epsilon_high,
+        beta=cfg.beta,
+        scale_rewards=cfg.scale_rewards,
+        mask_truncated_completions=False,  # truncation is judged per episode here, not by the last token
+        reward_weights=[1.0] * len(REWARD_PARTS),
+        use_vllm=vllm,
+        vllm_mode="server" if cfg.generation == "vllm_server" else "colocate",
+        vllm_server_base_url=cfg.vllm_server_url if cfg.generation == "vllm_server" else None,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        vllm_max_model_length=cfg.vllm_max_model_length,
+        bf16=bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        model_init_kwargs=init_kwargs,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        report_to=[r.strip() for r in str(cfg.report_to).split(",") if r.strip()],
+        deepspeed=deepspeed,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        log_completions=False,
+    )
+    rows = [{"prompt": [{"role": "user", "content": t.instance_id}], "instance_id": t.instance_id} for t in tasks]
+    rollout = RolloutFunc(cfg, tasks, log)
+    trainer = GRPOTrainer(model=model, reward_funcs=[_trl_reward(p) for p in REWARD_PARTS], args=args,
+                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                          peft_config=lora_config(cfg), rollout_func=rollout)
+    return trainer, rollout
+
+
+def train_rl(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
+    """Train; resume from the newest checkpoint in out_dir if there is one; save the final model in out_dir/final
+    and the stats in out_dir/rl_stats.json. Returns the stats."""
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs; stdout belongs to --json
+        return _train(tasks, str(model_path), Path(out_dir), cfg)
+
+
+def _train(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
+    from swepost.train.sft import last_checkpoint
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = RolloutLog(out_dir, cfg.save_trajectories)
+    trainer, rollout = build_trainer(tasks, model_path, out_dir, cfg, log)
+    main = trainer.is_world_process_zero()
+    resume = last_checkpoint(out_dir)
+    resumed_from = 0
+    if resume is not None:
+        resumed_from = json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0)
+        if main:
+            print(f"rl: resuming from {resume.name} (global_step {resumed_from})", file=sys.stderr)
+    if main:
+        log.truncate_after(resumed_from)
+        if (out_dir / FINAL).exists():
+            shutil.rmtree(out_dir / FINAL)  # left by a kill while saving
+    start = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.monotonic() - start
+    if cfg.lora:
+        if main:
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(out_dir / FINAL)
+            trainer.processing_class.save_pretrained(out_dir / FINAL)
+    else:
+        trainer.save_model(str(out_dir / FINAL))
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        stats = summarize(log.path, trainer.state.log_history)
+        stats.update(steps=trainer.state.global_step, resumed_from_step=resumed_from, seconds=round(seconds, 2),
+                     world_size=trainer.args.world_size, bf16=trainer.args.bf16, lora=bool(cfg.lora),
+                     time_split=_time_split(rollout.seconds, seconds))
+        (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+        tmp = out_dir / f".{STATS_FILE}.tmp"
+        tmp.write_text(json.dumps(stats, indent=2) + "\n")
+        os.replace(tmp, out_dir / STATS_FILE)  # the marker that training finished
+        return stats
+    return {}
+
+
+def _time_split(rollout: dict[str, float], total: float) -> dict[str, float]:
+    """Seconds of this run (since the last resume) spent generating, waiting on sandboxes, and training
+    (scoring the log-probabilities, backward, optimizer)."""
+    return {"generation": round(rollout["generation"], 2), "environment": round(rollout["environment"], 2),
+            "training": round(max(total - rollout["rollout"], 0.0), 2)}
+
+
+def summarize(rollouts_file: Path, log_history: list[dict]) -> dict[str, Any]:
+    """Run-level stats from the rollout log: rewards per step, how many groups were dropped, why rollouts were
+    masked, exit statuses."""
+    rows = [json.loads(line) for line in rollouts_file.read_text().splitlines() if line.strip()] \
+        if rollouts_file.is_file() else []
+    per_step: dict[int, list[dict]] = {}
+    for r in rows:
+        per_step.setdefault(r["step"], []).append(r)
+    reward_by_step = []
+    dropped = 0
+    for step, group_rows in sorted(per_step.items()):
+        graded = [r["reward"] for r in group_rows if r["reward"] is not None]
+        reward_by_step.append({"step": step, "reward": round(sum(graded) / len(graded), 4) if graded else None,
+                               "rollouts": len(group_rows),
+                               "trained": sum(r["masked"] is None for r in group_rows)})
+        dropped += len({(r["process"], r["group"]) for r in group_rows if r["group_dropped"]})
+    masked: dict[str, int] = {}
+    exits: dict[str, int] = {}
+    for r in rows:
+        if r["masked"]:
+            masked[r["masked"]] = masked.get(r["masked"], 0) + 1
+        exits[r["exit_status"] or "unfinished"] = exits.get(r["exit_status"] or "unfinished", 0) + 1
+    losses = [e["loss"] for e in log_history if "loss" in e]
+    return {"rollouts": len(rows), "dropped_groups": dropped, "masked": masked, "exit_status": exits,
+            "resolved": sum(r["resolved"] == "RESOLVED_FULL" for r in rows),
+            "reward_by_step": reward_by_step, "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None}

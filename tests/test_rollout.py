@@ -1,0 +1,206 @@
+"""The RL rollout engine without docker: the token ledger (generated ids kept as sampled, environment tokens
+masked), the completion budget, generation batching, and how many episodes do environment work at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from swepost.agent import AgentLimits  # noqa: E402
+from swepost.envs.base import Observation  # noqa: E402
+from swepost.envs.swe import TOOLS  # noqa: E402
+from swepost.policies.base import ContextOverflow  # noqa: E402
+from swepost.policies.hf import _template_messages  # noqa: E402
+from swepost.records import Task  # noqa: E402
+from swepost.train.rl import soft_overlong_penalty  # noqa: E402
+from swepost.train.rollout import (  # noqa: E402
+    Batcher,
+    Generated,
+    ScriptedGenerator,
+    TokenPolicy,
+    cut_at_stop,
+    run_rollouts,
+)
+
+CALL = '<tool_call>\n{"name": "bash", "arguments": {"command": "ls"}}\n</tool_call>'
+SUBMIT = '<tool_call>\n{"name": "submit", "arguments": {}}\n</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from swepost.train.tiny_model import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny")
+    build_tiny_model(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+class ReplayIds:
+    """A scripted generator at the token level: replays fixed id lists, turn after turn, and records batches."""
+
+    concurrent = False
+
+    def __init__(self, turns: list[list[int]]):
+        self.turns, self.calls, self.batches = turns, 0, []
+
+    def generate(self, requests):
+        self.batches.append(len(requests))
+        out = []
+        for _, budget in requests:
+            ids = self.turns[min(self.calls, len(self.turns) - 1)]
+            self.calls += 1
+            kept, stopped = ids[:budget], len(ids) <= budget
+            out.append(Generated(kept, None, stopped))
+        return out
+
+
+class Served:
+    """Runs a Batcher's serving loop on a thread for tests that call the policy directly."""
+
+    def __init__(self, batcher: Batcher):
+        self.batcher, self.done = batcher, False
+        self.thread = threading.Thread(target=batcher.serve, args=(lambda: self.done,), daemon=True)
+
+    def __enter__(self):
+        self.batcher.enter()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.batcher.leave()
+        self.done = True
+        self.thread.join(5)
+
+
+def test_generated_ids_are_kept_as_sampled_and_environment_tokens_carry_no_mask(tok):
+    eos = tok.eos_token_id
+    canonical = tok(CALL, add_special_tokens=False)["input_ids"]
+    odd = [t for ch in CALL for t in tok(ch, add_special_tokens=False)["input_ids"]]  # one token per character
+    assert odd != canonical and tok.decode(odd) == CALL  # same text, ids a re-tokenisation would not give back
+    gen = ReplayIds([odd + [eos], tok(SUBMIT, add_special_tokens=False)["input_ids"] + [eos]])
+    policy = TokenPolicy(tok, Batcher(gen), max_prompt_tokens=4096, max_completion_tokens=4096)
+    policy.start(None)
+    messages = [{"role": "system", "content": "You fix bugs."}, {"role": "user", "content": "Fix the bug."}]
+    with Served(policy.batcher):
+        first = policy.reply(messages, TOOLS)
+        assert first.message["tool_calls"][0]["function"]["name"] == "bash"
+        messages += [{"role": "assistant", **first.message},
+                     {"role": "tool", "tool_call_id": "call_1_0", "name": "bash", "content": "setup.py\nsrc"}]
+        second = policy.reply(messages, TOOLS)
+    assert second.message["tool_calls"][0]["function"]["name"] == "submit"
+
+    prompt_text = tok.apply_chat_template(messages[:2], tools=TOOLS, add_generation_prompt=True, tokenize=False)
+    assert policy.prompt_ids == tok(prompt_text, add_special_tokens=False)["input_ids"]
+    ids, mask = policy.completion_ids, policy.mask
+    assert ids[: len(odd) + 1] == odd + [eos] and all(mask[: len(odd) + 1])  # verbatim, trained
+    env_part = [t for t, m in zip(ids, mask, strict=True) if m == 0]
+    assert tok.decode(env_part) == ("\n<|im_start|>user\n<tool_response>\nsetup.py\nsrc\n</tool_response><|im_end|>\n"
+                                    "<|im_start|>assistant\n")
+    model_part = [t for t, m in zip(ids, mask, strict=True) if m == 1]
+    assert tok.decode(model_part) == CALL + "<|im_end|>" + SUBMIT + "<|im_end|>"
+    # prompt + completion is the whole conversation as the template renders it (the model's token choices aside)
+    full = tok.apply_chat_template(_template_messages(messages + [{"role": "assistant", **second.message}]),
+                                   tools=TOOLS, tokenize=False)
+    assert tok.decode(policy.prompt_ids + ids) + "\n" == full
+
+
+def test_the_completion_budget_ends_the_episode_mid_turn(tok):
+    eos = tok.eos_token_id
+    long_turn = tok(CALL * 5, add_special_tokens=False)["input_ids"] + [eos]
+    policy = TokenPolicy(tok, Batcher(ReplayIds([long_turn])), max_prompt_tokens=4096, max_completion_tokens=20)
+    policy.start(None)
+    with Served(policy.batcher), pytest.raises(ContextOverflow, match="ran out mid-turn"):
+        policy.reply([{"role": "user", "content": "hi"}], TOOLS)
+    assert policy.completion_ids == long_turn[:20] and policy.mask == [1] * 20  # what was sampled stays
+
+    small = TokenPolicy(tok, Batcher(ReplayIds([[eos]])), max_prompt_tokens=10, max_completion_tokens=20)
+    small.start(None)
+    with pytest.raises(ContextOverflow, match="max_prompt_tokens"):
+        small.reply([{"role": "user", "content": "a long prompt " * 20}], TOOLS)
+
+
+def test_cut_at_stop_keeps_the_stop_token():
+    assert cut_at_stop([5, 6, 2, 7], {2}, 10) == ([5, 6, 2], True)
+    assert cut_at_stop([5, 6, 7, 8], {2}, 3) == ([5, 6, 7], False)
+
+
+def test_the_batcher_runs_waiting_episodes_as_one_batch(tok):
+    gen = ReplayIds([[tok.eos_token_id]])
+    batcher = Batcher(gen, max_wait=30.0)
+    results = []
+    for _ in range(4):
+        batcher.enter()
+
+    def worker():
+        results.append(batcher.submit([1, 2, 3], 5))
+        batcher.leave()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    batcher.serve(lambda: batcher.live == 0)
+    for t in threads:
+        t.join()
+    assert gen.batches == [4] and len(results) == 4  # all four live episodes waited: one batch, no timeout
+
+
+class SlowEnv:
+    """A minimal environment (no sandbox) whose tool calls take time and count how many run at once."""
+
+    name = "slow"
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+
+    def reset(self, task):
+        return [{"role": "user", "content": task.problem_statement}]
+
+    def tools(self):
+        return TOOLS
+
+    def step(self, name, arguments):
+        cls = type(self)
+        with cls.lock:
+            cls.running += 1
+            cls.peak = max(cls.peak, cls.running)
+        time.sleep(0.2)
+        with cls.lock:
+            cls.running -= 1
+        return Observation("ok", done=name == "submit")
+
+    def final_diff(self):
+        return ""
+
+    def score(self):
+        return {"reward": 1.0, "resolved": "RESOLVED_FULL"}
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_concurrency_bounds_environment_work_and_turns_are_batched(tok, concurrency):
+    SlowEnv.peak = 0
+    gen = ScriptedGenerator(tok, [CALL, SUBMIT])
+    tasks = [Task(instance_id=f"t{i}", problem_statement="fix") for i in range(4)]
+    rollouts, stats = run_rollouts(tasks, make_env=SlowEnv, generator=gen, tokenizer=tok,
+                                   limits=AgentLimits(max_turns=5), max_prompt_tokens=4096,
+                                   max_completion_tokens=1024, concurrency=concurrency, max_wait=30.0)
+    assert SlowEnv.peak == concurrency
+    assert stats.batches == [4, 4]  # every turn's generation ran for the four episodes together
+    for r in rollouts:
+        assert r.trajectory.exit_status == "submitted" and r.trajectory.reward == 1.0
+        assert len(r.completion_ids) == len(r.mask) and 0 < r.model_tokens < len(r.mask)
+
+
+def test_soft_overlong_penalty_ramps_in_the_buffer():
+    assert soft_overlong_penalty(100, 1000, 200, 1.0) == 0.0
+    assert soft_overlong_penalty(800, 1000, 200, 1.0) == 0.0
+    assert soft_overlong_penalty(900, 1000, 200, 1.0) == pytest.approx(-0.5)
+    assert soft_overlong_penalty(1200, 1000, 200, 0.5) == pytest.approx(-0.5)
