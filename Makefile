@@ -36,6 +36,7 @@ bench: install
 	$(PY) bench/sandbox.py --out bench/results/sandbox.json
 	$(PY) bench/grading.py --out bench/results/grading.json
 	$(PY) bench/rollout.py --out bench/results/rollout.json
+	$(PY) bench/rl_rollout.py --out bench/results/rl_rollout.json
 	$(PY) bench/sft.py --out bench/results/sft.json
 
 lint: install

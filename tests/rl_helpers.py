@@ -1,0 +1,42 @@
+"""A small environment and a pluggable reward for RL tests that need no sandbox (imported by path:
+`tests.rl_helpers:...`, the way a user plugs in their own components)."""
+
+from __future__ import annotations
+
+from swepost.envs.base import Observation
+from swepost.envs.swe import TOOLS
+
+
+class EchoEnvironment:
+    """Any tool call ends the episode; nothing to grade (the reward comes from `alternating_reward`)."""
+
+    name = "echo"
+
+    def reset(self, task):
+        return [{"role": "user", "content": task.problem_statement}]
+
+    def tools(self):
+        return TOOLS
+
+    def step(self, name, arguments):
+        return Observation("done", done=True)
+
+    def final_diff(self):
+        return ""
+
+    def score(self):
+        return {"reward": None}
+
+    def close(self):
+        pass
+
+    def __init__(self, **kwargs):
+        pass
+
+
+def alternating_reward(trajectory, task) -> float:
+    """Tasks named flat-* always score 0; any other task scores by sample parity (a group of 2 or more always
+    has both rewards): a deterministic stand-in for a judge or answer matching."""
+    if task.instance_id.startswith("flat"):
+        return 0.0
+    return float(trajectory.sample % 2)

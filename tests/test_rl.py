@@ -1,0 +1,229 @@
+"""`swepost rl` end to end on CPU with TRL's GRPOTrainer.
+
+With docker (the must-show): a tiny model taught by SFT to either fix swepost__minicalc-3 with one `sed` or
+submit at once trains for a few steps on two bundled tasks; rewards come from the hidden tests run in fresh
+sandboxes, tool results carry no loss, zero-variance groups are dropped and counted, the checkpoint loads,
+and a run killed after a checkpoint resumes. Without docker: dynamic sampling (drop, resample) and a pluggable
+reward on a sandbox-free environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from swepost.artifacts import ArtifactStore, producer_record
+
+REPO = Path(__file__).resolve().parents[1]
+FIX = {"swepost__minicalc-3": [
+    {"tool_calls": [{"name": "bash", "arguments": {
+        "command": "sed -i 's/kept.strip().split(\" \")/kept.split()/' minicalc/text.py"}}]},
+    {"tool_calls": [{"name": "submit", "arguments": {}}]}]}
+LAZY = [{"tool_calls": [{"name": "submit", "arguments": {}}]}]
+RL_ARGS = ["--max-steps", "3", "--tasks-per-step", "2", "-G", "4", "--backend", "docker",
+           "--set", "max_turns=3", "--set", "max_completion_tokens=256", "--set", "learning_rate=1e-3",
+           "--set", "temperature=0.5", "--set", "gradient_checkpointing=false", "--set", "save_steps=1"]
+
+
+def cli(home: Path, *args, check: int | None = 0, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SWEPOST_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "swepost", *map(str, args)], env=env, cwd=REPO, text=True,
+                       capture_output=True, timeout=timeout)
+    if check is not None:
+        assert r.returncode == check, f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
+    return r
+
+
+def rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def subset(tmp: Path, name: str, ids: list[str]) -> Path:
+    out = tmp / f"{name}.jsonl"
+    rows = [r for r in rows_of(REPO / "data" / "minicalc_tasks.jsonl") if r["instance_id"] in ids]
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory, base_image):
+    """(home, tasks id, model id): the tiny model after SFT on two real episodes of swepost__minicalc-3, one
+    that fixes it (bash sed, submit) and one that submits at once: its samples do either."""
+    tmp = tmp_path_factory.mktemp("rl")
+    home = tmp / "home"
+    repos = REPO / "data" / "repos"
+    (tmp / "fix.json").write_text(json.dumps(FIX))
+    (tmp / "lazy.json").write_text(json.dumps(LAZY))
+    cli(home, "tasks", "import", subset(tmp, "one", ["swepost__minicalc-3"]), "--name", "one")
+    two = json.loads(cli(home, "tasks", "import", subset(tmp, "two", ["swepost__minicalc-3", "swepost__minicalc-4"]),
+                         "--name", "two", "--json").stdout)["id"]
+    for name, script, extra in (("fix", tmp / "fix.json", ["--set", "policy_args.per_task=true"]),
+                                ("lazy", tmp / "lazy.json", [])):
+        cli(home, "collect", "one", "--policy", "scripted", "--set", f"policy_args.path={script}", *extra,
+            "--repos", repos, "--backend", "docker", "--name", name)
+        cli(home, "filter", name, "--name", f"{name}-data", "--set", "require_resolved=false")
+    store = ArtifactStore(home)
+    with store.write("mix", "sft-data", producer=producer_record("test", {}),
+                     parents=[store.resolve("fix-data").id, store.resolve("lazy-data").id]) as w:
+        (w.path / "train.jsonl").write_text("".join(
+            (store.resolve(f"{n}-data").path / "train.jsonl").read_text() for n in ("fix", "lazy")))
+    cli(home, "model", "tiny", "--name", "tiny")
+    model = json.loads(cli(home, "sft", "mix", "--model", "tiny", "--max-steps", "100", "--learning-rate", "5e-3",
+                           "--set", "batch_size=2", "--set", "max_length=4096", "--name", "taught",
+                           "--json").stdout)["id"]
+    return home, two, model
+
+
+@pytest.mark.docker
+def test_rl_trains_on_rewards_from_real_test_runs(taught):
+    home, tasks, model = taught
+    out = json.loads(cli(home, "rl", tasks, "--model", model, "--repos", REPO / "data" / "repos", *RL_ARGS,
+                         "--json").stdout)
+    store = ArtifactStore(home)
+    art = store.resolve(out["id"])
+    assert art.kind == "checkpoint" and set(art.manifest["parents"]) == {tasks, model}
+
+    rows = rows_of(art.path / "rollouts.jsonl")
+    assert len(rows) == 3 * 2 * 4 and {r["step"] for r in rows} == {1, 2, 3}
+    trajectories = {(n, json.loads(line)["episode_id"]): json.loads(line)
+                    for n in (1, 2, 3)
+                    for line in (art.path / "trajectories" / f"step-{n:06d}.jsonl").read_text().splitlines()}
+    assert len(trajectories) == len(rows) // 2 * 2  # one trajectory per rollout (episode ids repeat per group)
+    for (_, _), t in trajectories.items():  # every reward is the verdict of the task's hidden tests
+        assert t["reward"] in (0.0, 1.0) and t["evidence"]["tests"], t["episode_id"]
+        f2p = [k for k in t["evidence"]["tests"] if k.startswith(("tests/test_text.py::test_slug[",
+                                                                    "tests/test_dates.py::"))]
+        assert f2p and (t["resolved"] == "RESOLVED_FULL") == (t["reward"] == 1.0)
+    assert any(t["reward"] == 1.0 for t in trajectories.values())  # the sed fix is among the samples
+
+    # dynamic sampling: a group whose rewards are all equal is dropped, every one of its rollouts masked
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["step"], r["group"]), []).append(r)
+    flat = [g for g, rs in groups.items() if len({r["reward"] for r in rs}) == 1]
+    assert flat, "swepost__minicalc-4 cannot be fixed by the taught sed: its groups are all 0"
+    for g, rs in groups.items():
+        assert all(r["group_dropped"] == (g in flat) for r in rs)
+        if g in flat:
+            assert all(r["masked"] is not None for r in rs)
+    stats = art.stats
+    assert stats["dropped_groups"] == len(flat)
+    history = json.loads((art.path / "log_history.json").read_text())
+    logged = [e["rl/dropped_groups"] for e in history if "rl/dropped_groups" in e]
+    assert sum(logged) == len(flat) and all("time/generation" in e for e in history if "rl/dropped_groups" in e)
+    # truncated episodes (out of turns or tokens) never carry loss
+    for r in rows:
+        if r["exit_status"] in ("max_turns", "context_overflow"):
+            assert r["masked"] is not None
+        assert 0 < r["model_tokens"] <= r["completion_tokens"]
+
+    # the checkpoint loads; it moved away from the start exactly when some group carried a signal
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    after = AutoModelForCausalLM.from_pretrained(art.path / "model")
+    before = AutoModelForCausalLM.from_pretrained(store.resolve(model).path / "model")
+    changed = any(not torch.equal(a, b) for a, b in zip(after.state_dict().values(), before.state_dict().values(),
+                                                       strict=True))
+    trained = any(r["masked"] is None for r in rows)
+    assert changed == trained
+    ids = torch.tensor([[1, 2, 3]])
+    assert after.generate(ids, max_new_tokens=2, do_sample=False).shape[1] == 5
+
+
+@pytest.mark.docker
+def test_tool_results_carry_no_loss_in_real_sandboxes(taught):
+    """The token ledger of a real episode: the turns' ids are trained, the tool results (real docker output) and
+    the template text around them are not."""
+    from transformers import AutoTokenizer
+
+    from swepost.agent import AgentLimits
+    from swepost.envs.swe import SweEnvironment
+    from swepost.stages.tasks import load_tasks
+    from swepost.train.rollout import ScriptedGenerator, run_rollouts
+
+    home, tasks, model = taught
+    store = ArtifactStore(home)
+    tok = AutoTokenizer.from_pretrained(store.resolve(model).path / "model")
+    turns = ['<tool_call>\n{"name": "bash", "arguments": {"command": "grep -n def minicalc/text.py"}}\n</tool_call>',
+             '<tool_call>\n{"name": "submit", "arguments": {}}\n</tool_call>']
+    rollouts, _ = run_rollouts(load_tasks(store.resolve(tasks))[:1], generator=ScriptedGenerator(tok, turns),
+                               make_env=lambda: SweEnvironment(repos=REPO / "data" / "repos", backend="docker"),
+                               tokenizer=tok, limits=AgentLimits(max_turns=3), max_prompt_tokens=4096,
+                               max_completion_tokens=512, concurrency=1)
+    r = rollouts[0]
+    assert r.trajectory.exit_status == "submitted"
+    output = r.trajectory.messages[3]["content"]  # the grep, run in the container
+    assert "def slugify" in output
+    trained = tok.decode([t for t, m in zip(r.completion_ids, r.mask, strict=True) if m])
+    masked = tok.decode([t for t, m in zip(r.completion_ids, r.mask, strict=True) if not m])
+    assert trained == turns[0] + "<|im_end|>" + turns[1] + "<|im_end|>"
+    assert masked == ("\n<|im_start|>user\n<tool_response>\n" + output +
+                      "\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.docker
+def test_rl_resumes_after_a_kill(taught):
+    home, tasks, model = taught
+    env = {**os.environ, "SWEPOST_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    args = [sys.executable, "-m", "swepost", "rl", tasks, "--model", model, "--repos", str(REPO / "data" / "repos"),
+            *RL_ARGS, "--name", "resumed", "--set", "seed=1"]
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if list((home / "work").glob("rl-*/checkpoint-1/trainer_state.json")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    out = json.loads(cli(home, *args[3:], "--json").stdout)
+    art = ArtifactStore(home).resolve(out["id"])
+    assert art.stats["resumed_from_step"] >= 1 and art.stats["steps"] == 3
+    rows = rows_of(art.path / "rollouts.jsonl")
+    assert sorted({r["step"] for r in rows}) == [1, 2, 3] and len(rows) == 3 * 8  # no step logged twice
+    cli(home, "sandbox", "gc")  # the killed run's containers
+
+
+def _sandbox_free_tasks(tmp_path: Path) -> Path:
+    rows = [{"instance_id": name, "problem_statement": f"Answer {name}.", "repo": "none/none",
+             "base_commit": "0" * 40, "patch": "", "test_patch": "", "FAIL_TO_PASS": [], "PASS_TO_PASS": []}
+            for name in ("flat-a", "flat-b", "mixed-c", "mixed-d")]
+    path = tmp_path / "echo.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["drop", "resample"])
+def test_dynamic_sampling_with_a_pluggable_reward(swepost, store, tmp_path, mode):
+    swepost("tasks", "import", _sandbox_free_tasks(tmp_path), "--name", "echo", check=0)
+    tiny = json.loads(swepost("model", "tiny", "--json", check=0).stdout)["id"]
+    r = swepost("rl", "echo", "--model", tiny, "--max-steps", "2", "--tasks-per-step", "2", "-G", "2",
+                "--set", "environment=tests.rl_helpers:EchoEnvironment",
+                "--set", "reward=tests.rl_helpers:alternating_reward", "--set", f"dynamic_sampling={mode}",
+                "--set", "max_turns=1", "--set", "max_completion_tokens=16", "--set", "truncated=keep",
+                "--set", "gradient_checkpointing=false", "--set", "max_resample_rounds=4", "--json", check=0)
+    art = store.resolve(json.loads(r.stdout)["id"])
+    rows = rows_of(art.path / "rollouts.jsonl")
+    assert len(rows) == 2 * 2 * 2
+    for row in rows:
+        flat = row["instance_id"].startswith("flat")
+        assert row["reward"] == (0.0 if flat else float(row["sample"] % 2))
+        assert row["group_dropped"] == flat and (row["masked"] == "zero_variance") == flat
+    history = json.loads((art.path / "log_history.json").read_text())
+    resampled = sum(e.get("rl/resampled_groups", 0) for e in history)
+    if mode == "drop":
+        assert resampled == 0
+    else:  # flat groups were replaced by groups of the mixed tasks: nothing left to drop
+        assert not any(row["group_dropped"] for row in rows) and resampled >= 1
+        assert any(row["resampled"] for row in rows)
