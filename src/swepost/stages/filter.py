@@ -46,8 +46,8 @@ class FilterConfig(StageConfig):
                                      "RESOLVED_FULL (applies even with require_resolved false)")
     require_submitted: bool = Field(True, description="keep only episodes the agent ended with `submit`")
     max_turns: int | None = Field(None, ge=1, description="drop episodes with more model turns")
-    max_tokens: int | None = Field(None, ge=1, description="drop episodes whose prompt + completion tokens "
-                                   "(summed over turns; estimated from the text when not recorded) exceed this")
+    max_tokens: int | None = Field(None, ge=1, description="drop episodes whose conversation, as one SFT "
+                                   "sequence, is longer than this many tokens (estimated from its text)")
     dedupe: bool = Field(True, description="drop episodes identical to an earlier one (tool call ids aside)")
     max_per_task: int | None = Field(None, ge=1, description="keep at most N episodes per task, fewest turns first")
     format_errors: Literal["mask", "drop"] = Field(
