@@ -1,5 +1,8 @@
 """A real chat-completions HTTP server on loopback that answers from a script (for policy tests).
 
+`/v1/completions` (token-id prompts, as the RL rollouts send to vLLM) answers entries
+  {"token_ids": [...], "logprobs": [...]?, "finish_reason": "stop"?}, or the error entries below.
+
 Each request takes the next script entry:
   {"content": "...", "tool_calls": [{"name": "bash", "arguments": {...} or "raw string"}]}  a normal turn
   {"status": 429, "retry_after": 0.1}, {"status": 500}, {"status": 400, "error": "message"}  an error
@@ -72,6 +75,15 @@ class ScriptedChatServer:
         return out
 
 
+def text_completion(entry: dict[str, Any], n: int) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "text": "", "finish_reason": entry.get("finish_reason", "stop")}
+    if "token_ids" in entry:
+        choice["token_ids"] = entry["token_ids"]
+    if "logprobs" in entry:
+        choice["logprobs"] = {"token_logprobs": entry["logprobs"]}
+    return {"id": f"cmpl-{n}", "object": "text_completion", "created": int(time.time()), "choices": [choice]}
+
+
 def _handler_for(server: ScriptedChatServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format, *args):  # quiet
@@ -91,7 +103,8 @@ def _handler_for(server: ScriptedChatServer) -> type[BaseHTTPRequestHandler]:
                 pass  # the client gave up (timeout tests)
 
         def do_POST(self):
-            if self.path.rstrip("/") != "/v1/chat/completions":
+            route = self.path.rstrip("/")
+            if route not in ("/v1/chat/completions", "/v1/completions"):
                 return self.send_json(404, {"error": {"message": f"no route {self.path}", "code": 404}})
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             entry = server.next_entry(body)
@@ -104,6 +117,8 @@ def _handler_for(server: ScriptedChatServer) -> type[BaseHTTPRequestHandler]:
                 error = entry.get("error", f"scripted error {status}")
                 return self.send_json(status, {"error": {"message": error, "type": "ScriptedError", "param": None,
                                                          "code": status}}, headers)
+            if route == "/v1/completions":
+                return self.send_json(200, text_completion(entry, n))
             self.send_json(200, server.completion(entry, n))
 
     return Handler

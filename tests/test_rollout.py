@@ -204,3 +204,28 @@ def test_soft_overlong_penalty_ramps_in_the_buffer():
     assert soft_overlong_penalty(800, 1000, 200, 1.0) == 0.0
     assert soft_overlong_penalty(900, 1000, 200, 1.0) == pytest.approx(-0.5)
     assert soft_overlong_penalty(1200, 1000, 200, 0.5) == pytest.approx(-0.5)
+
+
+def test_completions_generator_against_a_loopback_server(tok):
+    """The vllm_server path: token-id prompts to /v1/completions, token ids and logprobs back, retries on 5xx."""
+    from openai_server import ScriptedChatServer
+
+    from swepost.policies.base import PolicyError
+    from swepost.train.rollout import CompletionsGenerator
+
+    eos = tok.eos_token_id
+    script = [{"status": 503}, {"token_ids": [11, 12, eos, 13], "logprobs": [-0.5, -0.25, -0.1, -1.0]},
+              {"token_ids": [11, 12, 14]}, {"status": 400, "error": "bad prompt"}, {"finish_reason": "stop"}]
+    with ScriptedChatServer(script) as server:
+        gen = CompletionsGenerator(server.base_url, None, {"temperature": 1.0}, {eos})
+        first = gen.generate([([1, 2, 3], 8)])[0]
+        assert (first.ids, first.logprobs, first.stopped) == ([11, 12, eos], [-0.5, -0.25, -0.1], True)
+        body = server.requests[-1]
+        assert body["prompt"] == [1, 2, 3] and body["max_tokens"] == 8 and body["return_token_ids"] is True
+        assert "model" not in body and body["temperature"] == 1.0 and len(server.requests) == 2  # one retry
+        cut = gen.generate([([1], 2)])[0]
+        assert (cut.ids, cut.stopped) == ([11, 12], False)  # the budget ran out before a stop token
+        with pytest.raises(PolicyError, match="400"):
+            gen.generate([([1], 4)])
+        with pytest.raises(PolicyError, match="return_token_ids"):
+            gen.generate([([1], 4)])

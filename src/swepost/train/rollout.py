@@ -25,6 +25,7 @@ for the benchmark that compares the two (`bench/rl_rollout.py`).
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -384,36 +385,46 @@ class CompletionsGenerator:
 
     concurrent = True
 
-    def __init__(self, base_url: str, model: str, sampling: dict[str, Any], stop_ids: set[int],
+    def __init__(self, base_url: str, model: str | None, sampling: dict[str, Any], stop_ids: set[int],
                  timeout: float = 600.0, retries: int = 3):
-        import httpx
-
         self.url = base_url.rstrip("/") + "/completions"
-        self.model, self.sampling, self.stop_ids, self.retries = model, sampling, stop_ids, retries
-        self.client = httpx.Client(timeout=timeout)
+        self.model, self.sampling, self.stop_ids = model, sampling, stop_ids
+        self.timeout, self.retries = timeout, retries
 
     def generate(self, requests: list[tuple[list[int], int]]) -> list[Generated]:
         return [self._one(ids, budget) for ids, budget in requests]
 
-    def _one(self, ids: list[int], budget: int) -> Generated:
-        import httpx
+    def _post(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        import urllib.error
+        import urllib.request
 
-        body = {"model": self.model, "prompt": ids, "max_tokens": budget, "logprobs": 0,
-                "return_token_ids": True, "skip_special_tokens": False, **self.sampling}
-        error: Exception | None = None
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def _one(self, ids: list[int], budget: int) -> Generated:
+        body = {"prompt": ids, "max_tokens": budget, "logprobs": 0, "return_token_ids": True,
+                "skip_special_tokens": False, **self.sampling}
+        if self.model:  # else the server's only model
+            body["model"] = self.model
+        error: Exception | str = ""
         for attempt in range(self.retries):
             try:
-                r = self.client.post(self.url, json=body)
-            except httpx.TransportError as e:
+                status, data = self._post(body)
+            except OSError as e:  # refused, reset, timed out
                 error = e
             else:
-                if 400 <= r.status_code < 500:  # our request is wrong: retrying will not help
-                    raise PolicyError(f"{self.url}: HTTP {r.status_code}: {r.text[:300]}")
-                if r.status_code < 400:
-                    choice = r.json()["choices"][0]
+                if 400 <= status < 500:  # our request is wrong: retrying will not help
+                    raise PolicyError(f"{self.url}: HTTP {status}: {data[:300].decode(errors='replace')}")
+                if status < 400:
+                    choice = json.loads(data)["choices"][0]
                     break
-                error = RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
-            time.sleep(min(2 ** attempt, 10))
+                error = f"HTTP {status}: {data[:300].decode(errors='replace')}"
+            time.sleep(min(0.5 * 2 ** attempt, 10))
         else:
             raise PolicyError(f"{self.url}: {error}")
         if "token_ids" not in choice:
