@@ -89,16 +89,18 @@ class RolloutLog:
             self.path.write_text("".join(line + "\n" for line in keep))
         if self.trajectories and self.trajectories.is_dir():
             for f in self.trajectories.glob("step-*.jsonl"):
-                if int(f.stem.partition("-")[2]) > step:
+                if int(f.stem.split("-")[1]) > step:
                     f.unlink()
 
-    def write(self, step: int, rows: list[dict], trajectories: list) -> None:
+    def write(self, step: int, rows: list[dict], trajectories: list, process: int = 0) -> None:
+        """Rows are appended with one write (processes on one machine share the file); trajectories go to a
+        file per step, and per process beyond the first."""
         with open(self.path, "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+            f.write("".join(json.dumps(row) + "\n" for row in rows))
         if self.trajectories is not None:
             self.trajectories.mkdir(exist_ok=True)
-            with open(self.trajectories / f"step-{step:06d}.jsonl", "w") as f:
+            name = f"step-{step:06d}" + (f"-p{process}" if process else "")
+            with open(self.trajectories / f"{name}.jsonl", "w") as f:
                 for t in trajectories:
                     f.write(t.model_dump_json() + "\n")
 
@@ -259,7 +261,7 @@ class RolloutFunc:
                 trajectories.append(t)
         if not any(any(lp) for lp in out["logprobs"]) or cfg.generation == "transformers":
             out["logprobs"] = None  # transformers: TRL recomputes them (no importance-sampling correction)
-        self.log.write(step, rows, trajectories)
+        self.log.write(step, rows, trajectories, trainer.accelerator.process_index)
         self._metrics(trainer, rows, counts, stats, time.monotonic() - t0)
         return out
 
@@ -393,18 +395,15 @@ def train_rl(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dic
 
 
 def _train(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
-    from swepost.train.sft import last_checkpoint
+    from swepost.train.sft import resume_point
 
     out_dir.mkdir(parents=True, exist_ok=True)
     log = RolloutLog(out_dir, cfg.save_trajectories)
     trainer, rollout = build_trainer(tasks, model_path, out_dir, cfg, log)
     main = trainer.is_world_process_zero()
-    resume = last_checkpoint(out_dir)
-    resumed_from = 0
-    if resume is not None:
-        resumed_from = json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0)
-        if main:
-            print(f"rl: resuming from {resume.name} (global_step {resumed_from})", file=sys.stderr)
+    resume, resumed_from = resume_point(out_dir)
+    if main and resume is not None:
+        print(f"rl: resuming from {resume.name} (global_step {resumed_from})", file=sys.stderr)
     if main:
         log.truncate_after(resumed_from)
         if (out_dir / FINAL).exists():

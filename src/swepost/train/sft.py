@@ -196,6 +196,14 @@ def last_checkpoint(out_dir: Path) -> Path | None:
     return None
 
 
+def resume_point(out_dir: Path) -> tuple[Path | None, int]:
+    """The checkpoint to resume from (None: start afresh) and its global step."""
+    resume = last_checkpoint(out_dir)
+    if resume is None:
+        return None, 0
+    return resume, json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0)
+
+
 def is_adapter(model_path: str) -> bool:
     return (Path(model_path) / "adapter_config.json").is_file()
 
@@ -320,10 +328,7 @@ def train_sft(data_path: Path, model_path: str, out_dir: Path, cfg: Any) -> dict
 def _train(data_path: Path, model_path: str, out_dir: Path, cfg: Any) -> dict:
     trainer, data_stats = build_trainer(data_path, model_path, out_dir, cfg)
     main = trainer.is_world_process_zero()
-    resume = last_checkpoint(out_dir)
-    resumed_from = 0
-    if resume is not None:
-        resumed_from = json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0)
+    resume, resumed_from = resume_point(out_dir)
     if main:
         print(f"sft: {data_stats['examples']} conversation(s), {data_stats['dataset_tokens']} tokens "
               f"({data_stats['trained_tokens']} trained, {data_stats['excluded_turns']} turn(s) excluded, "
