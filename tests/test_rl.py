@@ -227,3 +227,17 @@ def test_dynamic_sampling_with_a_pluggable_reward(swepost, store, tmp_path, mode
     else:  # flat groups were replaced by groups of the mixed tasks: nothing left to drop
         assert not any(row["group_dropped"] for row in rows) and resampled >= 1
         assert any(row["resampled"] for row in rows)
+
+
+def test_accelerate_launch_runs_the_rl_stage_in_every_process(tmp_path):
+    from swepost.stages.rl import RlConfig
+    from swepost.stages.sft import launch_command
+    from swepost.train.entry import main
+
+    cfg = RlConfig(tasks="t", model="m", launch="accelerate", accelerate_config="zero3", num_processes=8)
+    cmd = launch_command(cfg, tmp_path / "c.json", "rl")
+    assert cmd[-4:] == ["-m", "swepost.train.entry", "rl", str(tmp_path / "c.json")]
+    assert cmd[cmd.index("--num_processes") + 1] == "8" and cmd[cmd.index("--config_file") + 1].endswith("zero3.yaml")
+    assert main(["collect", str(tmp_path / "c.json")]) == 2  # only training stages are launched this way
+    (tmp_path / "c.json").write_text('{"config": {"tasks": "t", "model": "m", "tasks_per_step": 0}}')
+    assert main(["rl", str(tmp_path / "c.json")]) == 2  # a bad config is bad input, in the child too
