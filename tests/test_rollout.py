@@ -52,7 +52,7 @@ class ReplayIds:
     def generate(self, requests):
         self.batches.append(len(requests))
         out = []
-        for _, budget in requests:
+        for _, budget, _ in requests:
             ids = self.turns[min(self.calls, len(self.turns) - 1)]
             self.calls += 1
             kept, stopped = ids[:budget], len(ids) <= budget
@@ -218,14 +218,38 @@ def test_completions_generator_against_a_loopback_server(tok):
               {"token_ids": [11, 12, 14]}, {"status": 400, "error": "bad prompt"}, {"finish_reason": "stop"}]
     with ScriptedChatServer(script) as server:
         gen = CompletionsGenerator(server.base_url, None, {"temperature": 1.0}, {eos})
-        first = gen.generate([([1, 2, 3], 8)])[0]
+        first = gen.generate([([1, 2, 3], 8, 7)])[0]
         assert (first.ids, first.logprobs, first.stopped) == ([11, 12, eos], [-0.5, -0.25, -0.1], True)
         body = server.requests[-1]
         assert body["prompt"] == [1, 2, 3] and body["max_tokens"] == 8 and body["return_token_ids"] is True
-        assert "model" not in body and body["temperature"] == 1.0 and len(server.requests) == 2  # one retry
-        cut = gen.generate([([1], 2)])[0]
+        assert "model" not in body and body["temperature"] == 1.0 and body["seed"] == 7
+        assert len(server.requests) == 2  # one retry after the 503
+        cut = gen.generate([([1], 2, 7)])[0]
         assert (cut.ids, cut.stopped) == ([11, 12], False)  # the budget ran out before a stop token
         with pytest.raises(PolicyError, match="400"):
-            gen.generate([([1], 4)])
+            gen.generate([([1], 4, 7)])
         with pytest.raises(PolicyError, match="return_token_ids"):
-            gen.generate([([1], 4)])
+            gen.generate([([1], 4, 7)])
+
+
+def test_sampling_follows_the_request_seed_whatever_shares_the_batch(tok, tmp_path_factory):
+    """Batches form by thread timing; each request's own seed keeps rollouts reproducible anyway."""
+    import contextlib
+
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from swepost.train.rollout import TransformersGenerator
+    from swepost.train.tiny_model import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny-lm")
+    build_tiny_model(folder)
+    lm = AutoModelForCausalLM.from_pretrained(folder).eval()
+    config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, eos_token_id=[tok.eos_token_id],
+                              pad_token_id=tok.pad_token_id)
+    gen = TransformersGenerator(lambda: contextlib.nullcontext(lm), config, {tok.eos_token_id}, tok.pad_token_id)
+    a = tok("def parse(value):", add_special_tokens=False)["input_ids"]
+    b = tok("$ pytest -q tests/test_core.py", add_special_tokens=False)["input_ids"]
+    alone = gen.generate([(a, 12, 5)])[0].ids
+    batched = gen.generate([(b, 12, 9), (a, 12, 5)])[1].ids
+    assert alone == batched and len(alone) > 0
+    assert gen.generate([(a, 12, 6)])[0].ids != alone  # another seed samples otherwise

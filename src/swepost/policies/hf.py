@@ -190,7 +190,7 @@ class HFPolicy:
             processors = LogitsProcessorList()
             if self.temperature > 0:
                 generator = torch.Generator(device=self.device).manual_seed(self.seed + index)
-                processors.append(_SeededSampler(self.temperature, self.top_p, generator))
+                processors.append(SeededSampler(self.temperature, self.top_p, [generator]))
             config = GenerationConfig(max_new_tokens=min(self.max_new_tokens, room), do_sample=False,
                                       eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id)
             try:
@@ -215,17 +215,21 @@ class HFPolicy:
                            extra={"call_index": index, "raw": text})
 
 
-class _SeededSampler:
-    """A logits processor that samples the next token with its own generator and leaves only that token
-    possible, so greedy decoding picks it: sampling reproducible per call, global RNG untouched."""
+class SeededSampler:
+    """A logits processor that samples each row's next token with that row's own generator and leaves only that
+    token possible, so greedy decoding picks it: sampling reproducible per request whatever else shares the
+    batch, global RNG untouched."""
 
-    def __init__(self, temperature: float, top_p: float, generator):
-        self.temperature, self.top_p, self.generator = temperature, top_p, generator
+    def __init__(self, temperature: float, top_p: float, generators: list, top_k: int | None = None):
+        self.temperature, self.top_p, self.top_k, self.generators = temperature, top_p, top_k, generators
 
     def __call__(self, input_ids, scores):
         import torch
 
         logits = scores.float() / self.temperature
+        if self.top_k:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
         if self.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
             cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
@@ -233,6 +237,7 @@ class _SeededSampler:
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
         probs = logits.softmax(dim=-1)
-        chosen = torch.multinomial(probs, 1, generator=self.generator)
+        chosen = torch.cat([torch.multinomial(probs[row: row + 1], 1, generator=gen)
+                            for row, gen in enumerate(self.generators)])
         out = torch.full_like(scores, float("-inf"))
         return out.scatter(-1, chosen, 0.0)

@@ -155,7 +155,7 @@ class RolloutFunc:
             self.generator = CompletionsGenerator(cfg.vllm_server_url.rstrip("/") + "/v1", None, sampling, stop_ids)
         return self.generator
 
-    def _run(self, trainer, instance_ids: list[str]):
+    def _run(self, trainer, instance_ids: list[str], seed: str):
         from swepost.train.rollout import run_rollouts
 
         G = trainer.num_generations
@@ -165,7 +165,8 @@ class RolloutFunc:
             max_completion_tokens=self.cfg.max_completion_tokens, concurrency=self.cfg.concurrency,
             max_wait=self.cfg.max_batch_wait, samples=[n % G for n in range(len(instance_ids))],
             describe={"model": "policy under training", "generation": self.cfg.generation,
-                      "temperature": self.cfg.temperature, "top_p": self.cfg.top_p})
+                      "temperature": self.cfg.temperature, "top_p": self.cfg.top_p},
+            seed=f"{seed}:{trainer.accelerator.process_index}")
         self.seconds["rollout"] += stats.wall
         self.seconds["generation"] += stats.generation
         self.seconds["environment"] += stats.environment
@@ -195,13 +196,13 @@ class RolloutFunc:
                              "tasks_per_step a multiple of the number of processes")
         step = trainer.state.global_step + 1
         t0 = time.monotonic()
-        rollouts, stats = self._run(trainer, ids)
+        rollouts, stats = self._run(trainer, ids, f"{cfg.seed}:{step}")
         groups = [rollouts[g: g + G] for g in range(0, len(rollouts), G)]
         resampled: set[int] = set()
         if cfg.dynamic_sampling == "resample":
             rng = random.Random(f"{cfg.seed}:{step}")
             used = set(ids)
-            for _ in range(cfg.max_resample_rounds):
+            for round_ in range(1, cfg.max_resample_rounds + 1):
                 flat = [g for g, group in enumerate(groups)
                         if self._zero_variance([self._task_reward(r) for r in group])]
                 spare = [i for i in self.order if i not in used]
@@ -211,7 +212,7 @@ class RolloutFunc:
                     break
                 fresh = [spare[k] for k in range(len(flat))]
                 used.update(fresh)
-                new, more = self._run(trainer, [i for i in fresh for _ in range(G)])
+                new, more = self._run(trainer, [i for i in fresh for _ in range(G)], f"{cfg.seed}:{step}:{round_}")
                 stats.batches += more.batches
                 for k, g in enumerate(flat):
                     groups[g] = new[k * G: (k + 1) * G]

@@ -25,6 +25,7 @@ for the benchmark that compares the two (`bench/rl_rollout.py`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -51,9 +52,16 @@ class Generated:
 class Generator(Protocol):
     concurrent: bool  # True: safe and efficient to call from many threads at once (an HTTP server)
 
-    def generate(self, requests: list[tuple[list[int], int]]) -> list[Generated]:
-        """One continuation per (context ids, max new tokens), each cut after its first stop token."""
+    def generate(self, requests: list[tuple[list[int], int, int]]) -> list[Generated]:
+        """One continuation per (context ids, max new tokens, seed), each cut after its first stop token. The
+        seed makes a request's sampling reproducible whatever else shares its batch."""
         ...
+
+
+def request_seed(key: str, episode: int, turn: int) -> int:
+    """The sampling seed of one model turn: a function of the run's key, the episode and the turn only."""
+    digest = hashlib.sha256(f"{key}:{episode}:{turn}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2 ** 63 - 1)
 
 
 def cut_at_stop(ids: list[int], stop_ids: set[int], budget: int) -> tuple[list[int], bool]:
@@ -70,7 +78,7 @@ class Batcher:
     def __init__(self, generator: Generator, max_wait: float = 1.0):
         self.generator, self.max_wait = generator, max_wait
         self._cv = threading.Condition()
-        self._pending: list[tuple[list[int], int, Future]] = []
+        self._pending: list[tuple[list[int], int, int, Future]] = []
         self._first_at = 0.0
         self.live = 0
         self.generate_seconds = 0.0
@@ -85,10 +93,10 @@ class Batcher:
             self.live -= 1
             self._cv.notify_all()
 
-    def submit(self, ids: list[int], budget: int) -> Generated:
+    def submit(self, ids: list[int], budget: int, seed: int = 0) -> Generated:
         if self.generator.concurrent:
             t0 = time.monotonic()
-            out = self.generator.generate([(ids, budget)])[0]
+            out = self.generator.generate([(ids, budget, seed)])[0]
             with self._cv:
                 self.generate_seconds += time.monotonic() - t0
                 self.batches.append(1)
@@ -97,7 +105,7 @@ class Batcher:
         with self._cv:
             if not self._pending:
                 self._first_at = time.monotonic()
-            self._pending.append((ids, budget, future))
+            self._pending.append((ids, budget, seed, future))
             self._cv.notify_all()
         return future.result()
 
@@ -118,9 +126,9 @@ class Batcher:
                         self._cv.wait(timeout=0.05)
             t0 = time.monotonic()
             try:
-                results = self.generator.generate([(ids, budget) for ids, budget, _ in batch])
+                results = self.generator.generate([(ids, budget, seed) for ids, budget, seed, _ in batch])
             except BaseException as e:  # every waiting episode learns of it as a policy error
-                for _, _, future in batch:
+                for *_, future in batch:
                     future.set_exception(PolicyError(f"generation failed: {e}"))
                 if not isinstance(e, Exception):
                     raise
@@ -128,7 +136,7 @@ class Batcher:
             finally:
                 self.generate_seconds += time.monotonic() - t0
                 self.batches.append(len(batch))
-            for (_, _, future), result in zip(batch, results, strict=True):
+            for (*_, future), result in zip(batch, results, strict=True):
                 future.set_result(result)
 
 
@@ -138,10 +146,11 @@ class TokenPolicy:
     name = "rl"
 
     def __init__(self, tokenizer, batcher: Batcher, *, max_prompt_tokens: int, max_completion_tokens: int,
-                 describe: dict[str, Any] | None = None):
+                 describe: dict[str, Any] | None = None, seed_key: str = "0", episode: int = 0):
         self.tokenizer, self.batcher = tokenizer, batcher
         self.max_prompt_tokens, self.max_completion_tokens = max_prompt_tokens, max_completion_tokens
         self._describe = describe or {}
+        self.seed_key, self.episode = seed_key, episode
         eos = tokenizer.eos_token
         if not eos:
             raise PolicyError("the tokenizer has no eos_token (the end-of-turn token, e.g. <|im_end|>)")
@@ -206,7 +215,8 @@ class TokenPolicy:
                                       f"budget of {self.max_completion_tokens} tokens")
             self._extend(suffix, 0, None)
         budget = self.max_completion_tokens - len(self.completion_ids)
-        out = self.batcher.submit(self.prompt_ids + self.completion_ids, budget)
+        out = self.batcher.submit(self.prompt_ids + self.completion_ids, budget,
+                                  request_seed(self.seed_key, self.episode, self._turns))
         self._extend(out.ids, 1, out.logprobs)
         self._rendered, self._turns = len(messages), self._turns + 1
         if not out.stopped:
@@ -280,8 +290,9 @@ class RolloutStats:
 def run_rollouts(tasks: list[Task], *, make_env: Callable[[], Environment], generator: Generator, tokenizer,
                  limits: AgentLimits, max_prompt_tokens: int, max_completion_tokens: int, concurrency: int,
                  max_wait: float = 1.0, samples: list[int] | None = None,
-                 describe: dict[str, Any] | None = None) -> tuple[list[Rollout], RolloutStats]:
-    """One episode per entry of `tasks` (repeat a task for a group), all at once; generation on this thread."""
+                 describe: dict[str, Any] | None = None, seed: str = "0") -> tuple[list[Rollout], RolloutStats]:
+    """One episode per entry of `tasks` (repeat a task for a group), all at once; generation on this thread.
+    Episode i's turns are sampled with seeds from (seed, i, turn): the same call gives the same rollouts."""
     batcher = Batcher(generator, max_wait=max_wait)
     gate = threading.Semaphore(max(1, concurrency))
     samples = samples if samples is not None else list(range(len(tasks)))
@@ -291,7 +302,8 @@ def run_rollouts(tasks: list[Task], *, make_env: Callable[[], Environment], gene
 
     def episode(i: int) -> Rollout:
         policy = TokenPolicy(tokenizer, batcher, max_prompt_tokens=max_prompt_tokens,
-                             max_completion_tokens=max_completion_tokens, describe=describe)
+                             max_completion_tokens=max_completion_tokens, describe=describe, seed_key=seed,
+                             episode=i)
         try:
             traj = run_episode(policy, GatedEnvironment(make_env(), gate), tasks[i], sample=samples[i],
                                limits=limits, grade=True)
@@ -328,25 +340,37 @@ class TransformersGenerator:
         self.model_context, self.config = model_context, generation_config
         self.stop_ids, self.pad_id = stop_ids, pad_id
 
-    def generate(self, requests: list[tuple[list[int], int]]) -> list[Generated]:
+    def generate(self, requests: list[tuple[list[int], int, int]]) -> list[Generated]:
         import copy
 
         import torch
+        from transformers import LogitsProcessorList
 
-        width = max(len(ids) for ids, _ in requests)
+        from swepost.policies.hf import SeededSampler
+
+        width = max(len(ids) for ids, _, _ in requests)
         input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(requests), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(requests):
+        for row, (ids, _, _) in enumerate(requests):
             input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention[row, width - len(ids):] = 1
         config = copy.deepcopy(self.config)
-        config.max_new_tokens = max(budget for _, budget in requests)
+        config.max_new_tokens = max(budget for _, budget, _ in requests)
+        sample = bool(config.do_sample)
+        if sample:  # sampled row by row with the requests' own seeds (below); greedy then takes that token
+            temperature, top_p, top_k = config.temperature or 1.0, config.top_p or 1.0, config.top_k or None
+            config.do_sample = False
+            config.temperature = config.top_p = config.top_k = config.min_p = None
         with self.model_context() as model, torch.no_grad():
             device = next(model.parameters()).device
+            processors = LogitsProcessorList()
+            if sample:
+                generators = [torch.Generator(device=device).manual_seed(seed) for _, _, seed in requests]
+                processors.append(SeededSampler(temperature, top_p, generators, top_k=top_k))
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 generation_config=config)
+                                 generation_config=config, logits_processor=processors)
         results = []
-        for row, (_, budget) in enumerate(requests):
+        for row, (_, budget, _) in enumerate(requests):
             ids, stopped = cut_at_stop(out[row, width:].tolist(), self.stop_ids, budget)
             results.append(Generated(ids, None, stopped))
         return results
@@ -362,13 +386,14 @@ class VllmColocateGenerator:
     def __init__(self, llm, sampling: dict[str, Any], stop_ids: set[int]):
         self.llm, self.sampling, self.stop_ids = llm, sampling, stop_ids
 
-    def generate(self, requests: list[tuple[list[int], int]]) -> list[Generated]:
+    def generate(self, requests: list[tuple[list[int], int, int]]) -> list[Generated]:
         from vllm import SamplingParams
 
-        params = [SamplingParams(**self.sampling, max_tokens=budget, logprobs=0) for _, budget in requests]
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in requests], params, use_tqdm=False)
+        params = [SamplingParams(**self.sampling, max_tokens=budget, logprobs=0, seed=seed)
+                  for _, budget, seed in requests]
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _, _ in requests], params, use_tqdm=False)
         results = []
-        for (_, budget), output in zip(requests, outputs, strict=True):
+        for (_, budget, _), output in zip(requests, outputs, strict=True):
             choice = output.outputs[0]
             ids, stopped = cut_at_stop(list(choice.token_ids), self.stop_ids, budget)
             logprobs = None
@@ -391,8 +416,8 @@ class CompletionsGenerator:
         self.model, self.sampling, self.stop_ids = model, sampling, stop_ids
         self.timeout, self.retries = timeout, retries
 
-    def generate(self, requests: list[tuple[list[int], int]]) -> list[Generated]:
-        return [self._one(ids, budget) for ids, budget in requests]
+    def generate(self, requests: list[tuple[list[int], int, int]]) -> list[Generated]:
+        return [self._one(ids, budget, seed) for ids, budget, seed in requests]
 
     def _post(self, body: dict[str, Any]) -> tuple[int, bytes]:
         import urllib.error
@@ -406,9 +431,9 @@ class CompletionsGenerator:
         except urllib.error.HTTPError as e:
             return e.code, e.read()
 
-    def _one(self, ids: list[int], budget: int) -> Generated:
+    def _one(self, ids: list[int], budget: int, seed: int) -> Generated:
         body = {"prompt": ids, "max_tokens": budget, "logprobs": 0, "return_token_ids": True,
-                "skip_special_tokens": False, **self.sampling}
+                "skip_special_tokens": False, "seed": seed, **self.sampling}
         if self.model:  # else the server's only model
             body["model"] = self.model
         error: Exception | str = ""
@@ -454,11 +479,11 @@ class ScriptedGenerator:
         m, n = self.marker, len(self.marker)
         return sum(1 for i in range(len(ids) - n + 1) if ids[i:i + n] == m) - 1
 
-    def generate(self, requests: list[tuple[list[int], int]]) -> list[Generated]:
+    def generate(self, requests: list[tuple[list[int], int, int]]) -> list[Generated]:
         if self.delay:
             time.sleep(self.delay)
         out = []
-        for ids, budget in requests:
+        for ids, budget, _ in requests:
             turn = self.turns[min(self._turn(ids), len(self.turns) - 1)]
             out.append(Generated(turn[:budget], None, len(turn) <= budget))
         return out
