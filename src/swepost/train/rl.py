@@ -173,11 +173,14 @@ class RolloutFunc:
         return rollouts, stats
 
     def _task_reward(self, rollout) -> float | None:
-        t = rollout.trajectory
-        if t.exit_status == "sandbox_error":
-            return None  # the infrastructure failed, not the model: no signal either way
-        value = self.reward(t, self.tasks[t.instance_id])
-        return None if value is None else float(value)
+        """The episode's reward, computed once (a judge may be slow, or not repeat itself)."""
+        if "task" not in rollout.rewards:
+            t = rollout.trajectory
+            value = None  # a failed sandbox is the infrastructure's fault, not the model's: no signal
+            if t.exit_status != "sandbox_error":
+                value = self.reward(t, self.tasks[t.instance_id])
+            rollout.rewards["task"] = None if value is None else float(value)
+        return rollout.rewards["task"]
 
     def _truncated(self, rollout) -> bool:
         return rollout.trajectory.exit_status in TRUNCATED_STATUSES
