@@ -229,10 +229,12 @@ def test_dynamic_sampling_with_a_pluggable_reward(swepost, store, tmp_path, mode
         assert any(row["resampled"] for row in rows)
 
 
-def test_accelerate_launch_runs_the_rl_stage_in_every_process(tmp_path):
+def test_accelerate_launch_runs_the_rl_stage_in_every_process(tmp_path, monkeypatch):
     from swepost.stages.rl import RlConfig
-    from swepost.stages.sft import launch_command
+    from swepost.stages.sft import CHILD_ENV, launch_command
     from swepost.train.entry import main
+
+    monkeypatch.setenv(CHILD_ENV, "0")  # the entry marks this process a launched child: undone after the test
 
     cfg = RlConfig(tasks="t", model="m", launch="accelerate", accelerate_config="zero3", num_processes=8)
     cmd = launch_command(cfg, tmp_path / "c.json", "rl")
