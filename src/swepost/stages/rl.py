@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
 from swepost.config import ArtifactInput, PathInput, StageConfig
 from swepost.errors import BadInput
-from swepost.stages.sft import resolve_model, train_or_launch
+from swepost.stages.sft import check_launch, resolve_model, train_or_launch
 
 # fields that do not change what is trained: a run killed under one value resumes under another
 _NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args", "save_steps", "max_batch_wait"}
@@ -136,12 +136,8 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
     `accelerate launch` started and on machines of rank > 0."""
     from swepost.stages.tasks import load_tasks
     from swepost.train.rl import FINAL, STATS_FILE, train_rl
-    from swepost.train.sft import accelerate_config_path, deepspeed_config_path
 
-    if config.deepspeed:
-        deepspeed_config_path(config.deepspeed)
-    if config.launch == "accelerate":
-        accelerate_config_path(config.accelerate_config)
+    check_launch(config)
     source = store.resolve(config.tasks)
     if source.kind != "tasks":
         raise BadInput(f"artifact {source.id} is a {source.kind!r} artifact, not tasks", key="tasks")

@@ -167,7 +167,8 @@ def train_or_launch(stage: str, resolved, store: ArtifactStore, work: Path, stat
     return not child
 
 
-def _check(config: SftConfig) -> None:
+def check_launch(config) -> None:
+    """The DeepSpeed and accelerate settings of a training stage (sft, rl) name configs that exist and agree."""
     from swepost.train.sft import accelerate_config_path, deepspeed_config_path
 
     if config.deepspeed:
@@ -185,7 +186,7 @@ def run_sft(config: SftConfig, store: ArtifactStore) -> Artifact | None:
     processes started by `accelerate launch` and on machines of rank > 0 (they train, rank 0 publishes)."""
     from swepost.train.sft import FINAL, STATS_FILE, train_sft
 
-    _check(config)
+    check_launch(config)
     data = store.resolve(config.data)
     if data.kind != "sft-data":
         raise BadInput(f"artifact {data.id} is a {data.kind!r} artifact, not sft-data", key="data")

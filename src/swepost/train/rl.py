@@ -322,6 +322,7 @@ def build_trainer(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any, l
         lora_config,
         single_process_env,
         training_model,
+        use_bf16,
     )
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is flagged experimental
@@ -339,7 +340,7 @@ def build_trainer(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any, l
     if deepspeed:
         deepspeed = deepspeed_config_path(deepspeed)
         single_process_env()
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    bf16 = use_bf16()
     vllm = cfg.generation != "transformers"
     args = GRPOConfig(
         output_dir=str(out_dir),

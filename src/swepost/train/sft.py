@@ -208,7 +208,7 @@ def is_adapter(model_path: str) -> bool:
     return (Path(model_path) / "adapter_config.json").is_file()
 
 
-def _use_bf16() -> bool:
+def use_bf16() -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -276,7 +276,7 @@ def build_trainer(data_path: Path, model_path: str, out_dir: Path, cfg: Any):
     max_length = _get(cfg, "max_length", 8192)
     dataset, data_stats = build_dataset(Path(data_path), tokenizer, template, max_length, out_dir / "hf-datasets")
 
-    bf16 = _use_bf16()
+    bf16 = use_bf16()
     model, init_kwargs = training_model(model_path, cfg)
     peft_config = lora_config(cfg)
 
