@@ -11,20 +11,25 @@ The host starts it as `python3 -u -c <this source> <json options>`.
 """
 
 import base64
+import binascii
 import io
 import json
 import os
 import pty
 import re
+import resource
 import select
 import signal
+import stat
+import subprocess
 import sys
 import tarfile
 import termios
 import time
 
 MARK = b"\x1eSWEPOST:"
-STALE = re.compile("\x1eSWEPOST:[0-9.]+:-?[0-9]+\x1e")  # markers of interrupted commands
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STALE = re.compile("\x1eSWEPOST:[0-9a-f.]+:-?[0-9]+\x1e")  # markers of interrupted commands
 
 
 class Capture:
@@ -73,11 +78,73 @@ class Capture:
         return (bytes(self.head) + bytes(tail)).decode("utf-8", "replace")
 
 
+class DiskQuota:
+    """Bytes an episode has added, since its first command, under the dirs the shell may write (workdir,
+    temp dirs, home), counted by walking them: overlayfs without project quotas (docker's usual storage)
+    offers no cheaper honest count. Checked at most every second (less often when a walk is slow)."""
+
+    def __init__(self, opts):
+        self.limit = opts.get("disk_bytes")
+        roots = [opts["workdir"]] + list(opts.get("disk_roots") or [])
+        if opts.get("switch_uid"):
+            roots.append(opts["home"])
+        real = []
+        for r in roots:
+            r = os.path.realpath(r)
+            if os.path.isdir(r) and r not in real:
+                real.append(r)
+        self.roots = [r for r in real if not any(r.startswith(o.rstrip("/") + "/") for o in real if o != r)]
+        self.baseline = None
+        self.next_check = 0.0
+        self.used = 0
+
+    def usage(self):
+        total, seen, todo = 0, set(), list(self.roots)
+        while todo:
+            try:
+                entries = list(os.scandir(todo.pop()))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+                if stat.S_ISDIR(st.st_mode):
+                    todo.append(e.path)
+        return total
+
+    def begin(self):
+        """Before the first command: what is there already is the task's, not the episode's."""
+        if self.limit and self.baseline is None:
+            self.baseline = self.usage()
+
+    def over(self, force=False):
+        """True when the episode has written more than its limit (`force`: check now, whatever the clock)."""
+        if not self.limit or self.baseline is None or (not force and time.monotonic() < self.next_check):
+            return False
+        started = time.monotonic()
+        self.used = self.usage() - self.baseline
+        self.next_check = time.monotonic() + max(1.0, 20 * (time.monotonic() - started))
+        return self.used > self.limit
+
+    def message(self):
+        return ("\n[swepost: disk quota exceeded: this sandbox has %d MB more on disk than at its first command, "
+                "over its limit of %d MB; the command and every process it left running were killed. "
+                "Delete files to go on.]\n" % (self.used >> 20, self.limit >> 20))
+
+
 class Shell:
-    def __init__(self, workdir, env, oom_files):
-        self.workdir, self.env, self.oom_files = workdir, env, oom_files
+    def __init__(self, workdir, env, oom_files, opts):
+        self.workdir, self.env, self.oom_files, self.opts = workdir, env, oom_files, opts
         self.pid = self.fd = None
-        self.counter = 0
+        self.quota = DiskQuota({"workdir": workdir})  # no limit until main() sets the real one
+        self.notice = ""  # said at the start of the next command's output (a kill between commands)
         self.start()
 
     def start(self):
@@ -87,6 +154,7 @@ class Shell:
                 os.chdir(self.workdir)
             except OSError:
                 pass
+            become_sandbox(self.opts)
             os.execvpe("bash", ["bash", "--noprofile", "--norc", "--noediting", "-i"], self.env)
         self.pid, self.fd, self.exit_status = pid, fd, None
         attrs = termios.tcgetattr(fd)
@@ -103,8 +171,9 @@ class Shell:
             data = data[n:]
 
     def nonce(self):
-        self.counter += 1
-        return ("%d.%d" % (os.getpid(), self.counter)).encode()
+        # unpredictable, so a command cannot print the end marker of its own run to cut its output short
+        # or fake its exit code (a counter or the pid could be guessed)
+        return binascii.hexlify(os.urandom(12))
 
     def sync(self, timeout):
         """Ask the shell to print a fresh marker; return its exit status field or None on timeout."""
@@ -113,13 +182,16 @@ class Shell:
         cap = Capture(0, 4096)
         return self.read_until(nonce, cap, time.monotonic() + timeout)
 
-    def read_until(self, nonce, cap, deadline):
+    def read_until(self, nonce, cap, deadline, watch=False):
+        """The marker's exit status; None on timeout, "eof" if the shell ended, "disk" (with `watch`) over quota."""
         pattern = re.compile(re.escape(MARK + nonce + b":") + rb"(-?\d+)\x1e")
         window = b""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
+            if watch and self.quota.over():
+                return "disk"
             ready, _, _ = select.select([self.fd], [], [], min(left, 0.25))
             if not ready:
                 # a background job can hold the terminal open after the shell exits: look for that too
@@ -151,16 +223,7 @@ class Shell:
         return True
 
     def oom_kills(self):
-        total = 0
-        for path in self.oom_files:
-            try:
-                with open(path) as f:
-                    for line in f:
-                        if line.startswith("oom_kill "):
-                            total += int(line.split()[1])
-            except (OSError, ValueError):
-                pass
-        return total
+        return oom_kills(self.oom_files)
 
     def run(self, command, timeout, head, tail, cmd_dir):
         path = os.path.join(cmd_dir, "cmd")
@@ -168,13 +231,24 @@ class Shell:
             f.write(command + "\n")
         nonce = self.nonce()
         oom_before = self.oom_kills()
+        self.quota.begin()
         started = time.monotonic()
         self.send(b"source %s </dev/null; printf '\\036SWEPOST:%s:%%d\\036' \"$?\"\n" % (path.encode(), nonce))
         cap = Capture(head, tail)
-        status = self.read_until(nonce, cap, started + timeout)
+        if self.notice:
+            cap.add(self.notice.encode())
+            self.notice = ""
+        status = self.read_until(nonce, cap, started + timeout, watch=True)
         timed_out = status is None
         restarted = False
-        if status == "eof":  # the command ended the shell: report how, and give the next command a new one
+        if status not in (None, "eof", "disk") and self.quota.over(force=True):
+            status = "disk"
+        if status == "disk":  # 153 = 128 + SIGXFSZ, what a process over RLIMIT_FSIZE dies of
+            cap.add(self.quota.message().encode())
+            self.kill_all()
+            status, restarted = 153, True
+            self.start()
+        elif status == "eof":  # the command ended the shell: report how, and give the next command a new one
             self.kill_all()
             status, restarted = self.exit_status, True
             self.start()
@@ -203,9 +277,20 @@ class Shell:
         self.start()
         return True
 
+    def watch_disk(self):
+        """Between commands: a background writer over the quota is killed with the whole session."""
+        if self.quota.over():
+            self.notice = self.quota.message()
+            self.kill_all()
+            self.start()
+
     def kill_all(self):
-        """SIGKILL every process of the shell's session (background jobs included)."""
-        for pid in session_members(self.pid):
+        """SIGKILL every process of the shell's session (background jobs included), and with a sandbox uid of
+        its own, every process of that uid (what left the session with setsid too)."""
+        members = session_members(self.pid)
+        if self.opts.get("switch_uid"):
+            members += uid_members(self.opts["uid"])
+        for pid in members:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -221,6 +306,78 @@ class Shell:
             os.close(self.fd)
         except OSError:
             pass
+
+
+def capable(*bits):
+    """Whether this process holds every capability numbered in `bits` (CAP_SETGID 6, CAP_SETUID 7)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    eff = int(line.split()[1], 16)
+                    return all(eff & (1 << b) for b in bits)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def become_sandbox(opts):
+    """In a child before exec: the unprivileged sandbox uid (no groups, hence no capabilities left) and the
+    shell's rlimits. Without a uid to switch to (bwrap, local) only the rlimits apply."""
+    for name, value in (opts.get("rlimits") or {}).items():
+        try:
+            resource.setrlimit(getattr(resource, name), (int(value), int(value)))
+        except (AttributeError, ValueError, OSError):
+            pass
+    if opts.get("switch_uid"):
+        os.setgroups([])
+        os.setgid(opts["gid"])
+        os.setuid(opts["uid"])
+
+
+def make_undumpable():
+    """PR_SET_DUMPABLE 0: same-uid processes without CAP_SYS_PTRACE can then neither open /proc/<agent>/fd/*
+    (to forge replies on our stdout) nor read our memory or environ. True if it took."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+        return libc.prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE
+    except Exception:  # no ctypes or no libc in the image: carry on, dumpable
+        return False
+
+
+def chown_tree(path, uid, gid):
+    """Give `path` and everything under it to uid:gid, skipping what is already theirs (a chown on overlayfs
+    copies the file up into the container's layer: images built with the right owner cost nothing)."""
+    todo = [path]
+    while todo:
+        p = todo.pop()
+        try:
+            st = os.lstat(p)
+            if st.st_uid != uid or st.st_gid != gid:
+                os.lchown(p, uid, gid)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                todo.extend(os.path.join(p, name) for name in os.listdir(p))
+            except OSError:
+                pass
+
+
+def oom_kills(oom_files):
+    total = 0
+    for path in oom_files:
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("oom_kill "):
+                        total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def exit_code(status):
@@ -245,6 +402,126 @@ def session_members(sid):
     return out
 
 
+def run_process(req, opts):
+    """The `exec` op: a NEW process spawned here, never through the persistent shell (whose functions,
+    aliases and variables the model controls), with exactly the env it is given, in its own session;
+    on timeout its whole process group is SIGKILLed, and so is what it leaves behind when it exits."""
+    argv = [str(a) for a in req["argv"]]
+    timeout, head, tail = float(req.get("timeout", 60)), int(req.get("head", 65536)), int(req.get("tail", 16384))
+    drop = req.get("user", "root") == "sandbox"
+    env = req.get("env")
+    if env is None:
+        home = opts["home"] if drop else ("/root" if os.getuid() == 0 else "/tmp")
+        env = {"PATH": PATH, "HOME": home, "LANG": "C.UTF-8"}
+    cwd = resolve(opts["workdir"], req.get("cwd") or opts["workdir"])
+    stdin = base64.b64decode(req["stdin"]) if req.get("stdin") is not None else None
+    oom_before = oom_kills(opts.get("oom_files") or [])
+    started = time.monotonic()
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                stdout=w, stderr=w, cwd=cwd, env={str(k): str(v) for k, v in env.items()},
+                                close_fds=True, start_new_session=True,
+                                preexec_fn=(lambda: become_sandbox(opts)) if drop else None)
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        return {"exit_code": 127, "output": "swepost exec: %s: %s\n" % (argv[0] if argv else "", e),
+                "timed_out": False, "truncated_bytes": 0, "duration": round(time.monotonic() - started, 6),
+                "oom_killed": False}
+    os.close(w)
+    cap = Capture(head, tail)
+    pending = stdin
+    if pending is not None and not pending:
+        proc.stdin.close()
+        pending = None
+    timed_out, status, deadline = False, None, started + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        writers = [proc.stdin] if pending else []
+        ready_r, ready_w, _ = select.select([r], writers, [], min(left, 0.25))
+        if ready_w:
+            try:
+                n = os.write(proc.stdin.fileno(), pending[:65536])
+                pending = pending[n:]
+            except OSError:
+                pending = b""
+            if not pending:
+                proc.stdin.close()
+                pending = None
+        if ready_r:
+            data = os.read(r, 65536)
+            if data:
+                cap.add(data)
+                continue
+            break  # EOF: every holder of the output pipe has exited
+        if proc.poll() is not None:
+            break  # exited, but something it started still holds the pipe: killed below
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group: background children die with it, on timeout or not
+    except OSError:
+        pass
+    status = proc.wait()
+    drain_until = time.monotonic() + 1.0
+    while time.monotonic() < drain_until:  # what the killed group printed last; escapees do not hold us up
+        ready_r, _, _ = select.select([r], [], [], 0.1)
+        if not ready_r:
+            continue
+        data = os.read(r, 65536)
+        if not data:
+            break
+        cap.add(data)
+    os.close(r)
+    if proc.stdin is not None and not proc.stdin.closed:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+    code = 124 if timed_out else (128 - status if status < 0 else status)
+    return {"exit_code": code, "output": cap.text(), "timed_out": timed_out, "truncated_bytes": cap.dropped,
+            "duration": round(time.monotonic() - started, 6),
+            "oom_killed": oom_kills(opts.get("oom_files") or []) > oom_before}
+
+
+def uid_members(uid):
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/status" % name) as f:
+                    for line in f:
+                        if line.startswith("Uid:"):
+                            if int(line.split()[1]) == uid:
+                                out.append(int(name))
+                            break
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def first_missing(path):
+    """The topmost dir of `path` that does not exist yet (makedirs will create it and all below), or None."""
+    missing = None
+    while path and path != "/" and not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
+
+
+def give_to_sandbox(opts, paths):
+    """What the agent writes inside the workdir belongs to the sandbox uid, so the model can edit it;
+    elsewhere (graders' files, say) it stays the agent's."""
+    if not opts.get("switch_uid"):
+        return
+    top = os.path.realpath(opts["workdir"]).rstrip("/") + "/"
+    for path in paths:
+        real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if (real + "/").startswith(top):
+            chown_tree(real, opts["uid"], opts["gid"])
+
+
 def resolve(workdir, path):
     return path if os.path.isabs(path) else os.path.join(workdir, path)
 
@@ -255,17 +532,21 @@ def handle(shell, req, opts):
     if op == "run":
         return shell.run(req["command"], float(req.get("timeout", 60)), int(req.get("head", 65536)),
                          int(req.get("tail", 16384)), opts["cmd_dir"])
+    if op == "exec":
+        return run_process(req, opts)
     if op == "ping":
         return {"pong": True}
     if op == "write_file":
         path = resolve(workdir, req["path"])
         parent = os.path.dirname(path)
+        made = first_missing(parent)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
         with open(path, "wb") as f:
             f.write(base64.b64decode(req["data"]))
         if req.get("mode") is not None:
             os.chmod(path, int(req["mode"]))
+        give_to_sandbox(opts, [path] if made is None else [path, made])
         return {"written": len(base64.b64decode(req["data"]))}
     if op == "read_file":
         with open(resolve(workdir, req["path"]), "rb") as f:
@@ -275,6 +556,7 @@ def handle(shell, req, opts):
         return {"data": base64.b64encode(data).decode()}
     if op == "put_tar":
         dest = resolve(workdir, req["dest"])
+        made = first_missing(dest)
         if not os.path.isdir(dest):
             os.makedirs(dest)
         with tarfile.open(fileobj=io.BytesIO(base64.b64decode(req["data"]))) as tar:
@@ -282,6 +564,8 @@ def handle(shell, req, opts):
                 if member.name.startswith("/") or ".." in member.name.split("/"):
                     return {"error": "unsafe path in archive: %s" % member.name}
             tar.extractall(dest)
+            names = [os.path.join(dest, m.name) for m in tar.getmembers()]
+        give_to_sandbox(opts, names if made is None else names + [made])
         return {"extracted": True}
     if op == "get_tar":
         src = resolve(workdir, req["path"])
@@ -294,25 +578,82 @@ def handle(shell, req, opts):
     return {"error": "unknown op %r" % op}
 
 
+def setup_identity(opts, env):
+    """Who the shell runs as. With a sandbox uid asked for and CAP_SETUID/CAP_SETGID held (docker: the agent
+    is root in the container), the shell and `exec(user="sandbox")` switch to it, and the workdir and a home
+    become its own; otherwise (bwrap maps a single uid, local runs as you) they run as the agent does."""
+    uid = opts.get("uid")
+    opts["switch_uid"] = uid is not None and uid != os.getuid() and capable(6, 7)
+    if not opts["switch_uid"]:
+        opts["uid"], opts["gid"] = os.getuid(), os.getgid()
+        opts["home"] = env.get("HOME") or "/tmp"
+        return
+    opts["gid"] = opts.get("gid", uid)
+    home = "/home/sandbox"
+    try:
+        if not os.path.isdir(home):
+            os.makedirs(home, 0o755)
+    except OSError:  # a read-only /home: somewhere under /tmp then
+        home = "/tmp/.swepost-home"
+        if not os.path.isdir(home):
+            os.makedirs(home, 0o755)
+    os.lchown(home, opts["uid"], opts["gid"])
+    opts["home"] = env["HOME"] = home
+    env["USER"] = env["LOGNAME"] = "sandbox"
+    chown_tree(opts["workdir"], opts["uid"], opts["gid"])
+
+
+class RequestReader:
+    """Newline-delimited requests from fd 0; `idle` runs about every second while none is coming."""
+
+    def __init__(self, idle):
+        self.idle, self.chunks = idle, []
+
+    def __iter__(self):
+        while True:
+            ready, _, _ = select.select([0], [], [], 1.0)
+            if not ready:
+                self.idle()
+                continue
+            chunk = os.read(0, 1 << 20)
+            if not chunk:
+                return
+            while b"\n" in chunk:
+                head, chunk = chunk.split(b"\n", 1)
+                self.chunks.append(head)
+                yield b"".join(self.chunks)
+                self.chunks = []
+            if chunk:
+                self.chunks.append(chunk)
+
+
 def main():
+    undumpable = make_undumpable()
     opts = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     opts.setdefault("workdir", os.getcwd())
-    opts["cmd_dir"] = opts.get("cmd_dir") or "/tmp/.swepost-%d" % os.getpid()
-    if not os.path.isdir(opts["cmd_dir"]):
-        os.makedirs(opts["cmd_dir"], 0o700)
     env = dict(os.environ)
     env.update({"TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat", "PS1": "", "PS2": ""})
     env.update(opts.get("env") or {})
+    setup_identity(opts, env)
+    opts["cmd_dir"] = opts.get("cmd_dir") or "/tmp/.swepost-%d" % os.getpid()
+    if not os.path.isdir(opts["cmd_dir"]):
+        os.makedirs(opts["cmd_dir"], 0o700)
+    if opts["switch_uid"]:  # the shell reads its commands from here; only the agent may write
+        os.chmod(opts["cmd_dir"], 0o755)
+    quota = DiskQuota(opts)
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
-    shell = Shell(opts["workdir"], env, opts.get("oom_files") or [])
+    shell = Shell(opts["workdir"], env, opts.get("oom_files") or [], opts)
+    shell.quota = quota
     signal.signal(signal.SIGTERM, lambda *_: (shell.kill_all(), os._exit(0)))
-    out.write((json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}) + "\n").encode())
+    out.write((json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0],
+                           "shell_uid": opts["uid"], "agent_uid": os.getuid(), "undumpable": undumpable,
+                           "home": opts["home"]}) + "\n").encode())
     out.flush()
-    for line in sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin:
+    for line in RequestReader(shell.watch_disk):
         if not line.strip():
             continue
         try:
-            req = json.loads(line)
+            req = json.loads(line.decode("utf-8"))
         except ValueError as e:
             reply = {"error": "bad request: %s" % e}
             req = {}

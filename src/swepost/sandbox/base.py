@@ -28,6 +28,10 @@ AGENT_SOURCE = (Path(__file__).parent / "agent.py").read_text()
 LABEL = "swepost.sandbox"
 # how long past a command's own timeout the host waits for the agent's answer before calling it broken
 REPLY_GRACE_S = 30.0
+# the most the host buffers for one reply (file and tar transfers); a command's reply is capped tighter, by its
+# output caps, and the agent's first line by HELLO_BYTES: whatever floods the channel cannot flood our memory
+MAX_REPLY_BYTES = 128 << 20
+HELLO_BYTES = 1 << 20
 
 
 class SandboxError(WorkFailed):
@@ -43,6 +47,7 @@ class CommandResult:
     truncated_bytes: int = 0
     oom_killed: bool = False
     session_restarted: bool = False
+    disk_exceeded: bool = False
 
     @property
     def ok(self) -> bool:
@@ -63,6 +68,8 @@ class Limits:
     timeout_s: float = 120.0  # default per-command timeout
     output_head: int = 48 * 1024  # bytes of output kept from the start ...
     output_tail: int = 16 * 1024  # ... and from the end; the middle is dropped with a visible marker
+    uid: int = 1000  # the unprivileged uid (and gid) model-written commands run as, where the backend can switch
+    disk_mb: int = 4096  # what an episode may add on disk (workdir, temp dirs, home); also the largest file
 
 
 def run_id() -> str:
@@ -155,7 +162,6 @@ class Sandbox:
         self.run_id = run_id()
         self._channel: Channel | None = None
         self._buffer = b""
-        self._next_id = 0
         self._lock = threading.Lock()
         self.closed = False
         self.info: dict = {}
@@ -221,7 +227,36 @@ class Sandbox:
         oom = bool(reply.get("oom_killed")) or (before is not None and after is not None and after > before)
         return CommandResult(exit_code=reply["exit_code"], output=reply["output"], timed_out=reply["timed_out"],
                              duration=reply["duration"], truncated_bytes=reply["truncated_bytes"],
-                             oom_killed=oom, session_restarted=reply["session_restarted"])
+                             oom_killed=oom, session_restarted=reply["session_restarted"],
+                             disk_exceeded=bool(reply.get("disk_exceeded")))
+
+    def exec(self, command: str | list[str], *, timeout: float | None = None, cwd: str | None = None,
+             env: dict | None = None, user: str = "root", stdin: bytes | None = None) -> CommandResult:
+        """Run `command` as a NEW process the agent spawns itself, never through the persistent shell.
+
+        The persistent shell (`run`) is the model's: its functions, aliases, variables and cwd are whatever
+        the model left there. Graders and `final_diff` use this instead. A str runs via `/bin/sh -c`, a list
+        is the argv. `env` is exactly the environment (default: PATH, HOME and LANG=C.UTF-8 only); `cwd`
+        defaults to the workdir. It runs in its own session; at its timeout, or once it has exited, its whole
+        process group is SIGKILLed. `user="root"` is the agent's own identity; `user="sandbox"` is the
+        unprivileged uid of the shell (`info["shell_uid"]`; the agent's own where the backend cannot switch).
+        Output (stdout and stderr interleaved) is capped like `run`'s. Git on the model's repo: prefer
+        user="sandbox"; as root git refuses a repo another uid owns, and would obey the model's .git/config.
+        """
+        if user not in ("root", "sandbox"):
+            raise ValueError(f"exec user must be 'root' or 'sandbox', not {user!r}")
+        timeout = self.limits.timeout_s if timeout is None else timeout
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(a) for a in command]
+        before = self._oom_count()
+        reply = self._call({"op": "exec", "argv": argv, "timeout": timeout, "cwd": cwd, "user": user,
+                            "env": None if env is None else {str(k): str(v) for k, v in env.items()},
+                            "stdin": None if stdin is None else base64.b64encode(stdin).decode(),
+                            "head": self.limits.output_head, "tail": self.limits.output_tail},
+                           wait=timeout + REPLY_GRACE_S)
+        after = self._oom_count()
+        oom = bool(reply.get("oom_killed")) or (before is not None and after is not None and after > before)
+        return CommandResult(exit_code=reply["exit_code"], output=reply["output"], timed_out=reply["timed_out"],
+                             duration=reply["duration"], truncated_bytes=reply["truncated_bytes"], oom_killed=oom)
 
     def write_file(self, path: str, data: bytes | str, mode: int | None = None) -> None:
         if isinstance(data, str):
@@ -263,19 +298,23 @@ class Sandbox:
         if self.closed or self._channel is None:
             raise SandboxError(f"{self.backend} sandbox is not running")
         with self._lock:
-            self._next_id += 1
-            request["id"] = self._next_id
+            # random, not a counter: a command that reaches the agent's stdout cannot guess the id to forge
+            request["id"] = uuid.uuid4().hex
             self._channel.send(json.dumps(request).encode() + b"\n")
-            reply = self._read_reply(timeout=wait)
+            reply = self._read_reply(timeout=wait, cap=_reply_cap(request))
         if reply.get("id") != request["id"]:
+            self.close()  # a forged or stray line: nothing more this channel says can be trusted
             raise SandboxError(f"sandbox agent answered out of turn: {str(reply)[:200]}")
         if "error" in reply:
             raise SandboxError(f"sandbox {request['op']} failed: {reply['error']}")
         return reply
 
-    def _read_reply(self, timeout: float) -> dict:
+    def _read_reply(self, timeout: float, cap: int = HELLO_BYTES) -> dict:
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
+            if len(self._buffer) > cap:
+                self.close()
+                raise SandboxError(f"{self.backend} sandbox agent sent a reply larger than {cap} bytes")
             chunk = self._channel.recv(deadline - time.monotonic())
             if chunk is None:
                 if time.monotonic() >= deadline:
@@ -288,10 +327,35 @@ class Sandbox:
                 raise SandboxError(f"{self.backend} sandbox agent exited{why}")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        if len(line) > cap:
+            self.close()
+            raise SandboxError(f"{self.backend} sandbox agent sent a reply larger than {cap} bytes")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            self.close()
+            raise SandboxError(f"{self.backend} sandbox agent sent a garbled reply: {line[:200]!r}") from None
+        if not isinstance(reply, dict):
+            self.close()
+            raise SandboxError(f"{self.backend} sandbox agent sent a garbled reply: {line[:200]!r}")
+        return reply
 
     def _diagnose(self) -> str:
         return ""
+
+
+def agent_limits(limits: Limits) -> dict:
+    """The agent's options every backend passes on: the disk quota, and the largest file a command may write."""
+    return {"disk_bytes": limits.disk_mb << 20, "rlimits": {"RLIMIT_FSIZE": limits.disk_mb << 20}}
+
+
+def _reply_cap(request: dict) -> int:
+    """The largest honest reply to `request`: JSON escapes a byte of output into at most 6 characters."""
+    if request["op"] in ("run", "exec"):
+        return 6 * (int(request["head"]) + int(request["tail"]) + 4096) + HELLO_BYTES
+    if request["op"] == "read_file":
+        return int(request["limit"]) * 4 // 3 + HELLO_BYTES
+    return MAX_REPLY_BYTES
 
 
 # Every sandbox still open, so that exiting or a SIGTERM closes them instead of leaking containers.

@@ -32,6 +32,7 @@ from swepost.sandbox.base import (
     PipeChannel,
     Sandbox,
     SandboxError,
+    agent_limits,
     owner,
     owner_alive,
     remove_orphan_dirs,
@@ -234,7 +235,9 @@ class BwrapSandbox(Sandbox):
             python = os.path.join(prefix, "bin", "python3")
             args += ["--ro-bind", prefix, prefix]
         args += ["--bind", str(self.work), self.workdir, "--chdir", self.workdir]
-        opts = {"workdir": self.workdir, "env": {"HOME": "/tmp", "PATH": PATH, **self.env}, "cmd_dir": "/tmp/.swepost"}
+        # bwrap maps a single uid, so the shell runs as the agent's (namespaced) uid: info["shell_uid"] says so
+        opts = {"workdir": self.workdir, "env": {"HOME": "/tmp", "PATH": PATH, **self.env}, "cmd_dir": "/tmp/.swepost",
+                "disk_roots": ["/tmp", "/var/tmp"], **agent_limits(self.limits)}
         return args + [python, "-u", "-c", AGENT_SOURCE, json.dumps(opts)]
 
     def _open(self) -> PipeChannel:

@@ -17,10 +17,30 @@ import threading
 from pathlib import Path
 
 from swepost.errors import WorkFailed
-from swepost.sandbox.base import AGENT_SOURCE, LABEL, Channel, Limits, Sandbox, SandboxError, owner, owner_alive
+from swepost.sandbox.base import (
+    AGENT_SOURCE,
+    LABEL,
+    Channel,
+    Limits,
+    Sandbox,
+    SandboxError,
+    agent_limits,
+    owner,
+    owner_alive,
+)
 from swepost.sandbox.images import DEFAULT_BASE_IMAGE, docker_client
 
 OOM_FILES = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
+# What the agent (root in the container) needs; the shell it starts drops to `Limits.uid` and holds none:
+# SETUID, SETGID  switch the shell and exec(user="sandbox") to the sandbox uid (setgroups, setgid, setuid)
+# CHOWN           give the workdir, and what write_file / put_tar put there, to the sandbox uid
+# DAC_OVERRIDE    read, write and list the model's files whatever modes it set (graders, get_tar, read_file)
+# FOWNER          chmod and set mtimes on files the sandbox uid owns (write_file's mode, tar extraction)
+# KILL            signal the shell's processes, which run as another uid (timeouts, quota, close)
+# Left out: SYS_PTRACE (would let a root exec read the agent), NET_*, MKNOD, SYS_ADMIN, SETPCAP, AUDIT_WRITE...
+AGENT_CAPS = ["SETUID", "SETGID", "CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL"]
+# where the unprivileged shell can write, besides the workdir and its home: what the disk quota counts
+DISK_ROOTS = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"]
 
 
 def docker_available() -> bool:
@@ -93,7 +113,8 @@ class DockerSandbox(Sandbox):
     def _open(self) -> AttachChannel:
         self.client = self.client or docker_client()
         lim = self.limits
-        opts = {"workdir": self.workdir, "env": self.env, "oom_files": OOM_FILES, "cmd_dir": "/tmp/.swepost"}
+        opts = {"workdir": self.workdir, "env": self.env, "oom_files": OOM_FILES, "cmd_dir": "/tmp/.swepost",
+                "uid": lim.uid, "disk_roots": DISK_ROOTS, **agent_limits(lim)}
         try:
             self.container = self.client.containers.create(
                 self.image,
@@ -103,7 +124,7 @@ class DockerSandbox(Sandbox):
                 network_mode="bridge" if lim.network else "none",
                 mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
                 pids_limit=lim.pids, nano_cpus=int(lim.cpus * 1e9),
-                cap_drop=["ALL"], security_opt=["no-new-privileges"],
+                cap_drop=["ALL"], cap_add=AGENT_CAPS, security_opt=["no-new-privileges"],
                 labels={LABEL: "1", "swepost.run": self.run_id, "swepost.owner": owner()},
                 environment={"HOME": "/root", **self.env},
             )

@@ -15,7 +15,15 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from swepost.sandbox.base import AGENT_SOURCE, Limits, PipeChannel, Sandbox, owner, remove_orphan_dirs
+from swepost.sandbox.base import (
+    AGENT_SOURCE,
+    Limits,
+    PipeChannel,
+    Sandbox,
+    agent_limits,
+    owner,
+    remove_orphan_dirs,
+)
 
 TEMP_PREFIX = "swepost-local-"
 
@@ -38,7 +46,9 @@ class LocalSandbox(Sandbox):
     def _open(self) -> PipeChannel:
         warnings.warn("the local sandbox isolates nothing: commands run as you, with your network and files",
                       stacklevel=3)
-        opts = {"workdir": self.workdir, "env": self.env, "cmd_dir": str(self.scratch / "cmd")}
+        # no uid to switch to: the shell runs as you (info["shell_uid"]); the quota counts the working copy only
+        opts = {"workdir": self.workdir, "env": self.env, "cmd_dir": str(self.scratch / "cmd"),
+                **agent_limits(self.limits)}
         self.proc = subprocess.Popen([sys.executable, "-u", "-c", AGENT_SOURCE, json.dumps(opts)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.workdir,
                                      start_new_session=True)
