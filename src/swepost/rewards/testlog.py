@@ -4,7 +4,7 @@ Plain functions, standard library only. Statuses use SWE-bench's TestStatus name
 PASSED, FAILED, SKIPPED, ERROR, XFAIL, XPASS; PASSED and XPASS count as passing.
 
 Parsing stdout can never be made unforgeable (code under test writes to the same stream), which is why
-swepost's own grader reads pytest's report objects instead (`rewards/pytest_report.py`). These parsers are
+swepost's own grader reads pytest's report objects instead (`rewards/test_runner.py`). These parsers are
 for logs that already exist: SWE-bench run logs, CI output, junit files.
 """
 
