@@ -176,9 +176,8 @@ def test_no_network_unless_the_task_opts_in(backend, open_box, listener):
     for host, port in [("1.1.1.1", 80), ("8.8.8.8", 53), (gateway, listener), ("127.0.0.1", listener)]:
         out = box.run(CONNECT.format(host=host, port=port), timeout=20).output
         assert "REFUSED" in out and "CONNECTED" not in out, (host, out)
-    opened = open_box(backend, network=True)
-    host = gateway if backend == "docker" else "127.0.0.1"
-    assert "CONNECTED" in opened.run(CONNECT.format(host=host, port=listener), timeout=20).output
+    # opting in reaches the internet but still not the host's services: test_sandbox_network.py (docker's
+    # fenced network, its allow list) and test_bwrap_hardening.py (bwrap refuses network) prove it
 
 
 @pytest.mark.parametrize("backend", ISOLATING)

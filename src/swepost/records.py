@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 TaskKind = Literal["swe", "codeqa", "search"]
+
+
+class SandboxLimits(BaseModel):
+    """Sandbox limits a task (`env.limits`) or a stage (`sandbox_limits`) sets; unset keys keep the layer below.
+
+    Merged by swepost.sandbox.task_sandbox.limits_for: defaults <- task <- stage.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: float | None = Field(None, gt=0, description="CPU cores (docker: a quota; bwrap: a cgroup quota)")
+    memory_mb: int | None = Field(None, ge=64, description="memory including swap, in MiB")
+    pids: int | None = Field(None, ge=16, description="processes and threads at once")
+    disk_mb: int | None = Field(None, ge=16, description="writable disk, in MiB")
+    timeout_s: float | None = Field(None, gt=0, description="default seconds for one command")
+    network_allow: list[str] | None = Field(None, description="local ADDR, CIDR, ADDR:PORT or CIDR:PORT a sandbox "
+                                            "with network may reach (a proxy, a mirror); all else local is fenced")
+
+    @field_validator("network_allow")
+    @classmethod
+    def _addresses(cls, value: list[str] | None) -> list[str] | None:
+        for entry in value or []:
+            host, sep, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
+            try:
+                ipaddress.IPv4Network(host, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IPv4 address or CIDR, optionally with :PORT") from None
+            if sep and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"{entry!r}: the port must be 1-65535")
+        return value
 
 
 class TaskEnv(BaseModel):
@@ -19,6 +50,7 @@ class TaskEnv(BaseModel):
     install: list[str] = Field(default_factory=list, description="commands run once before the agent starts")
     test_cmd: str | None = Field(None, description="test command; None means the default pytest run")
     network: bool = Field(False, description="whether the sandbox may reach the network")
+    limits: SandboxLimits | None = Field(None, description="this task's sandbox limits (unset: the defaults)")
 
 
 class TaskVerify(BaseModel):

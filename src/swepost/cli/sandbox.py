@@ -76,11 +76,14 @@ def gc_cmd(everything: Annotated[bool, typer.Option("--all", help="Also remove s
     from swepost.sandbox.bwrap import gc_bwrap
     from swepost.sandbox.docker import gc_docker
     from swepost.sandbox.local import gc_local
+    from swepost.sandbox.network import gc_networks
     from swepost.sandbox.task_sandbox import gc_checkouts
 
     containers = gc_docker(everything=everything)
     other = gc_bwrap(everything=everything) + gc_local(everything=everything) + gc_checkouts(everything)
-    console.print(f"removed {len(containers)} container(s), {len(other)} bubblewrap / local leftover(s)")
+    networks = gc_networks(everything)  # only with --all: an idle fenced network costs nothing
+    console.print(f"removed {len(containers)} container(s), {len(other)} bubblewrap / local leftover(s), "
+                  f"{len(networks)} network(s)")
 
 
 @app.command("build-base")

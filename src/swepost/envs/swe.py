@@ -285,7 +285,7 @@ class SweEnvironment:
         from swepost.rewards.grading import grade_patch
 
         diff = self.final_diff()
-        result = grade_patch(self.task, diff, repos=self.repos, backend=self.backend)
+        result = grade_patch(self.task, diff, repos=self.repos, backend=self.backend, limits=self.limits)
         return {"reward": result.reward, "resolved": result.resolved, "evidence": result.to_dict()}
 
     def close(self) -> None:

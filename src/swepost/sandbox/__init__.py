@@ -4,6 +4,7 @@
     base.py     the Sandbox protocol and the agent client every backend shares
     docker.py   hardened containers through the docker SDK, warm pool, gc
     bwrap.py    bubblewrap namespaces with cgroup limits
+    network.py  the fenced docker network of sandboxes with network: internet yes, host and LAN no
     local.py    a subprocess in a temporary working copy (isolates nothing)
     images.py   base images without a registry (debootstrap + docker import)
 """

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from swepost.errors import WorkFailed
@@ -65,6 +65,7 @@ class Limits:
     memory_mb: int = 2048
     pids: int = 256
     network: bool = False  # no network unless the task opts in
+    network_allow: list[str] = field(default_factory=list)  # local ADDR|CIDR[:PORT] a network sandbox may reach
     timeout_s: float = 120.0  # default per-command timeout
     output_head: int = 48 * 1024  # bytes of output kept from the start ...
     output_tail: int = 16 * 1024  # ... and from the end; the middle is dropped with a visible marker

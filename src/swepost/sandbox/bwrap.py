@@ -37,15 +37,28 @@ from swepost.sandbox.base import (
     owner_alive,
     remove_orphan_dirs,
 )
+from swepost.sandbox.network import UNFENCED_ENV
 
 CGROUP = Path("/sys/fs/cgroup")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TEMP_PREFIX = "swepost-bwrap-"
-# host top-level entries the sandbox sees (read-only); /root, /home, /work, /mnt, /media, /srv, /run ... never
-SYSTEM = {"usr", "etc", "opt", "var", "bin", "sbin", "lib", "lib32", "lib64", "libx32"}
-# secrets inside those dirs: the sandbox runs as (namespaced) uid 0, which owns them, so hide them
-SECRETS = ["/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/ssh", "/etc/ssl/private",
-           "/var/lib/docker", "/var/lib/containerd", "/var/log"]
+# host top-level entries the sandbox sees (read-only); /etc is rebuilt below; /opt, /var, /root, /home, /work,
+# /mnt, /srv, /run ... never (the sandbox runs as namespaced uid 0, which owns the host's secrets)
+SYSTEM = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"}
+# the host /etc entries programs need (loader, CA bundle, alternatives, name service, python's config);
+# passwd, group, hosts and hostname are made up for the sandbox; resolv.conf only with network
+ETC_KEEP = ["alternatives", "ca-certificates", "ca-certificates.conf", "ssl/certs", "ssl/openssl.cnf", "ld.so.cache",
+            "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "localtime", "timezone", "os-release", "debian_version",
+            "protocols", "services", "mime.types", "python3", *sorted(p.name for p in Path("/etc").glob("python3.*"))]
+# without cgroups: rlimits set inside the sandbox, by its own python, just before it execs the agent. Inside,
+# so RLIMIT_NPROC counts the sandbox's user namespace alone, not every process of the host user (a root host
+# user is exempt from it: root gets cgroups instead, or no process limit). RLIMIT_CPU is a backstop against a
+# process that escaped its command and spins for the rest of the episode.
+CPU_BACKSTOP_S = 4 * 3600
+RLIMITS = ("import os, resource, sys\n"
+           "for name, value in zip(('RLIMIT_AS', 'RLIMIT_NPROC', 'RLIMIT_CPU'), sys.argv[1:4]):\n"
+           "    resource.setrlimit(getattr(resource, name), (int(value), int(value)))\n"
+           "os.execv(sys.argv[4], sys.argv[4:])")
 NEVER_BOUND = {"proc", "dev", "sys", "tmp", "run"}  # provided fresh (or not at all) in every sandbox
 
 
@@ -213,18 +226,14 @@ class BwrapSandbox(Sandbox):
         root = self.rootfs or "/"
         args = ["bwrap", *flags, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
                 "--hostname", "sandbox"]
-        if self.limits.network:
+        if self.limits.network:  # only with UNFENCED_ENV=1: _open refuses otherwise
             args.append("--share-net")
         args += self._binds(root, "")
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run"]
         if os.path.isdir(os.path.join(root, "var/tmp")) and not os.path.islink(os.path.join(root, "var")):
             args += ["--tmpfs", "/var/tmp"]
         if self.rootfs is None:
-            for path in SECRETS:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    args += ["--tmpfs", path]
-                elif os.path.isfile(path):
-                    args += ["--ro-bind", "/dev/null", path]
+            args += self._etc()
         # the agent needs a python3 inside: the tree's own, else (host without one) the interpreter running us
         if os.path.lexists(os.path.join(root, "usr/bin/python3")):
             python = "/usr/bin/python3"
@@ -238,20 +247,52 @@ class BwrapSandbox(Sandbox):
         # bwrap maps a single uid, so the shell runs as the agent's (namespaced) uid: info["shell_uid"] says so
         opts = {"workdir": self.workdir, "env": {"HOME": "/tmp", "PATH": PATH, **self.env}, "cmd_dir": "/tmp/.swepost",
                 "disk_roots": ["/tmp", "/var/tmp"], **agent_limits(self.limits)}
-        return args + [python, "-u", "-c", AGENT_SOURCE, json.dumps(opts)]
+        agent = [python, "-u", "-c", AGENT_SOURCE, json.dumps(opts)]
+        if not self.cgroups:
+            lim = self.limits
+            return args + [python, "-c", RLIMITS, str(lim.memory_mb << 20), str(lim.pids), str(CPU_BACKSTOP_S), *agent]
+        return args + agent
+
+    def _etc(self) -> list[str]:
+        """A minimal /etc: the host's ETC_KEEP entries read-only, and a passwd / group / hosts naming only
+        the sandbox's own users, so nothing of the host's accounts or secrets shows."""
+        made = self.scratch / "etc"
+        made.mkdir(exist_ok=True)
+        uid, gid = os.getuid(), os.getgid()
+        users = {0: "root", 65534: "nobody", uid: "root" if uid == 0 else "sandbox"}
+        groups = {0: "root", 65534: "nogroup", gid: "root" if gid == 0 else "sandbox"}
+        (made / "passwd").write_text("".join(f"{n}:x:{u}:{u if u in groups else 65534}:{n}:"
+                                             f"{'/root' if u == 0 else '/tmp'}:/bin/sh\n" for u, n in users.items()))
+        (made / "group").write_text("".join(f"{n}:x:{g}:\n" for g, n in groups.items()))
+        (made / "hosts").write_text("127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost\n")
+        (made / "hostname").write_text("sandbox\n")
+        args = ["--dir", "/etc"]
+        for name in ("passwd", "group", "hosts", "hostname"):
+            args += ["--ro-bind", str(made / name), f"/etc/{name}"]
+        for name in ETC_KEEP + (["resolv.conf"] if self.limits.network else []):
+            src = f"/etc/{name}"
+            if os.path.islink(src):
+                args += ["--symlink", os.readlink(src), src]
+            elif os.path.exists(src):
+                args += ["--ro-bind", src, src]
+        return args
 
     def _open(self) -> PipeChannel:
         flags = _hardening()
         if flags is None:
             raise SandboxError("bubblewrap is missing or cannot create namespaces on this host")
+        if self.limits.network and os.environ.get(UNFENCED_ENV) != "1":
+            # sharing the host's network namespace would hand the sandbox the host's loopback services, LAN
+            # and cloud metadata; bwrap has no fence like the docker backend's (sandbox/network.py)
+            raise SandboxError(f"the bwrap backend cannot give a sandbox network without the host's own "
+                               f"services; use the docker backend (or set {UNFENCED_ENV}=1 to share the host's "
+                               "network namespace)")
         self.cgroups = _make_cgroups(f"{self.run_id}-{uuid.uuid4().hex[:8]}@{owner()}", self.limits)
         self.info["limits"] = "cgroup" if self.cgroups else "rlimit (best effort)"
         # A tiny sh joins the cgroups and execs bwrap, so bwrap and all it forks start inside them with no
         # window. preexec_fn could do the same but runs Python in a forked child: unsafe when other threads
-        # (parallel episodes) hold locks. No cgroups: RLIMIT_AS caps each process's address space instead.
+        # (parallel episodes) hold locks. No cgroups: RLIMITS inside the sandbox instead (see _command).
         steps = [f"echo $$ > {shlex.quote(str(cg / 'cgroup.procs'))}" for cg in self.cgroups]
-        if not self.cgroups:
-            steps.append(f"ulimit -v {self.limits.memory_mb << 10}")
         script = " && ".join(steps + ['exec "$@"'])
         self._stderr = open(self.scratch / "stderr", "w+b")
         # a minimal environment: the host's variables (tokens, keys) must not leak into the sandbox

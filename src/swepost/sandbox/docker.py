@@ -29,6 +29,7 @@ from swepost.sandbox.base import (
     owner_alive,
 )
 from swepost.sandbox.images import DEFAULT_BASE_IMAGE, docker_client
+from swepost.sandbox.network import ensure_network
 
 OOM_FILES = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
 # What the agent (root in the container) needs; the shell it starts drops to `Limits.uid` and holds none:
@@ -121,7 +122,7 @@ class DockerSandbox(Sandbox):
                 command=["sh", "-c", f'mkdir -p "{self.workdir}" && cd "{self.workdir}" && '
                          'exec python3 -u -c "$0" "$1"', AGENT_SOURCE, json.dumps(opts)],
                 stdin_open=True, tty=False, init=True, detach=True,
-                network_mode="bridge" if lim.network else "none",
+                network_mode=ensure_network(self.client, lim.network_allow) if lim.network else "none",
                 mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
                 pids_limit=lim.pids, nano_cpus=int(lim.cpus * 1e9),
                 cap_drop=["ALL"], cap_add=AGENT_CAPS, security_opt=["no-new-privileges"],

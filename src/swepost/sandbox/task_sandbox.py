@@ -7,10 +7,12 @@ import io
 import shutil
 import tarfile
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
+from swepost.config import validate
 from swepost.errors import BadInput
-from swepost.records import Task
+from swepost.records import SandboxLimits, Task
 from swepost.sandbox import open_sandbox, pick_backend
 from swepost.sandbox.base import Limits, Sandbox, owner, remove_orphan_dirs
 from swepost.sandbox.repos import checkout, mirror_path
@@ -39,10 +41,27 @@ def _checkout_tar(mirror: str, task: Task) -> bytes:
     return _checkout_tar_cached(mirror, task.repo or "", task.base_commit or "", task.instance_id)
 
 
+def limits_for(task: Task, overrides: SandboxLimits | dict | None = None) -> Limits:
+    """The one place sandbox limits are decided: Limits' defaults <- the task's `env.limits` <- `overrides`
+    (a stage's `sandbox_limits`). Network on or off is the task's alone; an override's network_allow replaces
+    the task's. A dict is checked like a config: an unknown key is BadInput naming it."""
+    layers = [task.env.limits, overrides if not isinstance(overrides, dict)
+              else validate(SandboxLimits, overrides, prefix=("sandbox_limits",))]
+    merged: dict = {}
+    for layer in layers:
+        merged.update(layer.model_dump(exclude_none=True) if layer is not None else {})
+    unsupported = sorted(set(merged) - {f.name for f in fields(Limits)})
+    if unsupported:
+        raise BadInput(f"{task.instance_id}: this swepost's sandboxes cannot enforce {', '.join(unsupported)} yet",
+                       key="limits." + unsupported[0])
+    return Limits(network=task.env.network, **merged)
+
+
 def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: str = "auto",
-                      limits: Limits | None = None) -> Sandbox:
-    """Started and ready at `task.env.workdir`; the task's network setting holds unless `limits` says."""
-    limits = limits or Limits(network=task.env.network)
+                      limits: Limits | SandboxLimits | dict | None = None) -> Sandbox:
+    """Started and ready at `task.env.workdir`. `limits`: a stage's overrides merged by `limits_for`, or a
+    complete Limits used as given (the task's own settings then do not apply)."""
+    limits = limits if isinstance(limits, Limits) else limits_for(task, limits)
     backend = pick_backend(backend)
     image = task.env.image
     if backend == "docker" and image is None:

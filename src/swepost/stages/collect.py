@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
 from swepost.config import ArtifactInput, PathInput, StageConfig
 from swepost.errors import BadInput
-from swepost.records import Task, Trajectory
+from swepost.records import SandboxLimits, Task, Trajectory
 from swepost.stages.tasks import load_tasks
 
 TRAJECTORIES_FILE = "trajectories.jsonl"
@@ -53,6 +53,14 @@ class CollectConfig(StageConfig):
     grade: bool = Field(True, description="grade every episode's final diff in a fresh sandbox")
     seed: int = 0
     limits: EpisodeLimits = Field(default_factory=EpisodeLimits)
+    sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits, description="sandbox limits over every "
+                                          "task's own (cpus, memory_mb, pids, disk_mb, timeout_s, network_allow)")
+
+
+def sandbox_kwargs(overrides: SandboxLimits) -> dict:
+    """The environment's `limits` argument, given only when the stage sets some (custom environments need not
+    take it otherwise)."""
+    return {"limits": overrides} if overrides.model_dump(exclude_none=True) else {}
 
 
 def work_key(config: CollectConfig, tasks_id: str, stage: str) -> str:
@@ -131,7 +139,7 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
             except TypeError as e:  # an argument the policy does not take
                 raise BadInput(f"policy {config.policy!r}: {e}", key="policy_args") from None
         env = env_cls(repos=config.repos, backend=config.backend, tool_timeout=config.limits.tool_timeout,
-                      grade=config.grade)
+                      grade=config.grade, **sandbox_kwargs(config.sandbox_limits))
         traj = run_episode(local.policy, env, task, sample=sample, limits=limits, grade=config.grade,
                            on_step=log.save_partial)
         log.finish(traj)

@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
 from swepost.config import ArtifactInput, PathInput, StageConfig
 from swepost.errors import BadInput
+from swepost.records import SandboxLimits
 from swepost.stages.sft import check_launch, resolve_model, train_or_launch
 
 # fields that do not change what is trained: a run killed under one value resumes under another
@@ -42,6 +43,8 @@ class RlConfig(StageConfig):
     repos: Path | None = PathInput(description="mirror folder of owner__name repos (tasks without an image)")
     backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
     tool_timeout: float = Field(120.0, gt=0, description="seconds for one bash command")
+    sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits, description="sandbox limits over every "
+                                          "task's own (cpus, memory_mb, pids, disk_mb, timeout_s, network_allow)")
     reward: str = Field("env", description="env (the environment's grade: hidden tests for swe) or "
                         "module:function(trajectory, task) -> float | None (an LLM judge, answer matching, ...)")
     # --- batch and optimisation

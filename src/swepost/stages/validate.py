@@ -16,7 +16,7 @@ from pydantic import Field
 
 from swepost.artifacts import Artifact, ArtifactStore, producer_record
 from swepost.config import ArtifactInput, PathInput, StageConfig
-from swepost.records import Task
+from swepost.records import SandboxLimits, Task
 from swepost.stages.tasks import TASKS_FILE, load_tasks
 
 REPORT_FILE = "validation.json"
@@ -30,6 +30,8 @@ class TasksValidateConfig(StageConfig):
     backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
     jobs: int = Field(2, ge=1, le=64, description="tasks validated at once")
     timeout: float = Field(1800.0, gt=0, description="seconds for one test run")
+    sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits, description="sandbox limits over every "
+                                          "task's own (cpus, memory_mb, pids, disk_mb, timeout_s, network_allow)")
 
 
 def validate_task(task: Task, config: TasksValidateConfig) -> tuple[Task | None, dict]:
@@ -37,7 +39,8 @@ def validate_task(task: Task, config: TasksValidateConfig) -> tuple[Task | None,
     from swepost.rewards.grading import grade_patch
 
     def grade(patch: str):
-        return grade_patch(task, patch, repos=config.repos, backend=config.backend, timeout=config.timeout)
+        return grade_patch(task, patch, repos=config.repos, backend=config.backend, timeout=config.timeout,
+                           limits=config.sandbox_limits)
 
     without = [grade("") for _ in range(config.runs)]
     gold = [grade(task.patch) for _ in range(config.runs)]

@@ -112,6 +112,7 @@ class RolloutFunc:
     def __init__(self, cfg: Any, tasks: list[Task], log: RolloutLog):
         from swepost.agent import AgentLimits
         from swepost.registry import ENVIRONMENTS, load_component
+        from swepost.stages.collect import sandbox_kwargs
 
         self.cfg, self.log = cfg, log
         self.tasks = {t.instance_id: t for t in tasks}
@@ -119,7 +120,7 @@ class RolloutFunc:
         self.reward = episode_reward(cfg.reward)
         env_cls = load_component(cfg.environment, ENVIRONMENTS, "environment")
         self.make_env = lambda: env_cls(repos=cfg.repos, backend=cfg.backend, tool_timeout=cfg.tool_timeout,
-                                        grade=True)
+                                        grade=True, **sandbox_kwargs(cfg.sandbox_limits))
         self.limits = AgentLimits(max_turns=cfg.max_turns, max_context_tokens=10 ** 9, max_seconds=cfg.max_seconds,
                                   max_consecutive_errors=cfg.max_consecutive_errors)
         self.generator = None
