@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from swepost.envs.base import EnvironmentBroken, Observation, ToolError
-from swepost.errors import BadInput
+from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
 from swepost.sandbox.base import Limits, Sandbox, SandboxError
 
@@ -45,6 +45,59 @@ MAX_COMMAND_CHARS = 200_000
 MAX_PATH_CHARS = 4096
 PROBE_TIMEOUT = 60.0
 DIFF_TIMEOUT = 600.0
+
+# The final diff, run by `SweEnvironment.final_diff` as a fresh root process (Sandbox.exec) with DIFF_ENV and
+# W (the repo), B (the base commit, as recorded at reset) and T (a new private folder). Why each piece:
+# * a git dir of our own in $T/g with our config only: the repo's .git/config may name clean filters (code run
+#   by `git add`), textconv, an external diff, core.fsmonitor, hooks, core.worktree; none of it is read. The
+#   repo lends its objects (alternates) and nothing else. Rewriting objects could only spoil the agent's own
+#   diff: the grader applies it to a pristine base.
+# * $GIT_DIR/info/attributes outranks every .gitattributes: no filter, eol, ident or encoding rewrites content;
+# * a fresh index from B (never the agent's index, whose stat data could vouch for forged content): `add -u`
+#   hashes every tracked file;
+# * new files: all untracked files (ignored ones too), less those the base commit's own .gitignore files
+#   (checked out into $T/shadow) or info/exclude (caches) ignore: a .gitignore the agent wrote hides nothing;
+# * exit BASE_GONE when the base commit cannot be read (the agent deleted .git): that is the agent's doing.
+BASE_GONE = 3
+DIFF_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+            "LANG": "C.UTF-8", "LC_ALL": "C", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
+            "GIT_ATTR_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0",
+            "GIT_LITERAL_PATHSPECS": "1", "GIT_NO_REPLACE_OBJECTS": "1"}
+DIFF_SCRIPT = r"""
+mkdir -m 700 "$T" && git init -q --bare "$T/g" || exit 1
+[ -d "$W/.git/objects" ] || exit 3
+printf '%s\n' "$W/.git/objects" > "$T/g/objects/info/alternates"
+cat > "$T/g/config" <<'EOF'
+[core]
+	repositoryformatversion = 0
+	bare = false
+	hooksPath = /dev/null
+	fsmonitor = false
+	untrackedCache = false
+	autocrlf = false
+	safecrlf = false
+	symlinks = true
+	filemode = true
+	ignorecase = false
+	quotepath = false
+	attributesFile = /dev/null
+	excludesFile = /dev/null
+EOF
+printf '* -text -filter -ident -working-tree-encoding !eol !diff\n' > "$T/g/info/attributes"
+printf '__pycache__/\n*.py[co]\n.pytest_cache/\n' > "$T/g/info/exclude"
+export GIT_DIR="$T/g" GIT_WORK_TREE="$W" GIT_INDEX_FILE="$T/index"
+git cat-file -e "$B^{commit}" 2>/dev/null && git read-tree "$B" || exit 3
+git add -u || exit 1
+mkdir "$T/shadow" && git ls-tree -r -z --name-only "$B" | grep -z -E '(^|/)\.gitignore$' > "$T/ignores"
+GIT_INDEX_FILE="$T/base-index" git read-tree "$B" &&
+  GIT_INDEX_FILE="$T/base-index" GIT_WORK_TREE="$T/shadow" git checkout-index -z --stdin < "$T/ignores" || exit 1
+git ls-files -z -o | sort -z > "$T/others" || exit 1
+GIT_LITERAL_PATHSPECS=0 GIT_WORK_TREE="$T/shadow" git check-ignore --no-index -z --stdin < "$T/others" > "$T/ign"
+[ $? -le 1 ] && sort -z "$T/ign" > "$T/ignored" || exit 1
+comm -z -23 "$T/others" "$T/ignored" > "$T/new" || exit 1
+if [ -s "$T/new" ]; then git add -f --pathspec-from-file="$T/new" --pathspec-file-nul || exit 1; fi
+git diff --cached --binary --no-color --no-ext-diff --no-textconv "$B" > "$T/diff"
+"""
 
 BASH_DESCRIPTION = """Run a command in a bash shell inside the repository's sandbox.
 * The shell is persistent: the working directory, environment variables and files carry over between calls.
@@ -251,29 +304,36 @@ class SweEnvironment:
         return Observation(self._truncate(content))
 
     def final_diff(self) -> str:
-        """The working copy against the base commit, new files included, built in a throwaway index."""
+        """The working copy against the base commit, new files included, taken by swepost and not the agent.
+
+        Everything the agent controls is left out of how the diff is made (see DIFF_SCRIPT): it runs as a
+        fresh root process with a clean environment (`Sandbox.exec`), not in the agent's shell (functions,
+        aliases, GIT_* variables); in a throwaway git dir of ours (our config: no filters, textconv, external
+        diff, fsmonitor, hooks or core.worktree from the repo's .git/config; .gitattributes overridden) that
+        borrows only the repo's objects; against `self.base`, recorded at reset, never re-read from the repo.
+        New files count even when the agent's .gitignore hides them: only the base commit's ignore rules (and
+        caches: __pycache__, .pyc, .pytest_cache) leave a new file out.
+        """
         if self.box is None or self.box.closed:
             if self._diff is not None:
                 return self._diff
             raise EnvironmentBroken("no live sandbox to take the diff from (reset first, or it was closed)")
         if not self.base:
             raise EnvironmentBroken("the repository has no base commit to diff against")
-        out = f"/tmp/.swepost-diff-{uuid.uuid4().hex}"
-        script = ("unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE; "
-                  'tmp=$(mktemp -d) || exit 1; idx=$(git rev-parse --git-path index) || exit 1; '
-                  'if [ -f "$idx" ]; then cp "$idx" "$tmp/index"; fi; export GIT_INDEX_FILE="$tmp/index"; '
-                  '{ [ -f "$tmp/index" ] || git read-tree HEAD; } && git add -A && '
-                  "git -c core.quotepath=false diff --cached --binary --no-color --no-ext-diff "
-                  f'{shlex.quote(self.base)} > {out}; rc=$?; rm -rf "$tmp"; exit $rc')
+        tmp = f"/tmp/.swepost-diff-{uuid.uuid4().hex}"  # unguessable, made 0700 by root: the agent cannot reach in
         try:
-            r = self._sh(script, timeout=DIFF_TIMEOUT)
-            if r.exit_code != 0:
-                self._sh(f"rm -f {out}")
-                raise EnvironmentBroken(f"cannot take the diff (exit {r.exit_code}): {r.output[-1000:]}")
-            data = self.box.read_file(out)
-            self._sh(f"rm -f {out}")
+            r = self.box.exec(DIFF_SCRIPT, timeout=DIFF_TIMEOUT, env=DIFF_ENV | {
+                "W": self.workdir, "B": self.base, "T": tmp})
+            if r.exit_code == 0 and not r.timed_out:
+                data = self.box.read_file(f"{tmp}/diff")
+            self.box.exec(["rm", "-rf", tmp], timeout=PROBE_TIMEOUT, env=DIFF_ENV)
         except SandboxError as e:
             raise EnvironmentBroken(f"cannot take the diff: {e}") from e
+        if r.exit_code == BASE_GONE and not r.timed_out:
+            data = b""  # the agent destroyed the base commit's objects: its answer is no change, graded as such
+        elif r.exit_code != 0 or r.timed_out:
+            raise EnvironmentBroken(f"cannot take the diff ({'timed out' if r.timed_out else f'exit {r.exit_code}'}"
+                                    f"): {r.output[-1000:]}")
         self._diff = data.decode("utf-8", "replace")
         return self._diff
 
@@ -282,10 +342,19 @@ class SweEnvironment:
             return {"reward": None, "resolved": None, "evidence": {}}
         if self.task is None:
             raise EnvironmentBroken("no episode to score: reset first")
+        from swepost.rewards.filters import UNGRADED
         from swepost.rewards.grading import grade_patch
 
         diff = self.final_diff()
-        result = grade_patch(self.task, diff, repos=self.repos, backend=self.backend, limits=self.limits)
+        try:
+            result = grade_patch(self.task, diff, repos=self.repos, backend=self.backend, limits=self.limits)
+        except WorkFailed as e:  # the grader's sandbox failed (SandboxError is one): no verdict, not a wrong answer
+            reason = f"grading failed: {e}"
+            return {"reward": None, "resolved": UNGRADED,
+                    "evidence": {"instance_id": self.task.instance_id, "resolved": UNGRADED, "reward": None,
+                                 "reason": reason}}
+        if result.resolved == UNGRADED:  # the grader's own word: a timeout, the memory limit, no report
+            return {"reward": None, "resolved": UNGRADED, "evidence": result.to_dict()}
         return {"reward": result.reward, "resolved": result.resolved, "evidence": result.to_dict()}
 
     def close(self) -> None:

@@ -17,14 +17,28 @@ from swepost.agent import NO_TOOL_CALL
 from swepost.records import Trajectory
 
 RESOLVED_FULL = "RESOLVED_FULL"
+UNGRADED = "UNGRADED"  # the grader could not judge (timeout, memory, sandbox failure): reward None, no verdict
 ERROR_PREFIX = "Error: "  # how the agent loop answers a malformed or failing tool call
 CHARS_PER_TOKEN = 4  # the estimate used when a trajectory has no token counts
 
 
 # --- per-trajectory rules ---------------------------------------------------------------------------------------
 
+def is_ungraded(traj: Trajectory) -> bool:
+    """The grader tried and could not judge this episode (why: `evidence["reason"]`). It is neither a success
+    nor a wrong answer: no stage may keep it as one or count it as a failure."""
+    return traj.resolved == UNGRADED
+
+
+def require_graded(traj: Trajectory) -> str | None:
+    """Drop episodes the grader could not judge, whatever the other settings: their answer is unknown."""
+    return "ungraded" if is_ungraded(traj) else None
+
+
 def require_resolved(traj: Trajectory, min_reward: float | None = None) -> str | None:
     """Keep fully resolved episodes; with `min_reward`, keep episodes whose reward is at least that instead."""
+    if is_ungraded(traj):
+        return "ungraded"
     if min_reward is not None:
         if traj.reward is None:
             return "ungraded"

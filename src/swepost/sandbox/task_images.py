@@ -33,7 +33,8 @@ from swepost.sandbox.repos import checkout
 REPOSITORY = "swepost-task"
 KEY_LABEL = "swepost.task-key"
 INSTANCE_LABEL = "swepost.instance"
-KEY_FORMAT = 1  # bump when what goes into a task image changes, so old images stop matching
+KEY_FORMAT = 2  # bump when what goes into a task image changes, so old images stop matching
+# 2: the repo holds the base commit's history only (format 1 images hold the mirror's later commits)
 INSTALL_TIMEOUT_S = 3600.0
 # labels of the build container (and of the base image) that must not describe the task image
 INHERITED_LABELS = (LABEL, "swepost.run", "swepost.owner", "swepost.base")

@@ -23,6 +23,7 @@ from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_
 from swepost.config import ArtifactInput, PathInput, StageConfig
 from swepost.errors import BadInput
 from swepost.records import SandboxLimits, Task, Trajectory
+from swepost.rewards.filters import is_ungraded
 from swepost.stages.tasks import load_tasks
 
 TRAJECTORIES_FILE = "trajectories.jsonl"
@@ -177,8 +178,12 @@ def episode_stats(trajectories: list[Trajectory]) -> dict[str, Any]:
     for t in trajectories:
         statuses[t.exit_status or "unfinished"] = statuses.get(t.exit_status or "unfinished", 0) + 1
     resolved = sum(1 for t in trajectories if t.resolved == "RESOLVED_FULL")
+    # an episode the grader could not judge is no wrong answer: counted apart, out of the rate's denominator
+    ungraded = sum(1 for t in trajectories if is_ungraded(t))
+    graded = len(trajectories) - ungraded
     return {"episodes": len(trajectories), "resolved": resolved,
-            "resolved_rate": round(resolved / len(trajectories), 4) if trajectories else 0.0,
+            "resolved_rate": round(resolved / graded, 4) if graded else 0.0,
+            "ungraded": ungraded, "ungraded_rate": round(ungraded / len(trajectories), 4) if trajectories else 0.0,
             "exit_status": statuses, "tool_errors": sum(t.tool_errors for t in trajectories),
             "mean_turns": round(sum(t.turns for t in trajectories) / max(len(trajectories), 1), 2),
             "tokens": sum(t.prompt_tokens + t.completion_tokens for t in trajectories)}
@@ -238,16 +243,18 @@ class _Progress:
                             console=Console(stderr=True))  # stdout stays clean for --json
         done = list(log.done.values())
         self.resolved = sum(1 for t in done if t.resolved == "RESOLVED_FULL")
+        self.ungraded = sum(1 for t in done if is_ungraded(t))
         self.errors = sum(1 for t in done if t.exit_status not in ("submitted", None))
         self.task = self.bar.add_task(stage, total=total, completed=len(done), info=self._info())
 
     def _info(self) -> str:
         rate = self.tokens / max(time.monotonic() - self.started, 1e-6)
-        return f"resolved {self.resolved} · errors {self.errors} · {rate:.0f} tok/s"
+        return f"resolved {self.resolved} · ungraded {self.ungraded} · errors {self.errors} · {rate:.0f} tok/s"
 
     def update(self, traj: Trajectory) -> None:
         self.tokens += traj.prompt_tokens + traj.completion_tokens
         self.resolved += traj.resolved == "RESOLVED_FULL"
+        self.ungraded += is_ungraded(traj)
         self.errors += traj.exit_status != "submitted"
         self.bar.update(self.task, advance=1, info=self._info())
 

@@ -1,8 +1,8 @@
 """Stage `eval`: the collect engine on a task split, k samples per task, summarised as metrics.
 
-Writes an `eval` artifact: metrics.json (resolved rate, unbiased pass@k, exit statuses, mean turns and
-tokens), predictions.jsonl in SWE-bench's format (instance_id, model_name_or_path, model_patch), a Markdown
-summary, and the trajectories themselves.
+Writes an `eval` artifact: metrics.json (resolved rate over graded episodes, ungraded count and rate, unbiased
+pass@k over graded samples, exit statuses, mean turns and tokens), predictions.jsonl in SWE-bench's format
+(instance_id, model_name_or_path, model_patch), a Markdown summary, and the trajectories themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pydantic import Field
 
 from swepost.artifacts import Artifact, ArtifactStore, producer_record
 from swepost.records import Trajectory
+from swepost.rewards.filters import is_ungraded
 from swepost.stages.collect import CollectConfig, episode_stats, input_parents, run_episodes, write_trajectories
 
 
@@ -39,8 +40,12 @@ def metrics(trajectories: list[Trajectory], samples: int) -> dict:
     out = episode_stats(trajectories)
     out["tasks"] = len(by_task)
     out["pass_at_k"] = {}
+    # ungraded samples are left out: n counts a task's graded samples; a task with none has no estimate, and
+    # one with fewer than k is estimated at k = n (no better is known)
+    graded = [[t for t in ts if not is_ungraded(t)] for ts in by_task.values()]
     for k in sorted({1, samples} | ({5} if samples >= 5 else set())):
-        scores = [pass_at_k(len(ts), sum(t.resolved == "RESOLVED_FULL" for t in ts), k) for ts in by_task.values()]
+        scores = [pass_at_k(len(ts), sum(t.resolved == "RESOLVED_FULL" for t in ts), min(k, len(ts)))
+                  for ts in graded if ts]
         out["pass_at_k"][str(k)] = round(sum(scores) / len(scores), 4) if scores else 0.0
     out["resolved_tasks"] = sorted(i for i, ts in by_task.items() if any(t.resolved == "RESOLVED_FULL" for t in ts))
     return out
@@ -50,8 +55,10 @@ def summary_markdown(name: str, config: EvalConfig, m: dict) -> str:
     rows = "\n".join(f"| {status} | {count} |" for status, count in sorted(m["exit_status"].items()))
     passes = ", ".join(f"pass@{k} = {v:.3f}" for k, v in m["pass_at_k"].items())
     return (f"# {name}\n\npolicy `{config.policy}` {json.dumps(config.policy_args)} on {m['tasks']} tasks x "
-            f"{config.samples} samples\n\n- resolved: {m['resolved']} / {m['episodes']} episodes "
-            f"({m['resolved_rate']:.1%})\n- {passes}\n- mean turns: {m['mean_turns']}, tokens: {m['tokens']}, "
+            f"{config.samples} samples\n\n- resolved: {m['resolved']} / {m['episodes'] - m['ungraded']} graded "
+            f"episodes ({m['resolved_rate']:.1%})\n- ungraded: {m['ungraded']} / {m['episodes']} episodes "
+            f"({m['ungraded_rate']:.1%}; the grader could not judge them: not counted as wrong)\n- {passes}"
+            f"\n- mean turns: {m['mean_turns']}, tokens: {m['tokens']}, "
             f"tool errors: {m['tool_errors']}\n\n| exit status | episodes |\n|---|---|\n{rows}\n")
 
 
@@ -71,7 +78,8 @@ def run_eval(config: EvalConfig, store: ArtifactStore) -> Artifact:
                     f.write(json.dumps({"instance_id": t.instance_id, "model_name_or_path": model_name,
                                         "model_patch": t.final_diff}) + "\n")
         (w.path / "summary.md").write_text(summary_markdown(config.name, config, m))
-        w.stats.update({k: m[k] for k in ("episodes", "resolved", "resolved_rate", "mean_turns", "tokens")})
+        w.stats.update({k: m[k] for k in ("episodes", "resolved", "resolved_rate", "ungraded", "ungraded_rate",
+                                          "mean_turns", "tokens")})
         w.stats["pass_at_1"] = m["pass_at_k"]["1"]
     shutil.rmtree(work, ignore_errors=True)
     return w.artifact

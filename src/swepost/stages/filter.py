@@ -1,6 +1,7 @@
 """Stage `filter`: trajectories -> SFT data (rejection sampling), with the reason every dropped episode went.
 
-Rules, in order (the first that fails names the reason): require_resolved / min_reward, require_submitted,
+Rules, in order (the first that fails names the reason): an episode the grader could not judge (UNGRADED)
+is always dropped as `ungraded`, never kept nor counted unresolved; require_resolved / min_reward, require_submitted,
 max_turns, max_tokens; then episodes left with no trainable turn; then dedupe and the per-task cap, on what
 is left. Writes an `sft-data` artifact:
 
@@ -56,6 +57,8 @@ class FilterConfig(StageConfig):
 
 def episode_reason(traj: Trajectory, config: FilterConfig) -> str | None:
     """The first per-episode rule that drops `traj`, or None."""
+    if reason := filters.require_graded(traj):
+        return reason
     if config.require_resolved or config.min_reward is not None:
         if reason := filters.require_resolved(traj, config.min_reward):
             return reason

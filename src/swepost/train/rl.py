@@ -32,6 +32,7 @@ from typing import Any
 
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
+from swepost.rewards.filters import is_ungraded
 
 STATS_FILE = "rl_stats.json"
 FINAL = "final"
@@ -177,8 +178,10 @@ class RolloutFunc:
         """The episode's reward, computed once (a judge may be slow, or not repeat itself)."""
         if "task" not in rollout.rewards:
             t = rollout.trajectory
-            value = None  # a failed sandbox is the infrastructure's fault, not the model's: no signal
-            if t.exit_status != "sandbox_error":
+            # a failed sandbox or a grader that could not judge (UNGRADED: a timeout, the memory limit) is the
+            # infrastructure's fault, not the model's: no signal, whatever the reward function would say
+            value = None
+            if t.exit_status != "sandbox_error" and not is_ungraded(t):
                 value = self.reward(t, self.tasks[t.instance_id])
             rollout.rewards["task"] = None if value is None else float(value)
         return rollout.rewards["task"]
@@ -274,7 +277,7 @@ class RolloutFunc:
         metrics = trainer._metrics["train"]  # TRL averages these per logging step
         graded = [r["reward"] for r in rows if r["reward"] is not None]
         metrics["rl/task_reward"].append(sum(graded) / len(graded) if graded else 0.0)
-        metrics["rl/resolved_rate"].append(sum(r["resolved"] == "RESOLVED_FULL" for r in rows) / len(rows))
+        metrics["rl/resolved_rate"].append(sum(r["resolved"] == "RESOLVED_FULL" for r in rows) / max(len(graded), 1))
         metrics["rl/mean_turns"].append(sum(r["turns"] for r in rows) / len(rows))
         metrics["rl/trained_rollouts"].append(float(sum(r["masked"] is None for r in rows)))
         for key, value in counts.items():
