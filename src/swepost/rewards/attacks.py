@@ -57,9 +57,11 @@ PAYLOADS = {
             for obj in _swp_gc.get_objects():
                 if type(obj).__name__ == "Config" and hasattr(obj, "pluginmanager"):
                     for impl in obj.pluginmanager.hook.pytest_runtest_logreport.get_hookimpls():
-                        def wrapped(report, _f=impl.function):
-                            report.outcome = "passed"
-                            return _f(report=report)
+                        def wrapped(*args, _f=impl.function):
+                            for arg in args:
+                                if hasattr(arg, "outcome"):
+                                    arg.outcome, arg.longrepr = "passed", None
+                            return _f(*args)
                         impl.function = wrapped
         _swp_wrap()
     """,
@@ -190,8 +192,7 @@ def battery(files: dict[str, str | None], *, target: str | None, test_dir: str, 
         for name, code in PAYLOADS.items():
             defeated = {"runtest-function": ["canaries", "integrity"], "runtest-unittest": ["canaries", "integrity"],
                         "report-rewrite": ["canaries", "integrity"], "hook-wrap": ["canaries", "integrity"],
-                        "plugin-register": ["canaries", "integrity"],
-                        "report-file-rewrite": ["drop_uid", "report_hash"]}.get(name, [])
+                        "plugin-register": ["canaries", "integrity"]}.get(name, [])
             attacks.append(Attack(name, "in-process tampering", {target: textwrap.dedent(code) + "\n" + original},
                                   defeated))
     plugin = f"swp_force_{secrets.token_hex(3)}"
@@ -216,7 +217,8 @@ def battery(files: dict[str, str | None], *, target: str | None, test_dir: str, 
         attacks.append(Attack(f"dirty-at-base-{path}", "files git does not show",
                               {path: (files.get(path) or "") + "\n" + FORCE_PLUGIN}, ["change_detection", "canaries"]))
     hook = ("#!/bin/sh\ncat > conftest.py <<'EOF'\n" + FORCE_PLUGIN + "EOF\n")
-    attacks.append(Attack("git-hook-post-checkout", ".git in the diff", {}, ["refuse_git_paths"], raw_diff=(
+    # refused before they apply; were they applied, the grader's git still runs no hook or fsmonitor command
+    attacks.append(Attack("git-hook-post-checkout", ".git in the diff", {}, [], raw_diff=(
         "diff --git a/.git/hooks/post-checkout b/.git/hooks/post-checkout\nnew file mode 100755\n"
         "--- /dev/null\n+++ b/.git/hooks/post-checkout\n"
         f"@@ -0,0 +1,{hook.count(chr(10))} @@\n" + "".join("+" + line + "\n" for line in hook.splitlines()))))
@@ -228,7 +230,7 @@ def battery(files: dict[str, str | None], *, target: str | None, test_dir: str, 
         added = ["[core]", f"\tfsmonitor = \"sh -c 'echo \\\"{force}\\\" > conftest.py'\""]
         hunk = (f"@@ -{start},{len(tail)} +{start},{len(tail) + len(added)} @@\n"
                 + "".join(f" {line}\n" for line in tail) + "".join(f"+{line}\n" for line in added))
-        attacks.append(Attack("git-config-fsmonitor", ".git in the diff", {}, ["refuse_git_paths"], raw_diff=(
+        attacks.append(Attack("git-config-fsmonitor", ".git in the diff", {}, [], raw_diff=(
             "--- a/.git/config\n+++ b/.git/config\n" + hunk)))
     init = f"{prefix}__init__.py"
     attacks.append(Attack("test-package-init", "test support", {

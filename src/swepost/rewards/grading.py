@@ -131,7 +131,7 @@ def graded_test_files(task: Task) -> list[str]:
     return sorted(f for f in files if f and f != "/dev/null")
 
 
-def test_folders(files: list[str]) -> tuple[list[str], list[str]]:
+def folders_to_restore(files: list[str]) -> tuple[list[str], list[str]]:
     """(folders, files) to put back whole: the test folder (`tests/`, `pkg/tests/`, `testing/` ...) holding each
     graded file, or the file alone when it lives beside source code (its folder may hold the fix)."""
     folders, singles = set(), set()
@@ -187,7 +187,7 @@ def _has_sections(path: str) -> bool:
     return path.rsplit("/", 1)[-1] in PYTEST_SECTIONS and ("config_anywhere" in _active or "/" not in path)
 
 
-def test_runner_command(task: Task) -> tuple[str, list[str], dict[str, str]]:
+def pytest_command(task: Task) -> tuple[str, list[str], dict[str, str]]:
     """(python, extra pytest args, extra env) from the task's test command, which must be a pytest invocation:
     `[VAR=x ...] PYTHON -m pytest [args]` or `[VAR=x ...] pytest [args]` (the interpreter is then the script's)."""
     from swepost.errors import BadInput
@@ -323,7 +323,7 @@ def _grade(g: _Grading, task: Task, patch: str, result: GradeResult) -> None:
         result.reason = f"the candidate diff writes into .git/ or outside the repository: {', '.join(refused[:5])}"
         result.apply = {"method": None, "ok": False, "log": "refused before applying"}
         return
-    folders, singles = test_folders(graded_test_files(task))
+    folders, singles = folders_to_restore(graded_test_files(task))
     if "restore_test_dirs" not in _active:
         folders, singles = [], graded_test_files(task)
     infra_touched = sorted(p for p in touched if _is_infra(p) or _has_sections(p))
@@ -385,7 +385,7 @@ def _grade(g: _Grading, task: Task, patch: str, result: GradeResult) -> None:
     result.seconds["prepare"] = round(time.monotonic() - started, 3)
 
     # 6. run
-    python, extra, extra_env = test_runner_command(task)
+    python, extra, extra_env = pytest_command(task)
     if python.startswith("@"):  # `pytest`: the interpreter its script names
         r = g.sh(f"head -n1 \"$(command -v {shlex.quote(python[1:])})\"")
         line = r.output.strip().splitlines()[0] if r.output.strip() else ""
@@ -393,7 +393,9 @@ def _grade(g: _Grading, task: Task, patch: str, result: GradeResult) -> None:
         python = (words[1] if len(words) > 1 and words[0].endswith("/env") else words[0]) if words else "python3"
     nonce = uuid.uuid4().hex
     report_path = f"{g.private}/report-{uuid.uuid4().hex}.json"
-    config = {"nonce": nonce, "report": report_path, "args": [*extra, "-p", "no:cacheprovider", *files,
+    # --rootdir pinned: an ini file the candidate left between the repository and the tests cannot move the ids
+    config = {"nonce": nonce, "report": report_path, "args": [*extra, f"--rootdir={box.workdir}", "-p",
+                                                              "no:cacheprovider", *files,
                                                               *canaries.new_files],
               "watch": canaries.must_fail, "integrity": "integrity" in _active, "safe_path": "safe_path" in _active,
               "uid": box.info.get("shell_uid") if "drop_uid" in _active else None,

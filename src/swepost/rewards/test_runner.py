@@ -111,6 +111,7 @@ class Reporter:
         self.started = False
         self.allowed = set()  # ids of plugins present when the session started
         self.code = {}  # nodeid -> code object of the test function at collection
+        self.functions = {}  # id(hookimpl) -> (hookimpl, its function at session start)
         self.problems = set()
         import _pytest
 
@@ -134,6 +135,8 @@ class Reporter:
             for name in REPORT_HOOKS:
                 caller = getattr(pm.hook, name, None)
                 for impl in (caller.get_hookimpls() if caller is not None else []):
+                    if id(impl) in self.functions and impl.function is not self.functions[id(impl)][1]:
+                        self._problem("the %s of %s was replaced" % (name, getattr(impl, "plugin_name", "?")))
                     plugin = impl.plugin
                     if id(plugin) in self.allowed or self._is_conftest(plugin):
                         continue
@@ -164,6 +167,10 @@ class Reporter:
     def pytest_sessionstart(self, session):
         self.config = session.config
         self.allowed = {id(p) for p in session.config.pluginmanager.get_plugins()}
+        for name in REPORT_HOOKS:  # (impl, function) kept together so the id cannot be reused
+            caller = getattr(session.config.pluginmanager.hook, name, None)
+            for impl in (caller.get_hookimpls() if caller is not None else []):
+                self.functions[id(impl)] = (impl, impl.function)
         self.started = True
         self._check()
 
