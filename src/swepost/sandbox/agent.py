@@ -182,15 +182,16 @@ class Shell:
         cap = Capture(0, 4096)
         return self.read_until(nonce, cap, time.monotonic() + timeout)
 
-    def read_until(self, nonce, cap, deadline, watch=False):
-        """The marker's exit status; None on timeout, "eof" if the shell ended, "disk" (with `watch`) over quota."""
+    def read_until(self, nonce, cap, deadline, watch=None):
+        """The marker's exit status; None on timeout, "eof" if the shell ended, "disk" when over the quota and
+        above `watch` bytes (what was used as the command began: one deleting files must be let finish)."""
         pattern = re.compile(re.escape(MARK + nonce + b":") + rb"(-?\d+)\x1e")
         window = b""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            if watch and self.quota.over():
+            if watch is not None and self.quota.over() and self.quota.used > watch:
                 return "disk"
             ready, _, _ = select.select([self.fd], [], [], min(left, 0.25))
             if not ready:
@@ -238,12 +239,13 @@ class Shell:
         if self.notice:
             cap.add(self.notice.encode())
             self.notice = ""
-        status = self.read_until(nonce, cap, started + timeout, watch=True)
+        status = self.read_until(nonce, cap, started + timeout, watch=self.quota.used)
         timed_out = status is None
         restarted = False
         if status not in (None, "eof", "disk") and self.quota.over(force=True):
             status = "disk"
-        if status == "disk":  # 153 = 128 + SIGXFSZ, what a process over RLIMIT_FSIZE dies of
+        disk = status == "disk"
+        if disk:  # 153 = 128 + SIGXFSZ, what a process over RLIMIT_FSIZE dies of
             cap.add(self.quota.message().encode())
             self.kill_all()
             status, restarted = 153, True
@@ -256,7 +258,7 @@ class Shell:
             status, restarted = 124, self.interrupt(cap)
         return {"exit_code": status, "output": cap.text(), "timed_out": timed_out,
                 "truncated_bytes": cap.dropped, "duration": round(time.monotonic() - started, 6),
-                "oom_killed": self.oom_kills() > oom_before, "session_restarted": restarted}
+                "oom_killed": self.oom_kills() > oom_before, "session_restarted": restarted, "disk_exceeded": disk}
 
     def interrupt(self, cap):
         """Ctrl-C; then SIGKILL the foreground process group; then a new shell. True if restarted."""
@@ -510,6 +512,18 @@ def first_missing(path):
     return missing
 
 
+def symlink_escape(opts, path):
+    """Why the agent (root) must not write `path`: inside the model's workdir, a symlink the model planted
+    would make it write outside (say /etc/ld.so.preload). None when it may."""
+    if not opts.get("switch_uid"):
+        return None  # the shell is the agent's own uid: a symlink gives it nothing it does not have
+    top = os.path.realpath(opts["workdir"]).rstrip("/") + "/"
+    lexical = os.path.normpath(path)
+    if not (lexical + "/").startswith(top) or (os.path.realpath(path) + "/").startswith(top):
+        return None
+    return "refusing to follow a symlink out of the workdir: %s" % path
+
+
 def give_to_sandbox(opts, paths):
     """What the agent writes inside the workdir belongs to the sandbox uid, so the model can edit it;
     elsewhere (graders' files, say) it stays the agent's."""
@@ -538,11 +552,15 @@ def handle(shell, req, opts):
         return {"pong": True}
     if op == "write_file":
         path = resolve(workdir, req["path"])
+        escape = symlink_escape(opts, path)
+        if escape:
+            return {"error": escape}
         parent = os.path.dirname(path)
         made = first_missing(parent)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
-        with open(path, "wb") as f:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (os.O_NOFOLLOW if opts.get("switch_uid") else 0)
+        with os.fdopen(os.open(path, flags, 0o644), "wb") as f:
             f.write(base64.b64decode(req["data"]))
         if req.get("mode") is not None:
             os.chmod(path, int(req["mode"]))

@@ -43,8 +43,10 @@ APT_CONF = "/etc/apt/apt.conf.d/99swepost-sandbox"
 
 def build_limits() -> Limits:
     """Generous limits for a build: network on, room for compilers, one hour per install command."""
+    # uid=0: the install commands are the task's own, trusted, and install system-wide (apt, pip): the shell stays
+    # root here, unlike an episode's, whose model-written commands run as Limits.uid
     return Limits(network=True, cpus=float(max(1, min(4, os.cpu_count() or 1))), memory_mb=8192, pids=4096,
-                  timeout_s=INSTALL_TIMEOUT_S)
+                  timeout_s=INSTALL_TIMEOUT_S, uid=0)
 
 
 def task_image_key(task: Task, base_image_id: str) -> str:
