@@ -102,3 +102,41 @@ def validate_cmd(
     if print_config_:
         return print_config(cfg)
     run_stage("tasks-validate", cfg, as_json)
+
+
+@app.command("audit")
+def audit_cmd(
+    tasks: Annotated[str, typer.Argument(help="Tasks artifact (or a task file) to audit.")],
+    repos: Annotated[Path | None, typer.Option(help="Folder of owner__name git repos (or .bundle files).",
+                                                  show_default=False)] = None,
+    backend: Annotated[str, typer.Option(help="auto | docker | bwrap | local.")] = "auto",
+    jobs: Annotated[int, typer.Option(help="Gradings at once.")] = 2,
+    limit: Annotated[int, typer.Option(help="Audit at most this many tasks (0: all).")] = 0,
+    as_json: JsonOpt = False,
+):
+    """Run swepost's reward-hacking battery against every task: the gold patch must resolve, every attack
+    (runner tampering, shadowing, pytest config at any depth, hidden files, .git in the diff, test support)
+    must be rejected, and the checkout must hold no history past base. Exit 1 if anything gets through."""
+    import json
+    import sys
+
+    from swepost.errors import BadInput
+    from swepost.stages.audit import audit_tasks, summary_lines
+    from swepost.stages.tasks import load_tasks, read_task_file
+
+    path = Path(tasks)
+    if path.suffix in (".jsonl", ".json") and path.is_file():
+        task_list = read_task_file(path)
+    else:
+        task_list = load_tasks(store().resolve(tasks))
+    task_list = [t for t in task_list if t.kind == "swe"][: limit or None]
+    if not task_list:
+        raise BadInput(f"{tasks}: no bug-fixing tasks to audit")
+    report = audit_tasks(task_list, repos=repos, backend=backend, jobs=jobs)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        for line in summary_lines(report):
+            console.print(line, markup=False, highlight=False)
+    if not report["ok"]:
+        sys.exit(1)

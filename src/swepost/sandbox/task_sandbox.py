@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -82,11 +83,17 @@ def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: s
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     try:
+        # install commands are the task's, not the model's: root, a fresh process, then the repo back to the
+        # unprivileged user the model's shell runs as
+        workdir = shlex.quote(box.workdir)
         for command in task.env.install:
-            r = box.run(command, timeout=1800)
+            r = box.exec(f"cd {workdir} && {command}", timeout=1800, user="root")
             if r.exit_code != 0:
                 raise BadInput(f"{task.instance_id}: install command failed ({r.exit_code}): {command}\n"
                                f"{r.output[-1000:]}")
+        uid = box.info.get("shell_uid")
+        if task.env.install and uid not in (None, 0, box.info.get("agent_uid")):
+            box.exec(f"chown -R {int(uid)}:{int(uid)} {workdir}", timeout=600, user="root")
     except BaseException:
         box.close()
         raise
