@@ -34,7 +34,7 @@ demo: install
 bench: install
 	$(PY) bench/cli.py --out bench/results/cli.json
 	$(PY) bench/sandbox.py --out bench/results/sandbox.json
-	$(PY) bench/grading.py --out bench/results/grading.json
+	$(PY) bench/grading.py --baseline-ref 9fa9fd9 --out bench/results/grading.json
 	$(PY) bench/rollout.py --out bench/results/rollout.json
 	$(PY) bench/rl_rollout.py --out bench/results/rl_rollout.json
 	$(PY) bench/sft.py --out bench/results/sft.json

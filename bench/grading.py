@@ -1,5 +1,8 @@
 """Grading overhead per task beyond the test run itself, as JSON (goal: p50 <= 1 s).
 
+`--baseline-ref REF` also runs this benchmark on swepost as it was at git REF (a temporary worktree, its own
+package on PYTHONPATH) in the same invocation, and reports both side by side.
+
 Grades the gold patch of every bundled example task (data/minicalc_tasks.jsonl, repo built by
 data/example_repo/build.py) `--rounds` times in fresh sandboxes. Overhead = total grading time minus the
 time pytest itself ran: sandbox start, checkout, patch application, restoring tests, report, teardown.
@@ -28,7 +31,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", default="docker")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--baseline-ref", help="also measure swepost at this git ref, side by side")
     args = parser.parse_args()
+    baseline = measure_at(args.baseline_ref, args) if args.baseline_ref else None
     from swepost.rewards.grading import grade_patch
     from swepost.stages.tasks import read_task_file
 
@@ -55,7 +60,27 @@ def main() -> None:
         "total_s": {"p50": round(pct(total, 0.5), 3)},
     }
     out["goal"] = {"overhead_p50_le_1s": out["overhead_s"]["p50"] <= 1.0}
+    if baseline is not None:
+        out["baseline"] = {"ref": args.baseline_ref, **baseline}
     emit(out, args.out)
+
+
+def measure_at(ref: str, args) -> dict:
+    """This benchmark run on the code of git `ref`, from a throwaway worktree."""
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), ref], check=True)
+        try:
+            env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+            r = subprocess.run([sys.executable, str(ROOT / "bench" / "grading.py"), "--rounds", str(args.rounds),
+                                "--backend", args.backend], env=env, cwd=tree, capture_output=True, text=True,
+                               check=True)
+            data = json.loads(r.stdout[r.stdout.index("{"):])
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    return {k: data[k] for k in ("gradings", "resolved", "overhead_s", "test_run_s", "total_s")}
 
 
 if __name__ == "__main__":
