@@ -101,7 +101,8 @@ def test_gold_resolves_with_every_defence_and_no_tampering_is_seen(world, base_i
 
 
 ATTACK_NAMES = ["runtest-function", "runtest-unittest", "report-rewrite", "hook-wrap", "plugin-register",
-                "reporter-state", "report-file-rewrite", "exit-zero", "shadow-pytest", "shadow-grader-plugin",
+                "reporter-state", "report-file-rewrite", "results-pipe-forge", "exit-zero", "shadow-pytest",
+                "shadow-grader-plugin",
                 "config-pytest.ini-in-tests", "config-tox.ini-in-tests", "config-setup.cfg-in-tests",
                 "config-pyproject.toml-in-tests", "gitignore-hidden-conftest", "dirty-at-base-conftest.py",
                 "git-hook-post-checkout", "git-config-fsmonitor", "test-package-init", "weakened-test-helper"]
@@ -152,3 +153,31 @@ def test_a_grading_that_times_out_is_ungraded_not_wrong(world, base_image):
     patch = make_diff(slow.edits, world["files"])
     result = grade_patch(world["task"], patch, repos=world["repos"], backend="docker", timeout=3)
     assert result.resolved == "UNGRADED" and result.reward is None and "timed out" in result.reason, result
+
+
+def test_a_grading_that_hits_the_memory_limit_is_ungraded_not_wrong(world, base_image):
+    from swepost.sandbox.base import Limits
+
+    hog = make_diff({"calc.py": "hog = bytearray(1 << 30)\n" + BUGGY}, world["files"])
+    result = grade_patch(world["task"], hog, repos=world["repos"], backend="docker", timeout=120,
+                         limits=Limits(memory_mb=256))
+    assert result.resolved == "UNGRADED" and result.reward is None and "memory" in result.reason, result
+
+
+def test_concurrent_local_gradings_share_no_folder_and_leave_none(world, tmp_path):
+    """The local backend shares the host's /tmp: each grading's folders are private, random and removed, so
+    six gradings at once each judge their own diff (the old fixed folder mixed them up)."""
+    import glob
+    import sys
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    task = world["task"].model_copy(update={"env": TaskEnv(install=["touch conftest.py"],
+                                                           test_cmd=f"{sys.executable} -m pytest")})
+    before = set(glob.glob(f"{tempfile.gettempdir()}/.swepost-grade-*"))
+    patches = [task.patch, ""] * 3
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda p: grade_patch(task, p, repos=world["repos"], backend="local",
+                                                       timeout=120), patches))
+    assert [r.resolved for r in results] == ["RESOLVED_FULL", "RESOLVED_NO"] * 3, [r.reason for r in results]
+    assert set(glob.glob(f"{tempfile.gettempdir()}/.swepost-grade-*")) == before

@@ -124,6 +124,41 @@ PAYLOADS = {
             _swp_os._exit(0)
         _swp_daemon()
     """,
+    "results-pipe-forge": """
+        import ast as _swp_ast, gc as _swp_gc, json as _swp_json, os as _swp_os, stat as _swp_stat
+        def _swp_forge():
+            args = []
+            for obj in _swp_gc.get_objects():
+                if type(obj).__name__ == "Config" and hasattr(obj, "args"):
+                    args = [a for a in obj.args if a.endswith(".py")]
+                    break
+            ids = []
+            for path in args:
+                try:
+                    tree = _swp_ast.parse(open(path).read())
+                except Exception:
+                    continue
+                for node in tree.body:
+                    if isinstance(node, _swp_ast.FunctionDef) and node.name.startswith("test"):
+                        ids.append(path + "::" + node.name)
+                    elif isinstance(node, _swp_ast.ClassDef):
+                        for sub in node.body:
+                            if isinstance(sub, _swp_ast.FunctionDef) and sub.name.startswith("test"):
+                                ids.append(path + "::" + node.name + "::" + sub.name)
+            lines = [{"event": "collected", "count": len(ids)}]
+            lines += [{"event": "test", "nodeid": i, "when": "call", "status": "PASSED", "text": ""} for i in ids]
+            lines.append({"event": "finished", "exitstatus": 0})
+            data = "".join(_swp_json.dumps(line) + "\\n" for line in lines).encode()
+            for fd in sorted(int(n) for n in _swp_os.listdir("/proc/self/fd")):
+                try:
+                    if fd > 2 and _swp_stat.S_ISFIFO(_swp_os.fstat(fd).st_mode):
+                        _swp_os.write(fd, data)
+                except OSError:
+                    pass
+            _swp_os._exit(0)
+        if any(type(o).__name__ == "Config" for o in _swp_gc.get_objects()):
+            _swp_forge()
+    """,
     "exit-zero": """
         import os as _swp_os
         _swp_os._exit(0)
@@ -192,7 +227,8 @@ def battery(files: dict[str, str | None], *, target: str | None, test_dir: str, 
         for name, code in PAYLOADS.items():
             defeated = {"runtest-function": ["canaries", "integrity"], "runtest-unittest": ["canaries", "integrity"],
                         "report-rewrite": ["canaries", "integrity"], "hook-wrap": ["canaries", "integrity"],
-                        "plugin-register": ["canaries", "integrity"]}.get(name, [])
+                        "plugin-register": ["canaries", "integrity"],
+                        "results-pipe-forge": ["canaries"]}.get(name, [])
             attacks.append(Attack(name, "in-process tampering", {target: textwrap.dedent(code) + "\n" + original},
                                   defeated))
     plugin = f"swp_force_{secrets.token_hex(3)}"

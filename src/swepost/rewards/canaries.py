@@ -61,12 +61,11 @@ def make_canaries(test_files: list[str], fallback_dir: str) -> Canaries:
         targets = [path]
     for path in targets:
         fail_fn, pass_fn = _name(), _name()
-        cls, fail_m, pass_m = _name("Test").replace("test_", "Test"), _name(), _name()
+        cls, fail_m, pass_m = _name("Test"), _name(), _name()
         alias = _name("_unittest_")
         a, b = secrets.token_hex(4), secrets.token_hex(4)
         text = (
-            "\n\n# swepost grader canaries (made for this grading only)\n"
-            f"import unittest as {alias}\n\n\n"
+            f"\n\nimport unittest as {alias}\n\n\n"
             f"def {fail_fn}():\n    assert {a!r} == {b!r}, {canaries.token!r}\n\n\n"
             f"def {pass_fn}():\n    assert {a!r} == {a!r}\n\n\n"
             f"class {cls}({alias}.TestCase):\n"
