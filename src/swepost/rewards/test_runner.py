@@ -333,13 +333,23 @@ def parent(config_path):
     state = {"collected": None, "finished": False, "exitstatus": None, "uid": None, "garbage": 0,
              "collect_errors": []}
     buf = b""
+    status, exited_at = None, None
+    # Read until the child has exited and the pipe has been quiet a moment, not until EOF: a process the
+    # child left behind holds the pipe open and must not keep the grader waiting.
     while True:
-        ready, _, _ = select.select([results_r], [], [], 1.0)
+        ready, _, _ = select.select([results_r], [], [], 0.2)
         if not ready:
-            continue
+            if status is None:
+                done, st = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status, exited_at = st, time.monotonic()
+                continue
+            break
         data = os.read(results_r, 65536)
         if not data:
             break
+        if exited_at is not None and time.monotonic() - exited_at > 2.0:
+            break  # still talking after its process is gone: not the plugin
         buf += data
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
@@ -348,6 +358,9 @@ def parent(config_path):
                 event = record["event"]
             except Exception:  # noqa: BLE001 - the plugin never writes anything else
                 state["garbage"] += 1
+                continue
+            if state["finished"] and event not in ("note", "problem"):
+                duplicates.append("<%s after the session finished>" % event)  # the plugin sends nothing then
                 continue
             if event == "test":
                 nodeid = record.get("nodeid")
@@ -380,8 +393,9 @@ def parent(config_path):
             else:
                 state["garbage"] += 1
     os.close(results_r)
-    _, status = os.waitpid(pid, 0)
-    drainer.join(5.0)
+    if status is None:
+        _, status = os.waitpid(pid, 0)
+    drainer.join(1.0)
     # nothing the child started may outlive it and touch the report: its whole session goes
     try:
         os.killpg(pid, signal.SIGKILL)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import threading
@@ -33,7 +34,7 @@ from swepost.sandbox.repos import checkout
 REPOSITORY = "swepost-task"
 KEY_LABEL = "swepost.task-key"
 INSTANCE_LABEL = "swepost.instance"
-KEY_FORMAT = 2  # bump when what goes into a task image changes, so old images stop matching
+KEY_FORMAT = 3  # bump when what goes into a task image changes, so old images stop matching
 # 2: the repo holds the base commit's history only (format 1 images hold the mirror's later commits)
 INSTALL_TIMEOUT_S = 3600.0
 # labels of the build container (and of the base image) that must not describe the task image
@@ -150,6 +151,9 @@ def build_task_image(task: Task, repos: str | Path, *, base: str = DEFAULT_BASE_
                         raise WorkFailed(f"{task.instance_id}: install command failed ({why}): {command}\n"
                                          + _tail(r.output))
                 box.run("rm -rf /root/.cache/pip", timeout=300)  # the download cache is dead weight
+                # the repo belongs to the user model commands run as, so an episode need not chown (and on
+                # overlay2 copy up) every file of it before its first command
+                box.run(f"chown -R {Limits().uid}:{Limits().uid} {shlex.quote(task.env.workdir)}", timeout=600)
                 log(f"commit {tag}")
                 labels = {KEY_LABEL: key, INSTANCE_LABEL: task.instance_id, "swepost.repo": task.repo,
                           "swepost.base-commit": task.base_commit, "swepost.base-image": base,
