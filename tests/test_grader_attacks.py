@@ -181,3 +181,27 @@ def test_concurrent_local_gradings_share_no_folder_and_leave_none(world, tmp_pat
                                                        timeout=120), patches))
     assert [r.resolved for r in results] == ["RESOLVED_FULL", "RESOLVED_NO"] * 3, [r.reason for r in results]
     assert set(glob.glob(f"{tempfile.gettempdir()}/.swepost-grade-*")) == before
+
+
+def test_runner_keeps_an_editable_install_importable(base_image):
+    """pytest is loaded with the repository off sys.path, but the path the tests get afterwards is the one
+    `python -m pytest` would give, .pth entries into the repo (an editable src/ layout) included."""
+    import json
+
+    from swepost.rewards.grading import RUNNER
+    from swepost.sandbox import open_sandbox
+
+    with open_sandbox("docker") as box:
+        box.exec("mkdir -p /testbed/src/pkg /testbed/tests && echo 'VALUE = 3' > /testbed/src/pkg/__init__.py && "
+                 "printf 'from pkg import VALUE\\n\\ndef test_value():\\n    assert VALUE == 3\\n' "
+                 "> /testbed/tests/test_pkg.py && "
+                 "echo /testbed/src > \"$(python3 -c 'import site; print(site.getsitepackages()[0])')/pkg.pth\" && "
+                 "chown -R 1000:1000 /testbed && mkdir -m 700 /tmp/g", user="root")
+        box.write_file("/tmp/g/run.py", RUNNER)
+        box.write_file("/tmp/g/c.json", json.dumps({"nonce": "n0", "report": "/tmp/g/report.json",
+                                                    "args": ["tests/test_pkg.py"], "uid": 1000}))
+        ran = box.exec("cd /testbed && python3 /tmp/g/run.py /tmp/g/c.json", timeout=60, user="root")
+        report = json.loads(box.read_file("/tmp/g/report.json"))
+    assert ran.exit_code == 0 and "n0:" in ran.output, ran
+    assert report["tests"] == {"tests/test_pkg.py::test_value": "PASSED"}, report["output_tail"]
+    assert report["uid"] == 1000 and report["finished"] and not report["problems"]

@@ -252,7 +252,9 @@ def child(config, results_fd):
         except OSError as e:
             send({"event": "note", "text": "could not drop to uid %s: %s" % (uid, e)})
     send({"event": "uid", "uid": os.getuid()})
-    sys.path.insert(0, repo)  # what `python -m pytest` does, now that pytest itself is loaded
+    # now that pytest itself is loaded: the path `python -m pytest` would have had (the repository first,
+    # and whatever .pth files put there, such as an editable install's src/), less the grader's folder
+    sys.path[:] = [repo] + [p for p in saved if p and os.path.abspath(p) not in (repo, here)]
     for name in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS"):
         os.environ.pop(name, None)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
