@@ -72,3 +72,44 @@ def test_a_test_that_flips_over_repeats_is_flaky(tmp_path, base_image):
     kept, report = validate_task(task, config)
     # 12 coin flips all alike has probability 2 / 4096
     assert kept is None and report["removed"][0]["reason"].startswith("flaky"), report
+
+
+def _one_file_task(tmp_path, name: str, files: dict[str, str], hidden: str) -> Task:
+    repo = tmp_path / "repos" / f"acme__{name}"
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                              capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    base = git("rev-parse", "HEAD").strip()
+    (repo / "tests" / "test_x.py").write_text(hidden)
+    test_patch = git("diff")
+    git("checkout", "-q", "--", ".")
+    return Task(instance_id=f"acme__{name}-1", repo=f"acme/{name}", base_commit=base, problem_statement=name,
+                test_patch=test_patch, verify=TaskVerify(fail_to_pass=["tests/test_x.py::check_new"]))
+
+
+def test_a_repo_where_canaries_cannot_run_is_dropped_not_trusted(tmp_path, base_image):
+    """pytest here only collects check_* functions, so the grader's test_* canaries never run: no grading of
+    this task can tell tampering from a pass, and validation drops it saying why."""
+    task = _one_file_task(tmp_path, "cfg", {"pytest.ini": "[pytest]\npython_functions = check_*\n",
+                                            "tests/test_x.py": "def check_old():\n    pass\n"},
+                          "def check_old():\n    pass\n\n\ndef check_new():\n    assert False\n")
+    kept, report = validate_task(task, TasksValidateConfig(tasks="unused", repos=tmp_path / "repos",
+                                                           backend="docker"))
+    assert kept is None and "cannot trust" in report["reason"] and "canary" in report["reason"], report
+
+
+def test_a_task_that_cannot_be_graded_is_dropped_without_blaming_its_tests(tmp_path, base_image):
+    task = _one_file_task(tmp_path, "slow", {"tests/test_x.py": "def test_old():\n    pass\n"},
+                          "import time\n\n\ndef test_old():\n    time.sleep(30)\n\n\ndef test_new():\n    pass\n")
+    task = task.model_copy(update={"verify": TaskVerify(fail_to_pass=["tests/test_x.py::test_new"])})
+    kept, report = validate_task(task, TasksValidateConfig(tasks="unused", repos=tmp_path / "repos",
+                                                           backend="docker", timeout=3))
+    assert kept is None and report["reason"].startswith("could not be graded") and report["removed"] == [], report

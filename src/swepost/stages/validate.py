@@ -50,6 +50,15 @@ def validate_task(task: Task, config: TasksValidateConfig) -> tuple[Task | None,
         report.update(kept=False, reason=f"gold patch or test patch does not apply: {gold[0].reason}")
         return None, report
 
+    ungraded = [g for g in without + gold if g.resolved == "UNGRADED"]
+    if ungraded:  # an infrastructure failure says nothing about the tests: no test is removed for it
+        report.update(kept=False, reason=f"could not be graded: {ungraded[0].reason}")
+        return None, report
+    tampered = [g for g in without + gold if g.tampering]
+    if tampered:  # the grader's canaries or integrity checks do not hold in this repo: its rewards can't be trusted
+        report.update(kept=False, reason=f"the grader cannot trust this task's test runs: {tampered[0].reason}")
+        return None, report
+
     def statuses(results, test_id):
         return [r.tests.get(test_id, "MISSING") for r in results]
 
