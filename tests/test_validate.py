@@ -49,32 +49,9 @@ def test_bad_tests_are_removed_and_hopeless_tasks_dropped(repo_root, base_image)
 FLAKY_TEST = "import random\n\n\ndef test_coin():\n    assert random.random() < 0.5\n\n\ndef test_ok():\n    pass\n"
 
 
-def test_a_test_that_flips_over_repeats_is_flaky(tmp_path, base_image):
-    repo = tmp_path / "repos" / "acme__coin"
-    (repo / "tests").mkdir(parents=True)
-    (repo / "tests" / "test_coin.py").write_text("def test_ok():\n    pass\n")
-
-    def git(*args):
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                              capture_output=True, text=True).stdout
-
-    git("init", "-q")
-    git("add", "-A")
-    git("commit", "-qm", "init")
-    base = git("rev-parse", "HEAD").strip()
-    (repo / "tests" / "test_coin.py").write_text(FLAKY_TEST)
-    test_patch = git("diff")
-    git("checkout", "-q", "--", ".")
-    task = Task(instance_id="acme__coin-1", repo="acme/coin", base_commit=base, problem_statement="coin",
-                test_patch=test_patch, verify=TaskVerify(fail_to_pass=["tests/test_coin.py::test_coin"],
-                                                         pass_to_pass=["tests/test_coin.py::test_ok"]))
-    config = TasksValidateConfig(tasks="unused", repos=tmp_path / "repos", backend="docker", runs=6)
-    kept, report = validate_task(task, config)
-    # 12 coin flips all alike has probability 2 / 4096
-    assert kept is None and report["removed"][0]["reason"].startswith("flaky"), report
-
-
-def _one_file_task(tmp_path, name: str, files: dict[str, str], hidden: str) -> Task:
+def _one_file_task(tmp_path, name: str, files: dict[str, str], hidden: str,
+                   test_file: str = "tests/test_x.py") -> Task:
+    """A one-repo mirror holding `files`; the task's test patch turns `test_file` into `hidden`."""
     repo = tmp_path / "repos" / f"acme__{name}"
     for path, text in files.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
@@ -88,11 +65,22 @@ def _one_file_task(tmp_path, name: str, files: dict[str, str], hidden: str) -> T
     git("add", "-A")
     git("commit", "-qm", "init")
     base = git("rev-parse", "HEAD").strip()
-    (repo / "tests" / "test_x.py").write_text(hidden)
+    (repo / test_file).write_text(hidden)
     test_patch = git("diff")
     git("checkout", "-q", "--", ".")
     return Task(instance_id=f"acme__{name}-1", repo=f"acme/{name}", base_commit=base, problem_statement=name,
-                test_patch=test_patch, verify=TaskVerify(fail_to_pass=["tests/test_x.py::check_new"]))
+                test_patch=test_patch, verify=TaskVerify(fail_to_pass=[f"{test_file}::check_new"]))
+
+
+def test_a_test_that_flips_over_repeats_is_flaky(tmp_path, base_image):
+    task = _one_file_task(tmp_path, "coin", {"tests/test_coin.py": "def test_ok():\n    pass\n"}, FLAKY_TEST,
+                          test_file="tests/test_coin.py")
+    task = task.model_copy(update={"verify": TaskVerify(fail_to_pass=["tests/test_coin.py::test_coin"],
+                                                        pass_to_pass=["tests/test_coin.py::test_ok"])})
+    config = TasksValidateConfig(tasks="unused", repos=tmp_path / "repos", backend="docker", runs=6)
+    kept, report = validate_task(task, config)
+    # 12 coin flips all alike has probability 2 / 4096
+    assert kept is None and report["removed"][0]["reason"].startswith("flaky"), report
 
 
 def test_a_repo_where_canaries_cannot_run_is_dropped_not_trusted(tmp_path, base_image):
