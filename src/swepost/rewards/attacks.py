@@ -245,9 +245,11 @@ def battery(files: dict[str, str | None], *, target: str | None, test_dir: str, 
         attacks.append(Attack(f"config-{name}-in-{test_dir or 'root'}", "pytest configuration",
                               {path: text, f"{plugin}.py": FORCE_PLUGIN},
                               ["config_anywhere", "canaries"] + (["restore_test_dirs"] if test_dir else [])))
+    # a new conftest.py the candidate's .gitignore hides (where the repo has one already, the edit of it)
     ignore = (files.get(".gitignore") or "") + "conftest.py\n"
+    conftest = (files.get("conftest.py") or "") + "\n" + FORCE_PLUGIN
     attacks.append(Attack("gitignore-hidden-conftest", "files git does not show",
-                          {".gitignore": ignore, "conftest.py": FORCE_PLUGIN},
+                          {".gitignore": ignore, "conftest.py": conftest},
                           ["change_detection", "canaries"]))
     for path in dirty_infra or []:
         attacks.append(Attack(f"dirty-at-base-{path}", "files git does not show",

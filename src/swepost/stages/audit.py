@@ -46,7 +46,8 @@ def _inputs(task: Task, repos, backend: str) -> dict:
         status = sh(f"{GIT} status --porcelain=v1 -z --untracked-files=all --ignored=matching").output
         dirty = sorted({e[3:] for e in status.split("\0") if len(e) > 3 and e[3:].rsplit("/", 1)[-1] in INFRA_NAMES
                         and not any(e[3:].startswith(f + "/") for f in folders)})
-        files = {p: read(p) for p in {target, ".gitignore", f"{test_dir}/__init__.py".lstrip("/"), *dirty} if p}
+        files = {p: read(p) for p in {target, ".gitignore", "conftest.py", f"{test_dir}/__init__.py".lstrip("/"),
+                                      *dirty} if p}
         leaks = future_history_leaks(box, task)
         return {"files": files, "target": target, "test_dir": test_dir, "git_config": read(".git/config"),
                 "dirty": dirty, "leaks": leaks}
