@@ -97,7 +97,7 @@ def test_rl_trains_on_rewards_from_real_test_runs(taught):
                     for line in (art.path / "trajectories" / f"step-{n:06d}.jsonl").read_text().splitlines()}
     assert len(trajectories) == len(rows) // 2 * 2  # one trajectory per rollout (episode ids repeat per group)
     for (_, _), t in trajectories.items():  # every reward is the verdict of the task's hidden tests
-        assert t["reward"] in (0.0, 1.0) and t["evidence"]["tests"], t["episode_id"]
+        assert t["reward"] in (0.0, 1.0) and t["evidence"]["tests"], (t["episode_id"], t["evidence"].get("reason"))
         f2p = [k for k in t["evidence"]["tests"] if k.startswith(("tests/test_text.py::test_slug[",
                                                                     "tests/test_dates.py::"))]
         assert f2p and (t["resolved"] == "RESOLVED_FULL") == (t["reward"] == 1.0)

@@ -55,8 +55,12 @@ def docker_available() -> bool:
 class AttachChannel(Channel):
     """The container's stdin/stdout over the attach socket; docker multiplexes frames when tty is off."""
 
-    def __init__(self, raw: socket.socket):
+    def __init__(self, raw: socket.socket, keepalive=None):
         self.sock = raw
+        # The SDK's socket wrapper and the HTTP response it came from form a cycle we would otherwise drop: when
+        # the garbage collector finalises it, the wrapper's close can close the socket's fd under us (a
+        # "Bad file descriptor" mid-episode, seen once under RL's allocation load). Held until close().
+        self.keepalive = keepalive
         self.pending = b""
         self.stderr = b""
 
@@ -93,10 +97,12 @@ class AttachChannel(Channel):
         return stream, payload
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        for part in (self.sock, self.keepalive):
+            try:
+                if part is not None:
+                    part.close()
+            except OSError:
+                pass
 
 
 class DockerSandbox(Sandbox):
@@ -136,7 +142,7 @@ class DockerSandbox(Sandbox):
             if isinstance(e, SandboxError):
                 raise
             raise SandboxError(f"docker sandbox from {self.image!r} did not start: {e}") from None
-        return AttachChannel(raw)
+        return AttachChannel(raw, keepalive=sock)
 
     def start(self) -> DockerSandbox:
         super().start()
