@@ -194,3 +194,15 @@ def test_cli_grade_patch_on_a_bundled_task(repo_root, swepost, tmp_path, base_im
     assert "RESOLVED_NO" in r.stdout and "FAILED" in r.stdout
     r = swepost("grade", "patch", "mini", "nope", str(gold), check=2)
     assert "no task with instance_id 'nope'" in r.stderr
+
+
+def test_cli_grade_patch_that_cannot_be_graded_says_so_and_exits_1(repo_root, swepost, tmp_path, base_image):
+    from swepost.stages.tasks import read_task_file
+
+    task = read_task_file(repo_root / "data" / "minicalc_tasks.jsonl")[0]
+    swepost("tasks", "import", str(repo_root / "data" / "minicalc_tasks.jsonl"), "--name", "mini", check=0)
+    gold = tmp_path / "gold.diff"
+    gold.write_text(task.patch)
+    r = swepost("grade", "patch", "mini", task.instance_id, str(gold), "--repos", str(repo_root / "data" / "repos"),
+                "--backend", "docker", "--timeout", "0.05", check=1)
+    assert "UNGRADED (reward none: not a wrong answer)" in r.stdout and "timed out" in r.stdout, r.stdout

@@ -88,7 +88,8 @@ def patch_cmd(
                                           "object.")] = False,
 ):
     """Grade one diff for one task in a fresh sandbox: RESOLVED_FULL / PARTIAL / NO, the reward, and the
-    evidence (per-test statuses, apply log, neutralised files, exit code)."""
+    evidence (per-test statuses, apply log, neutralised files, tampering seen, exit code). UNGRADED (a
+    timeout, the memory limit, a failed sandbox: not a verdict on the diff) exits 1."""
     import sys
 
     from swepost.artifacts import ArtifactStore
@@ -105,11 +106,16 @@ def patch_cmd(
     result = grade_patch(found[0], patch, repos=repos, backend=backend, timeout=timeout)
     if as_json:
         print(json.dumps(result.to_dict()))
+        if result.ungraded:
+            sys.exit(1)
         return
-    print(f"{result.instance_id}: {result.resolved} (reward {result.reward:g})")
+    reward = "none: not a wrong answer" if result.reward is None else f"{result.reward:g}"
+    print(f"{result.instance_id}: {result.resolved} (reward {reward})")
     if result.reason:
         print(f"  {result.reason}")
     for test_id, status in result.tests.items():
         print(f"  {status:8} {test_id}")
     if result.neutralised:
         print(f"  reverted test infrastructure: {', '.join(result.neutralised)}")
+    if result.ungraded:
+        sys.exit(1)
