@@ -215,7 +215,7 @@ def test_kill_9_during_write_is_invisible_and_gc_clears_it(store, home, swepost)
     assert "no artifacts in" in r.stdout and "half" not in r.stdout
     assert json.loads(swepost("artifacts", "ls", "--json", check=0).stdout) == []
     leftovers = [p.name for p in (home / "staging").iterdir()]
-    assert len(leftovers) == 1 and leftovers[0].startswith(f"half.{proc.pid}.")
+    assert len(leftovers) == 1 and leftovers[0].startswith(f"half.{proc.pid}-")
 
     r = swepost("artifacts", "gc", check=0)
     assert "removed 1 unfinished write(s)" in r.stdout
@@ -388,3 +388,35 @@ def test_store_ignores_damaged_manifest(store, home):
     (bad / "manifest.json").write_text("{not json")
     assert [x.id for x in store.all()] == [a.id]
     assert ArtifactStore(home).resolve("demo").id == a.id
+
+
+def test_adopt_moves_a_checkpoint_in_without_copying_and_gives_it_back_on_failure(store, tmp_path):
+    work = store.root / "work" / "sft-x" / "final"
+    work.mkdir(parents=True)
+    (work / "model.safetensors").write_bytes(os.urandom(1 << 20))
+    inode = (work / "model.safetensors").stat().st_ino
+    with pytest.raises(RuntimeError):
+        with store.write("ckpt", "checkpoint", producer={}) as w:
+            w.adopt(work, "model")
+            assert not work.exists()
+            raise RuntimeError("the publish step failed")
+    assert (work / "model.safetensors").stat().st_ino == inode  # back where it was, the same file
+    with store.write("ckpt", "checkpoint", producer={}) as w:
+        w.adopt(work, "model")
+    art = w.artifact
+    assert not work.exists() and (art.path / "model" / "model.safetensors").stat().st_ino == inode
+    assert store.verify(art) == []
+
+
+def test_gc_on_a_shared_store_leaves_other_hosts_writes_alone(store, home):
+    from swepost.artifacts import _host_key
+
+    staging = home / "staging"
+    dead = 2 ** 22 + 12345  # above any pid this machine hands out
+    ours, theirs, legacy = (staging / f"a.{dead}-{_host_key()}.00000001", staging / f"b.{dead}-0123456789.00000002",
+                            staging / f"c.{dead}.00000003")
+    for folder in (ours, theirs, legacy):
+        folder.mkdir(parents=True)
+    removed = store.gc()["staging"]
+    assert sorted(removed) == sorted([ours.name, legacy.name]) and theirs.is_dir()
+    assert store.gc(everything=True)["staging"] == [theirs.name]

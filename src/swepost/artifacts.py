@@ -2,7 +2,7 @@
 
 Layout under the store root ($SWEPOST_HOME):
     artifacts/<name>/<version>/manifest.json + data files   what `ls` sees
-    staging/<name>.<pid>.<random>/                         writes in progress (invisible; `gc` clears the dead)
+    staging/<name>.<pid>-<host>.<random>/                  writes in progress (invisible; `gc` clears the dead)
     cache/<key>.json                                       recipe cache key -> artifact id
 A write happens in staging/ and becomes visible with one rename, so a crash never leaves half an artifact.
 """
@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -154,8 +155,19 @@ class ArtifactWriter:
         self.store, self.name, self.kind, self.producer = store, name, kind, producer
         self.parents = sorted({store.resolve(p).id for p in parents})
         self.stats: dict[str, Any] = {}
-        self.path = store.root / "staging" / f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        self.path = store.root / "staging" / f"{name}.{_writer_tag()}.{uuid.uuid4().hex[:8]}"
         self.artifact: Artifact | None = None
+        self._adopted: list[tuple[Path, Path]] = []  # (where it came from, where it is in staging)
+
+    def adopt(self, source: str | Path, rel: str) -> Path:
+        """Move `source` (a file or folder, e.g. a trained model in a work folder) into the artifact as `rel`
+        instead of copying it: a rename on the same filesystem, so a 100 GB checkpoint costs no copy and is
+        read once, by the hash. If the write fails, it is moved back where it was: nothing is lost."""
+        source, dest = Path(source), self.path / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), str(dest))  # a rename when it can be, a copy and delete across filesystems
+        self._adopted.append((source, dest))
+        return dest
 
     def __enter__(self) -> ArtifactWriter:
         self.path.mkdir(parents=True)
@@ -163,14 +175,22 @@ class ArtifactWriter:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
+            self._give_back()
             shutil.rmtree(self.path, ignore_errors=True)
             return False
         try:
             self.artifact = self._publish()
         except BaseException:
+            self._give_back()
             shutil.rmtree(self.path, ignore_errors=True)
             raise
         return False
+
+    def _give_back(self) -> None:
+        for source, dest in reversed(self._adopted):
+            if dest.exists() and not source.exists():
+                source.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(dest), str(source))
 
     def _publish(self) -> Artifact:
         files = {}
@@ -302,7 +322,7 @@ class ArtifactStore:
         if users and not force:
             raise BadInput(f"{art.id} is a parent of {', '.join(a.id for a in users)}; "
                            "remove those first or pass --force")
-        trash = self.root / "staging" / f"rm-{art.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        trash = self.root / "staging" / f"rm-{art.name}.{_writer_tag()}.{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         os.rename(art.path, trash)  # disappears at once; the bytes go after
         shutil.rmtree(trash, ignore_errors=True)
@@ -312,10 +332,16 @@ class ArtifactStore:
             pass
 
     def gc(self, *, everything: bool = False) -> dict[str, list[str]]:
-        """Remove writes whose process is gone (or all, with everything=True) and dangling cache entries."""
+        """Remove writes whose process is gone (or all, with everything=True) and dangling cache entries.
+
+        A store may be shared by several hosts (a cluster's network filesystem): a staging folder carries
+        its writer's host, and only writes of this host whose process is gone are removed; another host's
+        are left to that host's gc, whatever their pid means here."""
         removed: dict[str, list[str]] = {"staging": [], "cache": []}
         for entry in sorted((self.root / "staging").glob("*")):
-            pid = _staging_pid(entry.name)
+            pid, host = _staging_owner(entry.name)
+            if host not in (None, _host_key()) and not everything:
+                continue
             if everything or pid is None or not _alive(pid):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed["staging"].append(entry.name)
@@ -345,12 +371,25 @@ class ArtifactStore:
         os.replace(tmp, folder / f"{key}.json")
 
 
-def _staging_pid(name: str) -> int | None:
+def _host_key() -> str:
+    """This host, as a staging folder names it: a short hash of the hostname (which may hold dots)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:10]
+
+
+def _writer_tag() -> str:
+    return f"{os.getpid()}-{_host_key()}"
+
+
+def _staging_owner(name: str) -> tuple[int | None, str | None]:
+    """(pid, host key) of a staging folder's writer; host None for folders named before hosts were."""
     parts = name.split(".")
+    if len(parts) < 3:
+        return None, None
+    pid, _, host = parts[-2].partition("-")
     try:
-        return int(parts[-2])
-    except (IndexError, ValueError):
-        return None
+        return int(pid), host or None
+    except ValueError:
+        return None, None
 
 
 def _alive(pid: int) -> bool:

@@ -160,7 +160,7 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
                                inputs={"tasks": source.id, "model": model_ref})
     parents = [source.id] + ([base.id] if base else [])
     with store.write(config.name, "checkpoint", producer=producer, parents=parents) as w:
-        shutil.copytree(work / FINAL, w.path / "model")
+        w.adopt(work / FINAL, "model")  # moved, not copied: a large checkpoint is read once, by the hash
         for name in ("log_history.json", "rollouts.jsonl"):
             if (work / name).is_file():
                 shutil.copy2(work / name, w.path / name)

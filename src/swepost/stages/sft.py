@@ -205,7 +205,7 @@ def run_sft(config: SftConfig, store: ArtifactStore) -> Artifact | None:
                                inputs={"data": data.id, "model": base.id if base else model_path})
     parents = [data.id] + ([base.id] if base else [])
     with store.write(config.name, "checkpoint", producer=producer, parents=parents) as w:
-        shutil.copytree(work / FINAL, w.path / "model")
+        w.adopt(work / FINAL, "model")  # moved, not copied: a large checkpoint is read once, by the hash
         if config.lora and not stats.get("merged"):
             (w.path / "model" / "adapter_base.json").write_text(json.dumps(
                 {"base_model": config.model, "base_artifact": base.id if base else None, "base_path": model_path},
