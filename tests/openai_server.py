@@ -7,6 +7,8 @@ Each request takes the next script entry:
   {"content": "...", "tool_calls": [{"name": "bash", "arguments": {...} or "raw string"}]}  a normal turn
   {"status": 429, "retry_after": 0.1}, {"status": 500}, {"status": 400, "error": "message"}  an error
   {"delay": 2.0, ...}  sleep before answering the rest of the entry
+  {"html": "<html>...</html>", "status": 200?}  answer an HTML page (a proxy's or a login page)
+  {"hang": true}  read the request and never answer (until the server closes)
   optional "finish_reason", "usage" (a dict, or None to leave usage out)
 When the script runs out, `default` is served if given, else a 410 "script exhausted".
 Every request body is recorded in `requests` (with its arrival time in `times`).
@@ -23,7 +25,9 @@ from typing import Any
 
 class ScriptedChatServer:
     def __init__(self, script: list[dict[str, Any]], *, default: dict[str, Any] | None = None,
-                 model: str = "scripted-model"):
+                 model: str = "scripted-model", port: int = 0):
+        self.port = port  # 0: any free port; a fixed one lets a test bring a "dead" server back at its address
+        self.closing = threading.Event()
         self.script = list(script)
         self.default = default
         self.model = model
@@ -38,13 +42,14 @@ class ScriptedChatServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def __enter__(self) -> ScriptedChatServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _handler_for(self))
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
         assert self._httpd is not None
+        self.closing.set()  # hung handlers return
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -102,6 +107,17 @@ def _handler_for(server: ScriptedChatServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (timeout tests)
 
+        def send_page(self, status: int, html: str):
+            data = html.encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
         def do_POST(self):
             route = self.path.rstrip("/")
             if route not in ("/v1/chat/completions", "/v1/completions"):
@@ -111,7 +127,12 @@ def _handler_for(server: ScriptedChatServer) -> type[BaseHTTPRequestHandler]:
             n = len(server.requests)
             if entry.get("delay"):
                 time.sleep(entry["delay"])
+            if entry.get("hang"):
+                server.closing.wait()
+                return
             status = entry.get("status", 200)
+            if "html" in entry:
+                return self.send_page(status, entry["html"])
             if status != 200:
                 headers = {"Retry-After": str(entry["retry_after"])} if "retry_after" in entry else {}
                 error = entry.get("error", f"scripted error {status}")
@@ -122,3 +143,12 @@ def _handler_for(server: ScriptedChatServer) -> type[BaseHTTPRequestHandler]:
             self.send_json(200, server.completion(entry, n))
 
     return Handler
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (connection refused), free to bind a server to later."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -325,3 +325,17 @@ def test_rft_passes_its_filter_settings():
     assert cfg.max_per_task == 2 and cfg.require_resolved
     reasons, kept = select([episode("a", 0, edit(), submit())], cfg)
     assert reasons == [None] and list(kept) == [0]
+
+
+@pytest.mark.parametrize("status", ["policy_error", "sandbox_error"])
+def test_infrastructure_failures_are_ungraded_not_wrong(status):
+    from swepost.stages.collect import episode_stats
+
+    failed = episode("a", 0, edit(), resolved=None, reward=None, exit_status=status)
+    wrong = episode("b", 0, edit(), submit(), resolved="RESOLVED_NO", reward=0.0)
+    right = episode("c", 0, edit(), submit())
+    assert filters.is_ungraded(failed) and filters.is_infra_failure(failed)
+    assert filters.require_graded(failed) == "ungraded" and filters.require_resolved(failed) == "ungraded"
+    assert not filters.is_ungraded(wrong) and not filters.is_infra_failure(wrong)
+    stats = episode_stats([failed, wrong, right])
+    assert (stats["ungraded"], stats["resolved"], stats["resolved_rate"]) == (1, 1, 0.5)  # 1 of 2 graded

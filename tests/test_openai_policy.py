@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from openai_server import ScriptedChatServer
+from openai_server import ScriptedChatServer, free_port
 
 from swepost.policies.base import ContextOverflow, PolicyError
 from swepost.policies.openai import OpenAIPolicy
@@ -183,3 +183,42 @@ def test_sampling_parameters_in_describe_and_in_every_request():
         assert p.describe()["sampling"]["seed"] is None
         p.reply(MESSAGES, TOOLS)
         assert "seed" not in server.requests[0] and server.requests[0]["temperature"] == 0.0
+
+
+def test_connection_refused_is_a_policy_error():
+    p = OpenAIPolicy(model="m", base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="t", backoff=0.01,
+                     max_retries=1)
+    with pytest.raises(PolicyError, match="gave up after 2 attempts.*APIConnectionError"):
+        p.reply(MESSAGES, TOOLS)
+
+
+def test_html_page_with_200_is_a_policy_error_not_a_crash():
+    with ScriptedChatServer([], default={"html": "<html><body>Please log in</body></html>"}) as server:
+        with pytest.raises(PolicyError, match="not a JSON chat completion.*Please log in"):
+            policy(server).reply(MESSAGES, TOOLS)
+        assert len(server.requests) == 1  # an answer, however wrong, is not retried
+
+
+def test_html_500_is_retried_then_policy_error():
+    with ScriptedChatServer([], default={"html": "<h1>Internal Server Error</h1>", "status": 500}) as server:
+        with pytest.raises(PolicyError, match="gave up after 3 attempts.*500"):
+            policy(server, max_retries=2).reply(MESSAGES, TOOLS)
+        assert len(server.requests) == 3
+
+
+def test_hung_server_ends_within_the_episode_budget():
+    with ScriptedChatServer([], default={"hang": True}) as server:
+        p = policy(server, timeout=30.0, episode_timeout=1.0, max_retries=5)
+        p.start(None)
+        start = time.monotonic()
+        with pytest.raises(PolicyError, match="episode_timeout 1 s"):
+            p.reply(MESSAGES, TOOLS)
+        assert time.monotonic() - start < 2.5
+        with pytest.raises(PolicyError, match="episode_timeout"):  # the budget is the episode's, not the turn's
+            p.reply(MESSAGES, TOOLS)
+        assert time.monotonic() - start < 2.5
+
+
+def test_connect_and_episode_timeouts_are_validated():
+    with pytest.raises(ValueError, match="episode_timeout"):
+        OpenAIPolicy(model="m", base_url="http://127.0.0.1:1/v1", episode_timeout=0)

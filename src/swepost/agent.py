@@ -1,9 +1,10 @@
 """The multi-turn loop: a policy talks to an environment through tools until it submits or a limit ends it.
 
 Every episode ends with an exit status (submitted, max_turns, context_overflow, timeout, format_error,
-sandbox_error, policy_error). A malformed tool call (bad JSON, unknown tool, missing or wrong arguments) is
-answered with an error observation and counted; too many in a row end the episode as format_error. The
-trajectory is handed to `on_step` after every step, so a crash leaves a usable partial record.
+sandbox_error, policy_error; the last two are infrastructure failures and never graded). A malformed tool call
+(bad JSON, unknown tool, missing or wrong arguments) is answered with an error observation and counted; too
+many in a row end the episode as format_error. The trajectory is handed to `on_step` after every step, so a
+crash leaves a usable partial record.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
         if traj.exit_status != "sandbox_error":
             try:
                 traj.final_diff = env.final_diff()
-                if grade:
+                # a policy error is the server's failure, not the model's answer: kept, never graded
+                if grade and traj.exit_status != "policy_error":
                     t0 = time.monotonic()
                     scored = env.score()
                     traj.seconds["grading"] = round(time.monotonic() - t0, 3)
@@ -154,6 +156,8 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
                 traj.exit_status, traj.error = "sandbox_error", str(e)
             except WorkFailed as e:  # the grader's own sandbox failed: the episode stands, ungraded
                 traj.error = f"grading failed: {e}"
+                traj.resolved, traj.reward = "UNGRADED", None
+                traj.evidence = {"reason": traj.error}
         return traj
     finally:
         t0 = time.monotonic()

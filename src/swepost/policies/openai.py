@@ -52,9 +52,14 @@ class OpenAIPolicy:
     def __init__(self, *, model: str, base_url: str | None = None, api_key: str | None = None,
                  temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 1024, seed: int | None = None,
                  extra_body: dict[str, Any] | None = None, tool_mode: str = "auto", timeout: float = 120.0,
+                 connect_timeout: float = 10.0, episode_timeout: float | None = 1800.0,
                  max_retries: int = 5, backoff: float = 0.5):
         if tool_mode not in TOOL_MODES:
             raise ValueError(f"tool_mode must be one of {', '.join(TOOL_MODES)}, not {tool_mode!r}")
+        for key, value in (("timeout", timeout), ("connect_timeout", connect_timeout),
+                           ("episode_timeout", episode_timeout)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{key} must be > 0 seconds, not {value!r}")
         import openai  # here, not at module import: only this policy needs the client
 
         self._openai = openai
@@ -63,11 +68,16 @@ class OpenAIPolicy:
         self.extra_body = dict(extra_body or {})
         self.tool_mode = tool_mode
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
+        # connect_timeout: a dead or firewalled host fails fast; episode_timeout: every request, retry and backoff
+        # of one episode together, so a hung server costs a bounded time, not timeout x attempts per turn
+        self.connect_timeout, self.episode_timeout = connect_timeout, episode_timeout
+        self._deadline: float | None = None
         # auto starts native; the first "tools not supported" answer moves it to text for the rest of its life
         self.active_tool_mode = "text" if tool_mode == "text" else "native"
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         # max_retries=0: our retry loop is the only one, so attempts and backoff are what describe() says
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0,
+                                    timeout=openai.Timeout(timeout, connect=min(connect_timeout, timeout)))
         self.base_url = str(self.client.base_url)
 
     def describe(self) -> dict[str, Any]:
@@ -82,7 +92,16 @@ class OpenAIPolicy:
         }
 
     def start(self, task: Task) -> None:
-        pass
+        self._deadline = None if self.episode_timeout is None else time.monotonic() + self.episode_timeout
+
+    def _remaining(self) -> float | None:
+        """Seconds left of this episode's budget (None: unbounded); starts at the first request if start() was
+        not called."""
+        if self.episode_timeout is None:
+            return None
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.episode_timeout
+        return self._deadline - time.monotonic()
 
     def close(self) -> None:
         self.client.close()
@@ -92,15 +111,19 @@ class OpenAIPolicy:
     def reply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PolicyReply:
         openai = self._openai
         attempt = 0
+        last: Exception | None = None
         while True:
             mode = self.active_tool_mode
             delay: float | None = None
+            remaining = self._remaining()
+            if remaining is not None and remaining <= 0:
+                raise self._out_of_time(attempt, last)
             try:
-                response = self._create(messages, tools, mode)
+                response = self._create(messages, tools, mode, remaining)
             except openai.APIStatusError as e:
                 status, text = e.status_code, _error_text(e)
                 if status in RETRYABLE_STATUS or status >= 500:
-                    last: Exception = e
+                    last = e
                     delay = _retry_after(e)
                 elif _CONTEXT_OVERFLOW.search(text):
                     raise ContextOverflow(f"{self.model}: context exceeded ({status}): {text}") from e
@@ -119,19 +142,36 @@ class OpenAIPolicy:
                 last = e
             except openai.OpenAIError as e:
                 raise PolicyError(f"{self.model} at {self.base_url}: {type(e).__name__}: {e}") from e
+            except ValueError as e:  # a body that claims JSON and is not
+                raise PolicyError(f"{self.model} at {self.base_url} answered with a body that is not JSON: "
+                                  f"{e}") from e
             else:
-                return self._to_reply(response, mode, attempt + 1)
+                try:
+                    return self._to_reply(response, mode, attempt + 1)
+                except (AttributeError, TypeError, IndexError) as e:  # JSON, but no chat completion
+                    raise PolicyError(f"{self.model} at {self.base_url} answered with a malformed chat "
+                                      f"completion: {type(e).__name__}: {e}") from e
+            assert last is not None
             if attempt >= self.max_retries:
                 raise PolicyError(f"{self.model} at {self.base_url}: gave up after {attempt + 1} attempts; "
                                   f"last error: {_describe_error(last)}") from last
             if delay is None:
                 delay = min(self.backoff * 2 ** attempt, MAX_BACKOFF_S) * (1 + 0.5 * random.random())
+            remaining = self._remaining()
+            if remaining is not None and delay >= remaining:
+                raise self._out_of_time(attempt + 1, last)
             log.info("%s: attempt %d failed (%s); retrying in %.2fs", self.model, attempt + 1,
                      _describe_error(last), delay)
             time.sleep(delay)
             attempt += 1
 
-    def _create(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], mode: str):
+    def _out_of_time(self, attempts: int, last: Exception | None) -> PolicyError:
+        cause = f"; last error: {_describe_error(last)}" if last is not None else ""
+        return PolicyError(f"{self.model} at {self.base_url}: the episode's time budget (episode_timeout "
+                           f"{self.episode_timeout:g} s) ran out after {attempts} failed attempt(s) this turn{cause}")
+
+    def _create(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], mode: str,
+                remaining: float | None):
         kwargs: dict[str, Any] = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p,
                                   "max_tokens": self.max_tokens}
         if self.seed is not None:
@@ -144,10 +184,16 @@ class OpenAIPolicy:
                 kwargs["tools"] = tools
         else:
             kwargs["messages"] = to_text_mode(messages, tools)
+        if remaining is not None and remaining < self.timeout:  # the last request may not outlive the budget
+            kwargs["timeout"] = self._openai.Timeout(remaining, connect=min(self.connect_timeout, remaining))
         return self.client.chat.completions.create(**kwargs)
 
     def _to_reply(self, response: Any, mode: str, attempts: int) -> PolicyReply:
-        if not response.choices:
+        if isinstance(response, str):  # the client hands back the text of a reply that is not JSON
+            snippet = " ".join(response.split())[:200]
+            raise PolicyError(f"{self.model} at {self.base_url} answered with something that is not a JSON "
+                              f"chat completion (is base_url the API's /v1?): {snippet!r}")
+        if not getattr(response, "choices", None):
             raise PolicyError(f"{self.model} at {self.base_url} answered with no choices")
         choice = response.choices[0]
         message = choice.message

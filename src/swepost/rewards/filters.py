@@ -18,6 +18,7 @@ from swepost.records import Trajectory
 
 RESOLVED_FULL = "RESOLVED_FULL"
 UNGRADED = "UNGRADED"  # the grader could not judge (timeout, memory, sandbox failure): reward None, no verdict
+INFRA_EXIT_STATUSES = ("policy_error", "sandbox_error")  # the server or the sandbox failed, not the model
 ERROR_PREFIX = "Error: "  # how the agent loop answers a malformed or failing tool call
 CHARS_PER_TOKEN = 4  # the estimate used when a trajectory has no token counts
 
@@ -25,9 +26,23 @@ CHARS_PER_TOKEN = 4  # the estimate used when a trajectory has no token counts
 # --- per-trajectory rules ---------------------------------------------------------------------------------------
 
 def is_ungraded(traj: Trajectory) -> bool:
-    """The grader tried and could not judge this episode (why: `evidence["reason"]`). It is neither a success
-    nor a wrong answer: no stage may keep it as one or count it as a failure."""
-    return traj.resolved == UNGRADED
+    """No verdict: the grader tried and could not judge this episode (why: `evidence["reason"]`), or the episode
+    ended in an infrastructure failure (policy_error, sandbox_error; why: `error`). It is neither a success nor
+    a wrong answer: no stage may keep it as one or count it as a failure."""
+    return traj.resolved == UNGRADED or traj.exit_status in INFRA_EXIT_STATUSES
+
+
+def is_infra_failure(traj: Trajectory) -> bool:
+    """The episode itself failed for infrastructure reasons (run it again), as opposed to a grader that could
+    not judge a finished one."""
+    return traj.exit_status in INFRA_EXIT_STATUSES
+
+
+def failure_cause(traj: Trajectory) -> str:
+    """One line saying why an ungraded episode has no verdict."""
+    if traj.exit_status in INFRA_EXIT_STATUSES:
+        return f"{traj.exit_status}: {traj.error or 'no message'}"
+    return f"UNGRADED: {traj.evidence.get('reason') or traj.error or 'no reason recorded'}"
 
 
 def require_graded(traj: Trajectory) -> str | None:

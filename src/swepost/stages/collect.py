@@ -3,7 +3,10 @@
 Finished episodes are appended (and fsynced) to a work file under $SWEPOST_HOME/work/ keyed by the
 resolved config, and each running episode's partial trajectory is saved after every step. Run the same
 command again after a crash or a kill -9 and only the missing episodes run: every task x sample ends up in
-the artifact exactly once. The `eval` stage runs the same engine.
+the artifact exactly once. Episodes that failed for infrastructure reasons (policy_error, sandbox_error) are
+run again by that re-run; wrong answers are not. When most episodes of a run have no verdict (infrastructure
+failures or UNGRADED), the stage fails (exit 1) with the causes counted and writes no artifact, so a dead model
+server is never stored as a score. The `eval` stage runs the same engine.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -21,9 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
 from swepost.config import ArtifactInput, PathInput, StageConfig
-from swepost.errors import BadInput
+from swepost.errors import BadInput, WorkFailed
 from swepost.records import SandboxLimits, Task, Trajectory
-from swepost.rewards.filters import is_ungraded
+from swepost.rewards.filters import failure_cause, is_infra_failure, is_ungraded
 from swepost.stages.tasks import load_tasks
 
 TRAJECTORIES_FILE = "trajectories.jsonl"
@@ -56,6 +60,9 @@ class CollectConfig(StageConfig):
     limits: EpisodeLimits = Field(default_factory=EpisodeLimits)
     sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits, description="sandbox limits over every "
                                           "task's own (cpus, memory_mb, pids, disk_mb, timeout_s, network_allow)")
+    max_infra_failure_rate: float = Field(0.5, ge=0, le=1, description="the largest fraction of episodes that may "
+                                          "end without a verdict (policy_error, sandbox_error, UNGRADED); above "
+                                          "it the stage exits 1 and writes no artifact")
 
 
 def sandbox_kwargs(overrides: SandboxLimits) -> dict:
@@ -65,7 +72,7 @@ def sandbox_kwargs(overrides: SandboxLimits) -> dict:
 
 
 def work_key(config: CollectConfig, tasks_id: str, stage: str) -> str:
-    body = config.model_dump(mode="json", exclude={"repos", "name"})
+    body = config.model_dump(mode="json", exclude={"repos", "name", "max_infra_failure_rate"})
     body.update(tasks=tasks_id, stage=stage)
     return hashlib.sha256(canonical_json(body)).hexdigest()[:20]
 
@@ -87,7 +94,9 @@ class EpisodeLog:
                         traj = Trajectory.model_validate_json(line)
                     except ValueError:
                         break  # a line torn by a kill: drop it and everything after
-                    self.done.setdefault(traj.episode_id, traj)
+                    old = self.done.get(traj.episode_id)
+                    if old is None or is_infra_failure(old):  # a re-run's record replaces an infra failure
+                        self.done[traj.episode_id] = traj
                     good += len(line)
             with open(self.path, "r+b") as f:
                 f.truncate(good)
@@ -100,7 +109,8 @@ class EpisodeLog:
 
     def finish(self, traj: Trajectory) -> None:
         with self.lock:
-            if traj.episode_id in self.done:
+            old = self.done.get(traj.episode_id)
+            if old is not None and not is_infra_failure(old):
                 return
             with open(self.path, "ab") as f:
                 f.write(traj.model_dump_json().encode() + b"\n")
@@ -127,7 +137,9 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
     env_cls = load_component(config.environment, ENVIRONMENTS, "environment")
     log = EpisodeLog(store.root / "work" / f"{stage}-{work_key(config, source.id, stage)}")
     wanted = [(task, s) for task in tasks for s in range(config.samples)]
-    pending = [(task, s) for task, s in wanted if f"{task.instance_id}#{s}" not in log.done]
+    # an episode the server or the sandbox failed is run again; a finished one (right or wrong) is kept
+    kept = {k: t for k, t in log.done.items() if not is_infra_failure(t)}
+    pending = [(task, s) for task, s in wanted if f"{task.instance_id}#{s}" not in kept]
     limits = AgentLimits(max_turns=config.limits.max_turns, max_context_tokens=config.limits.max_context_tokens,
                          max_seconds=config.limits.max_seconds,
                          max_consecutive_errors=config.limits.max_consecutive_errors)
@@ -146,7 +158,7 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
         log.finish(traj)
         return traj
 
-    with _Progress(stage, len(wanted), log) as progress:
+    with _Progress(stage, len(wanted), list(kept.values())) as progress:
         with ThreadPoolExecutor(config.concurrency) as pool:
             futures = [pool.submit(episode, task, s) for task, s in pending]
             try:
@@ -158,7 +170,23 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
                 raise
     order = {f"{t.instance_id}#{s}": i for i, (t, s) in enumerate(wanted)}
     trajectories = sorted((log.done[k] for k in order if k in log.done), key=lambda t: order[t.episode_id])
+    check_verdicts(stage, trajectories, config.max_infra_failure_rate, log.folder)
     return source, tasks, trajectories, log.folder
+
+
+def check_verdicts(stage: str, trajectories: list[Trajectory], max_rate: float, work: Path) -> None:
+    """WorkFailed, with the causes counted, when more than `max_rate` of the episodes have no verdict: a dead
+    model server or a broken sandbox is not a score. The work folder stays, so the same command continues."""
+    failed = [t for t in trajectories if is_ungraded(t)]
+    if not trajectories or len(failed) / len(trajectories) <= max_rate:
+        return
+    causes = Counter(" ".join(failure_cause(t).split())[:300] for t in failed).most_common(3)
+    lines = "\n".join(f"  {n} x {cause}" for cause, n in causes)
+    raise WorkFailed(
+        f"{stage}: {len(failed)} of {len(trajectories)} episodes failed for infrastructure reasons (more than "
+        f"max_infra_failure_rate {max_rate:g}); no artifact written. Most common causes:\n{lines}\n"
+        f"Fix the cause and run the same command again: finished episodes are reused from {work}, failed ones "
+        f"run again.")
 
 
 def input_parents(config: CollectConfig, store: ArtifactStore, tasks_id: str) -> list[str]:
@@ -232,7 +260,7 @@ def run_collect(config: CollectConfig, store: ArtifactStore) -> Artifact:
 class _Progress:
     """A live bar on stderr: episodes done, resolved so far, tokens/s, errors."""
 
-    def __init__(self, stage: str, total: int, log: EpisodeLog):
+    def __init__(self, stage: str, total: int, done: list[Trajectory]):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -241,7 +269,6 @@ class _Progress:
         self.bar = Progress(TextColumn(f"[bold]{stage}[/]"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False,
                             console=Console(stderr=True))  # stdout stays clean for --json
-        done = list(log.done.values())
         self.resolved = sum(1 for t in done if t.resolved == "RESOLVED_FULL")
         self.ungraded = sum(1 for t in done if is_ungraded(t))
         self.errors = sum(1 for t in done if t.exit_status not in ("submitted", None))
