@@ -243,3 +243,30 @@ def test_accelerate_launch_runs_the_rl_stage_in_every_process(tmp_path, monkeypa
     assert main(["collect", str(tmp_path / "c.json")]) == 2  # only training stages are launched this way
     (tmp_path / "c.json").write_text('{"config": {"tasks": "t", "model": "m", "tasks_per_step": 0}}')
     assert main(["rl", str(tmp_path / "c.json")]) == 2  # a bad config is bad input, in the child too
+
+
+def test_rollout_log_is_one_file_per_process_and_survives_a_torn_line(tmp_path):
+    """A kill -9 during an append leaves half a line: resuming drops it instead of crashing, and the rows of
+    every process are read back, in step order."""
+    from swepost.train.rl import RolloutLog, read_rollout_rows, summarize
+
+    log = RolloutLog(tmp_path, save_trajectories=False)
+
+    def row(step, process, group, reward):
+        return {"step": step, "process": process, "group": group, "reward": reward, "masked": None,
+                "group_dropped": False, "exit_status": "submitted",
+                "resolved": "RESOLVED_FULL" if reward else "RESOLVED_NO"}
+
+    for step in (1, 2, 3):
+        log.write(step, [row(step, 0, 0, 1.0), row(step, 0, 0, 0.0)], [], process=0)
+        log.write(step, [row(step, 1, 1, 0.0), row(step, 1, 1, 0.0)], [], process=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rollouts-p1.jsonl", "rollouts.jsonl"]
+    with open(tmp_path / "rollouts-p1.jsonl", "a") as f:
+        f.write('{"step": 4, "process": 1, "gro')  # the kill came mid-write
+    rows = read_rollout_rows(tmp_path)
+    assert len(rows) == 12 and [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+    assert {r["process"] for r in rows} == {0, 1}
+    log.truncate_after(2)  # a resume from step 2: no crash, later steps and the torn line gone
+    assert [(r["step"], r["process"]) for r in read_rollout_rows(tmp_path)] == [
+        (1, 0), (1, 0), (1, 1), (1, 1), (2, 0), (2, 0), (2, 1), (2, 1)]
+    assert summarize(tmp_path, [])["reward_by_step"][0]["rollouts"] == 4

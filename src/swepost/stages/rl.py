@@ -138,7 +138,7 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
     """Train (or resume) in the work folder, then publish the checkpoint artifact. Returns None in the processes
     `accelerate launch` started and on machines of rank > 0."""
     from swepost.stages.tasks import load_tasks
-    from swepost.train.rl import FINAL, STATS_FILE, train_rl
+    from swepost.train.rl import FINAL, STATS_FILE, read_rollout_rows, train_rl
 
     check_launch(config)
     source = store.resolve(config.tasks)
@@ -161,9 +161,10 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
     parents = [source.id] + ([base.id] if base else [])
     with store.write(config.name, "checkpoint", producer=producer, parents=parents) as w:
         w.adopt(work / FINAL, "model")  # moved, not copied: a large checkpoint is read once, by the hash
-        for name in ("log_history.json", "rollouts.jsonl"):
-            if (work / name).is_file():
-                shutil.copy2(work / name, w.path / name)
+        if (work / "log_history.json").is_file():
+            shutil.copy2(work / "log_history.json", w.path / "log_history.json")
+        # every process's rollout rows in one file, in step order
+        (w.path / "rollouts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in read_rollout_rows(work)))
         if config.save_trajectories and (work / "trajectories").is_dir():
             shutil.copytree(work / "trajectories", w.path / "trajectories")
         if (work / "runs").is_dir():

@@ -76,27 +76,32 @@ def _trl_reward(part: str):
 # --- one rollout batch --------------------------------------------------------------------------------------
 
 class RolloutLog:
-    """Per-rollout rows (rollouts.jsonl) and trajectories (trajectories/step-N.jsonl) in the work folder."""
+    """Per-rollout rows and trajectories (trajectories/step-N.jsonl) in the work folder. Rows go to one file
+    per process (`rollouts.jsonl` for the first, `rollouts-pN.jsonl` for the others), so processes never
+    interleave their appends, and a line torn by a kill -9 is dropped on reading, never a crash on resume."""
 
     def __init__(self, folder: Path, save_trajectories: bool):
+        self.folder = folder
         self.path = folder / "rollouts.jsonl"
         self.trajectories = folder / "trajectories" if save_trajectories else None
 
+    def file_for(self, process: int) -> Path:
+        return self.path if not process else self.folder / f"rollouts-p{process}.jsonl"
+
     def truncate_after(self, step: int) -> None:
-        """Drop what steps after `step` logged: they are trained again after a resume."""
-        if self.path.is_file():
-            keep = [line for line in self.path.read_text().splitlines() if line.strip()
-                    and json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in keep))
+        """Drop what steps after `step` logged (they are trained again after a resume), and any torn line."""
+        for f in rollout_files(self.folder):
+            keep = [row for row in _rows(f) if row["step"] <= step]
+            f.write_text("".join(json.dumps(row) + "\n" for row in keep))
         if self.trajectories and self.trajectories.is_dir():
             for f in self.trajectories.glob("step-*.jsonl"):
                 if int(f.stem.split("-")[1]) > step:
                     f.unlink()
 
     def write(self, step: int, rows: list[dict], trajectories: list, process: int = 0) -> None:
-        """Rows are appended with one write (processes on one machine share the file); trajectories go to a
-        file per step, and per process beyond the first."""
-        with open(self.path, "a") as f:
+        """Rows are appended with one write to this process's file; trajectories go to a file per step, and per
+        process beyond the first."""
+        with open(self.file_for(process), "a") as f:
             f.write("".join(json.dumps(row) + "\n" for row in rows))
         if self.trajectories is not None:
             self.trajectories.mkdir(exist_ok=True)
@@ -104,6 +109,28 @@ class RolloutLog:
             with open(self.trajectories / f"{name}.jsonl", "w") as f:
                 for t in trajectories:
                     f.write(t.model_dump_json() + "\n")
+
+
+def rollout_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("rollouts.jsonl")) + sorted(folder.glob("rollouts-p*.jsonl"))
+
+
+def _rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break  # a line torn by a kill: it and anything after it never finished
+    return rows
+
+
+def read_rollout_rows(folder: Path) -> list[dict]:
+    """Every process's rollout rows, in step order (then process), torn lines dropped."""
+    rows = [row for f in rollout_files(folder) for row in _rows(f)]
+    return sorted(rows, key=lambda r: (r["step"], r.get("process", 0)))
 
 
 class RolloutFunc:
@@ -429,7 +456,7 @@ def _train(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
         trainer.save_model(str(out_dir / FINAL))
     trainer.accelerator.wait_for_everyone()
     if main:
-        stats = summarize(log.path, trainer.state.log_history)
+        stats = summarize(out_dir, trainer.state.log_history)
         stats.update(steps=trainer.state.global_step, resumed_from_step=resumed_from, seconds=round(seconds, 2),
                      world_size=trainer.args.world_size, bf16=trainer.args.bf16, lora=bool(cfg.lora),
                      time_split=_time_split(rollout.seconds, seconds))
@@ -448,11 +475,10 @@ def _time_split(rollout: dict[str, float], total: float) -> dict[str, float]:
             "training": round(max(total - rollout["rollout"], 0.0), 2)}
 
 
-def summarize(rollouts_file: Path, log_history: list[dict]) -> dict[str, Any]:
-    """Run-level stats from the rollout log: rewards per step, how many groups were dropped, why rollouts were
-    masked, exit statuses."""
-    rows = [json.loads(line) for line in rollouts_file.read_text().splitlines() if line.strip()] \
-        if rollouts_file.is_file() else []
+def summarize(folder: Path, log_history: list[dict]) -> dict[str, Any]:
+    """Run-level stats from every process's rollout log: rewards per step, how many groups were dropped, why
+    rollouts were masked, exit statuses."""
+    rows = read_rollout_rows(folder)
     per_step: dict[int, list[dict]] = {}
     for r in rows:
         per_step.setdefault(r["step"], []).append(r)
