@@ -12,6 +12,7 @@ import pytest
 
 from swepost.agent import NO_TOOL_CALL
 from swepost.envs.swe import TOOLS
+from swepost.errors import BadInput, WorkFailed
 from swepost.records import Trajectory
 from swepost.rewards import filters
 from swepost.stages.collect import TRAJECTORIES_FILE, write_trajectories
@@ -256,14 +257,43 @@ def test_arguments_become_dicts_and_survive_arrow(store):
 
 
 @pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory):
-    from transformers import AutoTokenizer
-
+def tiny_model_dir(tmp_path_factory):
     from swepost.train.tiny_model import build_tiny_model
 
     out = tmp_path_factory.mktemp("tiny")
     build_tiny_model(out)
-    return AutoTokenizer.from_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_max_tokens_with_the_real_tokenizer_drops_what_sft_would_cut(store, tiny_model_dir):
+    """The text estimate (4 characters a token) thinks this episode fits; the tokenizer SFT will use counts
+    more tokens (digits split finely), so with `tokenizer` the episode is dropped instead of being cut at the
+    end in SFT, losing its fix and its submit."""
+    from swepost.stages.filter import token_counter, training_messages
+
+    traj = episode("a", 0, bash(out=" ".join(str(n * 7919 % 100003) for n in range(600))), edit(), submit())
+    source = write_trajs(store, [traj])
+    real = token_counter(str(tiny_model_dir), store)(training_messages(traj, "mask")[0], traj.tools)
+    estimate = filters.estimate_tokens(traj)
+    assert real > estimate, (real, estimate)  # the premise: the estimate is too low for this text
+    limit = (real + estimate) // 2
+    loose = run_filter(FilterConfig(trajectories=source, name="estimated", max_tokens=limit), store)
+    assert loose.stats["kept"] == 1
+    with pytest.raises(WorkFailed, match="too_many_tokens"):
+        run_filter(FilterConfig(trajectories=source, name="counted", max_tokens=limit,
+                                tokenizer=str(tiny_model_dir)), store)
+    fits = run_filter(FilterConfig(trajectories=source, name="counted", max_tokens=real,
+                                   tokenizer=str(tiny_model_dir)), store)
+    assert fits.stats["kept"] == 1  # exactly the length SFT will see fits
+    with pytest.raises(BadInput, match="tokenizer"):
+        run_filter(FilterConfig(trajectories=source, max_tokens=10, tokenizer=str(tiny_model_dir / "nope")), store)
 
 
 def test_trl_template_renders_a_kept_row(store, tiny_tokenizer):

@@ -48,7 +48,12 @@ class FilterConfig(StageConfig):
     require_submitted: bool = Field(True, description="keep only episodes the agent ended with `submit`")
     max_turns: int | None = Field(None, ge=1, description="drop episodes with more model turns")
     max_tokens: int | None = Field(None, ge=1, description="drop episodes whose conversation, as one SFT "
-                                   "sequence, is longer than this many tokens (estimated from its text)")
+                                   "sequence, is longer than this many tokens (counted with `tokenizer` when "
+                                   "given, else estimated from its text)")
+    tokenizer: str | None = Field(None, description="the model SFT will train (a folder, a checkpoint artifact "
+                                  "or a hub id): max_tokens then counts the conversation exactly as SFT will "
+                                  "tokenize it (its tokenizer, the training chat template, the tool schemas, "
+                                  "masked and dropped turns applied), so a kept episode is never cut at the end")
     dedupe: bool = Field(True, description="drop episodes identical to an earlier one (tool call ids aside)")
     max_per_task: int | None = Field(None, ge=1, description="keep at most N episodes per task, fewest turns first")
     format_errors: Literal["mask", "drop"] = Field(
@@ -66,9 +71,34 @@ def episode_reason(traj: Trajectory, config: FilterConfig) -> str | None:
         return reason
     if config.max_turns is not None and (reason := filters.max_turns(traj, config.max_turns)):
         return reason
-    if config.max_tokens is not None and (reason := filters.max_tokens(traj, config.max_tokens)):
-        return reason
+    if config.max_tokens is not None and config.tokenizer is None and (
+            reason := filters.max_tokens(traj, config.max_tokens)):
+        return reason  # with a tokenizer the exact count is taken later, on the messages SFT will see
     return None
+
+
+def token_counter(ref: str, store: ArtifactStore):
+    """`count(messages, tools) -> int`: the length of the conversation as SFT tokenizes it, with the tokenizer
+    of `ref` (a checkpoint artifact, a model folder or a hub id) and SFT's training chat template."""
+    from transformers import AutoTokenizer
+
+    from swepost.train.sft import tokenize_conversation, training_chat_template
+
+    path = ref
+    try:
+        art = store.resolve(ref)
+    except BadInput:
+        art = None
+    if art is not None:
+        if art.kind != "checkpoint":
+            raise BadInput(f"{art.id} is a {art.kind} artifact, not a checkpoint", key="tokenizer")
+        path = str(art.path / "model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - any loading failure is the user's reference
+        raise BadInput(f"cannot load a tokenizer from {ref!r}: {str(e).splitlines()[0]}", key="tokenizer") from None
+    template = training_chat_template(tokenizer)
+    return lambda messages, tools: len(tokenize_conversation(tokenizer, template, messages, tools)["input_ids"])
 
 
 def training_messages(traj: Trajectory, format_errors: str) -> tuple[list[dict[str, Any]], int]:
@@ -121,17 +151,22 @@ def load_trajectories(art: Artifact) -> list[Trajectory]:
     return out
 
 
-def select(trajectories: list[Trajectory], config: FilterConfig) -> tuple[list[str | None], dict[int, tuple]]:
-    """Every episode's drop reason (None: kept) and, for the kept ones, (messages, format-error turns)."""
+def select(trajectories: list[Trajectory], config: FilterConfig,
+           count_tokens=None) -> tuple[list[str | None], dict[int, tuple]]:
+    """Every episode's drop reason (None: kept) and, for the kept ones, (messages, format-error turns).
+    `count_tokens(messages, tools)`, when given, measures max_tokens exactly on the messages SFT will see."""
     reasons: list[str | None] = [episode_reason(t, config) for t in trajectories]
     prepared: dict[int, tuple] = {}
     for i, t in enumerate(trajectories):
         if reasons[i] is None:
             messages, bad = training_messages(t, config.format_errors)
-            if any(m.get("role") == "assistant" and m.get("train") is not False for m in messages):
-                prepared[i] = (messages, bad)
-            else:
+            if not any(m.get("role") == "assistant" and m.get("train") is not False for m in messages):
                 reasons[i] = "no_trainable_turns"
+            elif count_tokens is not None and config.max_tokens is not None and \
+                    count_tokens(messages, t.tools) > config.max_tokens:
+                reasons[i] = "too_many_tokens"
+            else:
+                prepared[i] = (messages, bad)
     for rule in ([filters.dedupe] if config.dedupe else []) + (
             [lambda ts: filters.per_task_cap(ts, config.max_per_task)] if config.max_per_task else []):
         alive = [i for i, r in enumerate(reasons) if r is None]
@@ -144,7 +179,8 @@ def select(trajectories: list[Trajectory], config: FilterConfig) -> tuple[list[s
 def run_filter(config: FilterConfig, store: ArtifactStore) -> Artifact:
     source = store.resolve(config.trajectories)
     trajectories = load_trajectories(source)
-    reasons, kept = select(trajectories, config)
+    counter = token_counter(config.tokenizer, store) if config.tokenizer and config.max_tokens else None
+    reasons, kept = select(trajectories, config, counter)
     dropped = Counter(r for r in reasons if r is not None)
     bad_turns = sum(bad for _, bad in kept.values())
     stats = {"episodes": len(trajectories), "kept": len(kept), "dropped": sum(dropped.values()),
