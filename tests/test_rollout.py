@@ -125,6 +125,38 @@ def test_the_completion_budget_ends_the_episode_mid_turn(tok):
         small.reply([{"role": "user", "content": "a long prompt " * 20}], TOOLS)
 
 
+def test_a_turn_stops_at_max_turn_tokens_well_inside_the_completion_budget(tok):
+    eos = tok.eos_token_id
+    long_turn = tok(CALL * 5, add_special_tokens=False)["input_ids"] + [eos]
+    policy = TokenPolicy(tok, Batcher(ReplayIds([long_turn])), max_prompt_tokens=4096, max_completion_tokens=4096,
+                         max_turn_tokens=12)
+    policy.start(None)
+    with Served(policy.batcher), pytest.raises(ContextOverflow, match="max_turn_tokens"):
+        policy.reply([{"role": "user", "content": "hi"}], TOOLS)
+    assert policy.completion_ids == long_turn[:12]  # the generator was asked for 12 tokens, not 4096
+
+
+def test_context_budgets_fit_the_model(tmp_path):
+    from swepost.errors import BadInput
+    from swepost.stages.rl import RlConfig
+    from swepost.train.rl import fit_context
+    from swepost.train.tiny_model import build_tiny_model
+
+    build_tiny_model(tmp_path / "m")  # a 4096-token context
+    model = str(tmp_path / "m")
+
+    def fit(**kw):
+        cfg = fit_context(RlConfig(tasks="t", model=model, **kw), model)
+        return cfg.max_prompt_tokens, cfg.max_completion_tokens, cfg.max_turn_tokens
+
+    assert fit() == (2048, 2048, 2048)  # unset: half the context for the prompt, the rest for the completion
+    assert fit(max_completion_tokens=256) == (3840, 256, 256)  # the prompt gets what the completion leaves
+    assert fit(max_prompt_tokens=1000, max_turn_tokens=64) == (1000, 3096, 64)
+    assert fit(max_model_len=40960) == (8192, 32768, 4096)  # a long-context model: the usual 8k + 32k
+    with pytest.raises(BadInput, match=r"8192\) \+ max_completion_tokens \(32768\) = 40960 .* 4096 tokens"):
+        fit(max_prompt_tokens=8192, max_completion_tokens=32768)  # today's old defaults, on a small model
+
+
 def test_cut_at_stop_keeps_the_stop_token():
     assert cut_at_stop([5, 6, 2, 7], {2}, 10) == ([5, 6, 2], True)
     assert cut_at_stop([5, 6, 7, 8], {2}, 3) == ([5, 6, 7], False)

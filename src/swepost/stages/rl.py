@@ -79,9 +79,17 @@ class RlConfig(StageConfig):
     turn_penalty: float = Field(0.0, ge=0, description="subtracted from the reward per model turn")
     # --- rollouts
     max_turns: int = Field(50, ge=1, description="model turns per episode")
-    max_prompt_tokens: int = Field(8192, ge=16, description="tokens of the first prompt (system, tools, task)")
-    max_completion_tokens: int = Field(32768, ge=16, description="tokens after the prompt: model turns and tool "
-                                       "results together (TRL's max_completion_length)")
+    max_prompt_tokens: int | None = Field(None, ge=16, description="tokens of the first prompt (system, tools, "
+                                          "task); unset: min(8192, half the model's context), or what "
+                                          "max_completion_tokens leaves")
+    max_completion_tokens: int | None = Field(None, ge=16, description="tokens after the prompt: model turns and "
+                                              "tool results together (TRL's max_completion_length); unset: what "
+                                              "the prompt leaves of the model's context, at most 32768")
+    max_turn_tokens: int = Field(4096, ge=16, description="tokens one model turn may generate (each turn also "
+                                 "stops at what is left of the completion budget)")
+    max_model_len: int | None = Field(None, ge=32, description="the model's context in tokens; unset: "
+                                      "vllm_max_model_length, else the model config's max_position_embeddings. "
+                                      "Prompt + completion must fit it")
     max_seconds: float = Field(1800.0, gt=0, description="wall-clock limit of one episode")
     max_consecutive_errors: int = Field(5, ge=1)
     concurrency: int = Field(16, ge=1, le=1024, description="episodes doing sandbox work at the same time, "

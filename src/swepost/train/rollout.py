@@ -146,9 +146,11 @@ class TokenPolicy:
     name = "rl"
 
     def __init__(self, tokenizer, batcher: Batcher, *, max_prompt_tokens: int, max_completion_tokens: int,
-                 describe: dict[str, Any] | None = None, seed_key: str = "0", episode: int = 0):
+                 max_turn_tokens: int | None = None, describe: dict[str, Any] | None = None, seed_key: str = "0",
+                 episode: int = 0):
         self.tokenizer, self.batcher = tokenizer, batcher
         self.max_prompt_tokens, self.max_completion_tokens = max_prompt_tokens, max_completion_tokens
+        self.max_turn_tokens = max_turn_tokens
         self._describe = describe or {}
         self.seed_key, self.episode = seed_key, episode
         eos = tokenizer.eos_token
@@ -214,12 +216,15 @@ class TokenPolicy:
                 raise ContextOverflow(f"the environment's reply ({len(suffix)} tokens) does not fit the completion "
                                       f"budget of {self.max_completion_tokens} tokens")
             self._extend(suffix, 0, None)
-        budget = self.max_completion_tokens - len(self.completion_ids)
+        left = self.max_completion_tokens - len(self.completion_ids)
+        budget = min(left, self.max_turn_tokens) if self.max_turn_tokens else left  # what is left, per-turn cap
         out = self.batcher.submit(self.prompt_ids + self.completion_ids, budget,
                                   request_seed(self.seed_key, self.episode, self._turns))
         self._extend(out.ids, 1, out.logprobs)
         self._rendered, self._turns = len(messages), self._turns + 1
         if not out.stopped:
+            if budget < left:
+                raise ContextOverflow(f"one turn ran past max_turn_tokens ({self.max_turn_tokens} tokens)")
             raise ContextOverflow(f"the completion budget of {self.max_completion_tokens} tokens ran out mid-turn")
         text = self.tokenizer.decode([t for t in out.ids if t not in self.stop_ids], skip_special_tokens=True)
         content, calls = parse_tool_calls(text, id_prefix=f"call_{self._turns}")
@@ -289,7 +294,7 @@ class RolloutStats:
 
 def run_rollouts(tasks: list[Task], *, make_env: Callable[[], Environment], generator: Generator, tokenizer,
                  limits: AgentLimits, max_prompt_tokens: int, max_completion_tokens: int, concurrency: int,
-                 max_wait: float = 1.0, samples: list[int] | None = None,
+                 max_turn_tokens: int | None = None, max_wait: float = 1.0, samples: list[int] | None = None,
                  describe: dict[str, Any] | None = None, seed: str = "0") -> tuple[list[Rollout], RolloutStats]:
     """One episode per entry of `tasks` (repeat a task for a group), all at once; generation on this thread.
     Episode i's turns are sampled with seeds from (seed, i, turn): the same call gives the same rollouts."""
@@ -302,8 +307,8 @@ def run_rollouts(tasks: list[Task], *, make_env: Callable[[], Environment], gene
 
     def episode(i: int) -> Rollout:
         policy = TokenPolicy(tokenizer, batcher, max_prompt_tokens=max_prompt_tokens,
-                             max_completion_tokens=max_completion_tokens, describe=describe, seed_key=seed,
-                             episode=i)
+                             max_completion_tokens=max_completion_tokens, max_turn_tokens=max_turn_tokens,
+                             describe=describe, seed_key=seed, episode=i)
         try:
             traj = run_episode(policy, GatedEnvironment(make_env(), gate), tasks[i], sample=samples[i],
                                limits=limits, grade=True)
