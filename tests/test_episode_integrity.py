@@ -301,3 +301,35 @@ def test_rl_masks_ungraded_rollouts_out_of_loss_and_baseline(tmp_path):
 
 def always_one(trajectory, task) -> float:
     return 1.0
+
+
+def test_a_reward_function_that_raises_leaves_its_rollout_ungraded_and_the_step_going(tmp_path):
+    """Issue 12: a reward function (an LLM judge, say) that raises on one rollout: that rollout is ungraded
+    (out of the loss and the baseline) with the error recorded in its row, and the others are scored."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from swepost.stages.rl import RlConfig
+    from swepost.train.rl import RolloutFunc, RolloutLog
+    from swepost.train.rollout import Rollout, RolloutStats
+
+    cfg = RlConfig(tasks="x", model="m", reward="tests.test_episode_integrity:judge_that_fails_on_sample_1",
+                   dynamic_sampling="off")
+    func = RolloutFunc(cfg, [Task(instance_id="t1", problem_statement="")], RolloutLog(tmp_path, False))
+    trajs = [episode(0, "RESOLVED_FULL", 1.0), episode(1, "RESOLVED_NO", 0.0), episode(2, "RESOLVED_NO", 0.0)]
+    rollouts = [Rollout(t, [1, 2], [3, 4, 5], [1, 1, 0], None) for t in trajs]
+    func._run = lambda trainer, ids, seed: (rollouts, RolloutStats())
+    trainer = SimpleNamespace(num_generations=3, state=SimpleNamespace(global_step=0),
+                              accelerator=SimpleNamespace(process_index=0),
+                              _metrics={"train": defaultdict(list)})
+    out = func(["t1"] * 3, trainer)
+    assert out["rl_task"] == [0.5, None, 0.5]
+    rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert [r["masked"] for r in rows] == [None, "ungraded", None]
+    assert "the reward function raised TimeoutError: judge" in rows[1]["error"]
+
+
+def judge_that_fails_on_sample_1(trajectory, task) -> float:
+    if trajectory.sample == 1:
+        raise TimeoutError("judge did not answer")
+    return 0.5

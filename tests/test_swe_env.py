@@ -369,3 +369,38 @@ def random_call(rng: random.Random):
     if rng.random() < 0.1:
         args[rng.choice(["extra", "timeout", "", "path"])] = random_value(rng)
     return name, args
+
+
+@docker
+def test_one_bad_task_ends_its_episode_not_the_run(make_env, tasks):
+    """Issue 12: a task whose install fails, an environment that raises, and a scorer that raises each end
+    their own episode with the cause recorded (no exception escapes run_episode), and the infrastructure
+    failures are not wrong answers."""
+    from swepost.agent import run_episode
+    from swepost.policies.scripted import ScriptedPolicy
+    from swepost.records import TaskEnv
+
+    submit = ScriptedPolicy(turns=[{"tool_calls": [{"name": "submit", "arguments": {}}]}])
+    broken = tasks[0].model_copy(update={"env": TaskEnv(install=["echo no such package >&2; exit 3"])})
+    traj = run_episode(submit, make_env(), broken)
+    assert traj.exit_status == "sandbox_error" and "install command failed (3)" in traj.error
+    assert "no such package" in traj.error and traj.reward is None
+
+    class Raising(SweEnvironment):
+        def step(self, name, arguments):
+            raise KeyError("a bug in an environment")
+
+    env = Raising(repos=REPO_ROOT / "data" / "repos", backend="docker")
+    ls = ScriptedPolicy(turns=[{"tool_calls": [{"name": "bash", "arguments": {"command": "ls"}}]}])
+    traj = run_episode(ls, env, tasks[0])
+    assert traj.exit_status == "sandbox_error" and "KeyError" in traj.error and traj.reward is None
+
+    class BadScorer(SweEnvironment):
+        def score(self):
+            raise ValueError("the judge's reply was not JSON")
+
+    env = BadScorer(repos=REPO_ROOT / "data" / "repos", backend="docker")
+    traj = run_episode(ScriptedPolicy(turns=[{"tool_calls": [{"name": "submit", "arguments": {}}]}]), env,
+                       tasks[0])
+    assert traj.exit_status == "submitted" and traj.resolved == "UNGRADED" and traj.reward is None
+    assert "ValueError" in traj.evidence["reason"]

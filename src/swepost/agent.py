@@ -77,6 +77,9 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
         except EnvironmentBroken as e:
             traj.exit_status, traj.error = "sandbox_error", str(e)
             return traj
+        except WorkFailed as e:  # one task that cannot be set up (its install or checkout failed): not the run's end
+            traj.exit_status, traj.error = "sandbox_error", f"the task could not be set up: {e}"
+            return traj
         finally:
             traj.seconds["reset"] = round(time.monotonic() - t0, 3)
         policy.start(task)
@@ -133,6 +136,10 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
                 except EnvironmentBroken as e:
                     traj.exit_status, traj.error = "sandbox_error", str(e)
                     content = f"Error: the sandbox failed: {e}"
+                except Exception as e:  # noqa: BLE001 - an environment's own bug ends this episode, not the run
+                    traj.exit_status = "sandbox_error"
+                    traj.error = f"the environment raised {type(e).__name__}: {e}"[:2000]
+                    content = f"Error: the environment failed: {type(e).__name__}"
                 finally:
                     env_s += time.monotonic() - t0
                 traj.messages.append({"role": "tool", "tool_call_id": call_id or f"call_{traj.tool_calls}",
@@ -156,6 +163,10 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
                 traj.exit_status, traj.error = "sandbox_error", str(e)
             except WorkFailed as e:  # the grader's own sandbox failed: the episode stands, ungraded
                 traj.error = f"grading failed: {e}"
+                traj.resolved, traj.reward = "UNGRADED", None
+                traj.evidence = {"reason": traj.error}
+            except Exception as e:  # noqa: BLE001 - a scorer (grader, judge) that raises: ungraded, and the run goes on
+                traj.error = f"grading failed: {type(e).__name__}: {e}"[:2000]
                 traj.resolved, traj.reward = "UNGRADED", None
                 traj.evidence = {"reason": traj.error}
         return traj

@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from swepost.config import validate
-from swepost.errors import BadInput
+from swepost.errors import BadInput, WorkFailed
 from swepost.records import SandboxLimits, Task
 from swepost.sandbox import open_sandbox, pick_backend
 from swepost.sandbox.base import Limits, Sandbox, owner, remove_orphan_dirs
@@ -89,8 +89,8 @@ def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: s
         for command in task.env.install:
             r = box.exec(f"cd {workdir} && {command}", timeout=1800, user="root")
             if r.exit_code != 0:
-                raise BadInput(f"{task.instance_id}: install command failed ({r.exit_code}): {command}\n"
-                               f"{r.output[-1000:]}")
+                raise WorkFailed(f"{task.instance_id}: install command failed ({r.exit_code}): {command}\n"
+                                 f"{r.output[-1000:]}")
         uid = box.info.get("shell_uid")
         if task.env.install and uid not in (None, 0, box.info.get("agent_uid")):
             box.exec(f"chown -R {int(uid)}:{int(uid)} {workdir}", timeout=600, user="root")

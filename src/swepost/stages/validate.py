@@ -36,11 +36,15 @@ class TasksValidateConfig(StageConfig):
 
 def validate_task(task: Task, config: TasksValidateConfig) -> tuple[Task | None, dict]:
     """The task with its bad tests removed (None if dropped) and the report of what happened and why."""
-    from swepost.rewards.grading import grade_patch
+    from swepost.errors import WorkFailed
+    from swepost.rewards.grading import GradeResult, grade_patch
 
     def grade(patch: str):
-        return grade_patch(task, patch, repos=config.repos, backend=config.backend, timeout=config.timeout,
-                           limits=config.sandbox_limits)
+        try:
+            return grade_patch(task, patch, repos=config.repos, backend=config.backend, timeout=config.timeout,
+                               limits=config.sandbox_limits)
+        except WorkFailed as e:  # this task's sandbox could not be set up (its install failed): drop it, go on
+            return GradeResult(task.instance_id, "UNGRADED", None, reason=str(e)[:1000])
 
     without = [grade("") for _ in range(config.runs)]
     gold = [grade(task.patch) for _ in range(config.runs)]

@@ -210,8 +210,13 @@ class RolloutFunc:
             # infrastructure's fault, not the model's: no signal, whatever the reward function would say
             value = None
             if t.exit_status != "sandbox_error" and not is_ungraded(t):
-                value = self.reward(t, self.tasks[t.instance_id])
-            rollout.rewards["task"] = None if value is None else float(value)
+                try:
+                    value = self.reward(t, self.tasks[t.instance_id])
+                    value = None if value is None else float(value)
+                except Exception as e:  # noqa: BLE001 - a reward function (a judge) that raises: this rollout is
+                    value = None  # ungraded, recorded, and the step goes on
+                    t.error = f"the reward function raised {type(e).__name__}: {e}"[:2000]
+            rollout.rewards["task"] = value
         return rollout.rewards["task"]
 
     def _truncated(self, rollout) -> bool:
@@ -293,7 +298,7 @@ class RolloutFunc:
                              "tool_errors": t.tool_errors, "prompt_tokens": len(r.prompt_ids),
                              "completion_tokens": len(r.completion_ids), "model_tokens": r.model_tokens,
                              "masked": why, "group_dropped": drop, "resampled": g in resampled,
-                             "seconds": t.seconds})
+                             "error": t.error, "seconds": t.seconds})
                 trajectories.append(t)
         if not any(any(lp) for lp in out["logprobs"]) or cfg.generation == "transformers":
             out["logprobs"] = None  # transformers: TRL recomputes them (no importance-sampling correction)
