@@ -236,7 +236,8 @@ def test_accelerate_launch_runs_the_rl_stage_in_every_process(tmp_path, monkeypa
 
     monkeypatch.setenv(CHILD_ENV, "0")  # the entry marks this process a launched child: undone after the test
 
-    cfg = RlConfig(tasks="t", model="m", launch="accelerate", accelerate_config="zero3", num_processes=8)
+    cfg = RlConfig(tasks="t", model="m", launch="accelerate", accelerate_config="zero3", num_processes=8,
+                   generation="vllm_colocate")
     cmd = launch_command(cfg, tmp_path / "c.json", "rl")
     assert cmd[-4:] == ["-m", "swepost.train.entry", "rl", str(tmp_path / "c.json")]
     assert cmd[cmd.index("--num_processes") + 1] == "8" and cmd[cmd.index("--config_file") + 1].endswith("zero3.yaml")
@@ -270,3 +271,23 @@ def test_rollout_log_is_one_file_per_process_and_survives_a_torn_line(tmp_path):
     assert [(r["step"], r["process"]) for r in read_rollout_rows(tmp_path)] == [
         (1, 0), (1, 0), (1, 1), (1, 1), (2, 0), (2, 0), (2, 1), (2, 1)]
     assert summarize(tmp_path, [])["reward_by_step"][0]["rollouts"] == 4
+
+
+def test_settings_that_would_hang_or_mis_shard_are_refused_with_the_setting_named():
+    """Issue 12: transformers generation on ZeRO-3 / FSDP processes would deadlock (each rank generates a
+    different number of times); vLLM colocate with tensor parallelism would need gathered prompts. Both are
+    refused up front, naming what to use instead; the settings that work pass."""
+    from pydantic import ValidationError
+
+    from swepost.stages.rl import RlConfig
+
+    for kw, words in (({"accelerate_config": "zero3"}, "vllm_colocate or vllm_server"),
+                      ({"accelerate_config": "fsdp"}, "vllm_colocate or vllm_server"),
+                      ({"deepspeed": "zero3"}, "vllm_colocate or vllm_server"),
+                      ({"generation": "vllm_colocate", "vllm_tensor_parallel_size": 2}, "vllm_server")):
+        with pytest.raises(ValidationError, match=words):
+            RlConfig(tasks="t", model="m", launch="accelerate", num_processes=8, **kw)
+    RlConfig(tasks="t", model="m", launch="accelerate", num_processes=8, accelerate_config="zero2")
+    RlConfig(tasks="t", model="m", launch="accelerate", num_processes=1, accelerate_config="zero3")
+    RlConfig(tasks="t", model="m", launch="accelerate", num_processes=8, accelerate_config="zero3",
+             generation="vllm_server")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -133,7 +134,31 @@ class RlConfig(StageConfig):
                              f"num_generations = {self.tasks_per_step * self.num_generations}")
         if self.epsilon_high < self.epsilon:
             raise ValueError(f"epsilon_high {self.epsilon_high} is below epsilon {self.epsilon}")
+        if self.generation == "vllm_colocate" and self.vllm_tensor_parallel_size > 1:
+            raise ValueError(
+                f"generation vllm_colocate with vllm_tensor_parallel_size {self.vllm_tensor_parallel_size} is not "
+                "supported: each process sends its own episodes' turns to its own engine, and a tensor-parallel "
+                "group would need its prompts gathered and the results sliced. Use generation: vllm_server with a "
+                "tensor-parallel `trl vllm-serve`, or vllm_tensor_parallel_size: 1")
+        if self.generation == "transformers" and self.launch == "accelerate" and self._sharded() and (
+                self.num_processes is None or self.num_processes > 1):
+            raise ValueError(
+                "generation transformers with sharded weights (ZeRO-3 or FSDP) on several processes would hang: "
+                "every generate call needs all processes, and each process's episodes ask for different numbers "
+                "of turns. Use generation: vllm_colocate or vllm_server, or accelerate_config multi_gpu / zero2")
         return self
+
+    def _sharded(self) -> bool:
+        """Are parameters sharded over processes (ZeRO-3 or FSDP)?"""
+        if self.accelerate_config in ("zero3", "fsdp") or "zero3" in str(self.deepspeed or ""):
+            return True
+        for ref in (self.deepspeed, self.accelerate_config):
+            path = Path(str(ref or ""))
+            if path.suffix in (".json", ".yaml", ".yml") and path.is_file():
+                text = path.read_text(errors="replace")
+                if re.search(r'"stage"\s*:\s*3|zero_stage:\s*3|distributed_type:\s*FSDP', text):
+                    return True
+        return False
 
 
 def work_key(config: RlConfig, tasks_id: str, model: str) -> str:
