@@ -291,3 +291,81 @@ def test_settings_that_would_hang_or_mis_shard_are_refused_with_the_setting_name
     RlConfig(tasks="t", model="m", launch="accelerate", num_processes=1, accelerate_config="zero3")
     RlConfig(tasks="t", model="m", launch="accelerate", num_processes=8, accelerate_config="zero3",
              generation="vllm_server")
+
+
+class TwoAnswers:
+    """A generator with two fixed answers, handed out in turn: one GRPO step on them is fully determined."""
+
+    concurrent = False
+
+    def __init__(self, tok, answers: list[str]):
+        self.answers = [list(tok(a, add_special_tokens=False)["input_ids"]) + [tok.eos_token_id] for a in answers]
+        self.calls, self.prompt = 0, None
+
+    def generate(self, requests):
+        from swepost.train.rollout import Generated
+
+        out = []
+        for ids, budget, _ in requests:
+            self.prompt = list(ids)
+            answer = self.answers[self.calls % 2]
+            self.calls += 1
+            out.append(Generated(answer[:budget], None, len(answer) <= budget))
+        return out
+
+
+def test_one_grpo_step_raises_the_rewarded_answer_and_lowers_the_other(tmp_path):
+    """Issue 12, "learning goes the right way": a group of two fixed answers to one prompt, one rewarded 1 and
+    one 0, one real GRPO step (TRL, DAPO loss) with a large learning rate: the log-probability of the rewarded
+    answer rises and the other's falls."""
+    import torch
+
+    from swepost.records import Task
+    from swepost.stages.rl import RlConfig
+    from swepost.train.rl import RolloutLog, build_trainer, fit_context
+    from swepost.train.tiny_model import build_tiny_model
+
+    model_path = str(tmp_path / "tiny")
+    build_tiny_model(tmp_path / "tiny")
+    tasks = [Task(instance_id="mixed-x", problem_statement="Answer x.")]
+    cfg = fit_context(RlConfig(tasks="x", model=model_path, environment="tests.rl_helpers:EchoEnvironment",
+                               reward="tests.rl_helpers:alternating_reward", num_generations=2, tasks_per_step=1,
+                               max_steps=1, learning_rate=5e-3, dynamic_sampling="off", max_turns=1,
+                               max_completion_tokens=64, truncated="keep", gradient_checkpointing=False,
+                               save_steps=100, report_to="none"), model_path)
+    out = tmp_path / "work"
+    out.mkdir()
+    trainer, rollout = build_trainer(tasks, model_path, out, cfg, RolloutLog(out, True))
+    tok = trainer.processing_class
+    answers = ['<tool_call>\n{"name": "submit", "arguments": {}}\n</tool_call>',
+               '<tool_call>\n{"name": "bash", "arguments": {"command": "ls"}}\n</tool_call>']
+    rollout.generator = gen = TwoAnswers(tok, answers)
+
+    def logps() -> list[float]:
+        model = trainer.model
+        model.eval()
+        values = []
+        with torch.no_grad():
+            for answer in gen.answers:
+                ids = torch.tensor([gen.prompt + answer])
+                logits = model(input_ids=ids).logits[0, :-1].float()
+                picked = torch.log_softmax(logits, -1)[torch.arange(ids.shape[1] - 1), ids[0, 1:]]
+                values.append(picked[len(gen.prompt) - 1:].sum().item())
+        return values
+
+    trainer.train()
+    after = logps()
+    rows = rows_of(out / "rollouts.jsonl")
+    trajs = [json.loads(line) for line in (out / "trajectories" / "step-000001.jsonl").read_text().splitlines()]
+    said = [next(m for m in t["messages"] if m["role"] == "assistant")["tool_calls"][0]["function"]["name"]
+            for t in trajs]
+    rewarded = {name: r["reward"] for name, r in zip(said, rows, strict=True)}
+    assert sorted(rewarded.values()) == [0.0, 1.0], rows
+    # the base model again, for the before numbers, on the very same prompt
+    from transformers import AutoModelForCausalLM
+
+    trainer.model = AutoModelForCausalLM.from_pretrained(model_path)
+    before = logps()
+    up, down = (0, 1) if rewarded.get("submit") == 1.0 else (1, 0)
+    assert after[up] > before[up] + 1e-3, (before, after, rewarded)
+    assert after[down] < before[down] - 1e-3, (before, after, rewarded)
