@@ -275,22 +275,8 @@ def test_rl_masks_ungraded_rollouts_out_of_loss_and_baseline(tmp_path):
     """train/rl.RolloutFunc: an UNGRADED rollout gets reward None in every reward part (so it leaves TRL's group
     baseline), mask all 0 (no loss), `masked: ungraded`, and is logged as rl/ungraded; even a reward function
     that would score it (here: 1.0 for everything) is not asked."""
-    from collections import defaultdict
-    from types import SimpleNamespace
-
-    from swepost.stages.rl import RlConfig
-    from swepost.train.rl import RolloutFunc, RolloutLog
-    from swepost.train.rollout import Rollout, RolloutStats
-
-    cfg = RlConfig(tasks="x", model="m", reward="tests.test_episode_integrity:always_one", dynamic_sampling="off")
-    func = RolloutFunc(cfg, [Task(instance_id="t1", problem_statement="")], RolloutLog(tmp_path, False))
     trajs = [episode(0, "RESOLVED_FULL", 1.0), episode(1, "UNGRADED", None), episode(2, "RESOLVED_NO", 0.0)]
-    rollouts = [Rollout(t, [1, 2], [3, 4, 5], [1, 1, 0], None) for t in trajs]
-    func._run = lambda trainer, ids, seed: (rollouts, RolloutStats())
-    trainer = SimpleNamespace(num_generations=3, state=SimpleNamespace(global_step=0),
-                              accelerator=SimpleNamespace(process_index=0),
-                              _metrics={"train": defaultdict(list)})
-    out = func(["t1"] * 3, trainer)
+    out, trainer = run_rollout_func(tmp_path, "tests.test_episode_integrity:always_one", trajs)
     assert out["rl_task"] == [1.0, None, 1.0]
     assert out["rl_turn_penalty"][1] is None and out["rl_overlong_penalty"][1] is None
     assert out["env_mask"] == [[1, 1, 0], [0, 0, 0], [1, 1, 0]]
@@ -306,23 +292,8 @@ def always_one(trajectory, task) -> float:
 def test_a_reward_function_that_raises_leaves_its_rollout_ungraded_and_the_step_going(tmp_path):
     """Issue 12: a reward function (an LLM judge, say) that raises on one rollout: that rollout is ungraded
     (out of the loss and the baseline) with the error recorded in its row, and the others are scored."""
-    from collections import defaultdict
-    from types import SimpleNamespace
-
-    from swepost.stages.rl import RlConfig
-    from swepost.train.rl import RolloutFunc, RolloutLog
-    from swepost.train.rollout import Rollout, RolloutStats
-
-    cfg = RlConfig(tasks="x", model="m", reward="tests.test_episode_integrity:judge_that_fails_on_sample_1",
-                   dynamic_sampling="off")
-    func = RolloutFunc(cfg, [Task(instance_id="t1", problem_statement="")], RolloutLog(tmp_path, False))
     trajs = [episode(0, "RESOLVED_FULL", 1.0), episode(1, "RESOLVED_NO", 0.0), episode(2, "RESOLVED_NO", 0.0)]
-    rollouts = [Rollout(t, [1, 2], [3, 4, 5], [1, 1, 0], None) for t in trajs]
-    func._run = lambda trainer, ids, seed: (rollouts, RolloutStats())
-    trainer = SimpleNamespace(num_generations=3, state=SimpleNamespace(global_step=0),
-                              accelerator=SimpleNamespace(process_index=0),
-                              _metrics={"train": defaultdict(list)})
-    out = func(["t1"] * 3, trainer)
+    out, _ = run_rollout_func(tmp_path, "tests.test_episode_integrity:judge_that_fails_on_sample_1", trajs)
     assert out["rl_task"] == [0.5, None, 0.5]
     rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
     assert [r["masked"] for r in rows] == [None, "ungraded", None]
@@ -333,3 +304,22 @@ def judge_that_fails_on_sample_1(trajectory, task) -> float:
     if trajectory.sample == 1:
         raise TimeoutError("judge did not answer")
     return 0.5
+
+
+def run_rollout_func(tmp_path, reward: str, trajs: list):
+    """train/rl.RolloutFunc on one group of finished episodes (its sandbox run replaced by them), with the
+    bookkeeping of a trainer it reads: (the batch it hands TRL, the trainer stand-in holding the metrics)."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from swepost.stages.rl import RlConfig
+    from swepost.train.rl import RolloutFunc, RolloutLog
+    from swepost.train.rollout import Rollout, RolloutStats
+
+    cfg = RlConfig(tasks="x", model="m", reward=reward, dynamic_sampling="off")
+    func = RolloutFunc(cfg, [Task(instance_id="t1", problem_statement="")], RolloutLog(tmp_path, False))
+    rollouts = [Rollout(t, [1, 2], [3, 4, 5], [1, 1, 0], None) for t in trajs]
+    func._run = lambda trainer, ids, seed: (rollouts, RolloutStats())
+    trainer = SimpleNamespace(num_generations=len(trajs), state=SimpleNamespace(global_step=0),
+                              accelerator=SimpleNamespace(process_index=0), _metrics={"train": defaultdict(list)})
+    return func(["t1"] * len(trajs), trainer), trainer
