@@ -372,7 +372,8 @@ def _grade(g: _Grading, task: Task, patch: str, result: GradeResult) -> None:
 
     # 5. canaries into the graded test files
     files = sorted({t.split("::", 1)[0] for t in task.verify.fail_to_pass + task.verify.pass_to_pass})
-    canaries = make_canaries(files, folders[0] if folders else (files[0].rsplit("/", 1)[0] if "/" in files[0] else ""))
+    home = folders[0] if folders else (files[0].rsplit("/", 1)[0] if files and "/" in files[0] else "")
+    canaries = make_canaries(files, home)
     if "canaries" not in _active:
         canaries = Canaries(token="")
     for path, text in canaries.texts.items():
