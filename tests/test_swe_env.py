@@ -385,6 +385,11 @@ def test_one_bad_task_ends_its_episode_not_the_run(make_env, tasks):
     traj = run_episode(submit, make_env(), broken)
     assert traj.exit_status == "sandbox_error" and "install command failed (3)" in traj.error
     assert "no such package" in traj.error and traj.reward is None
+    # install commands run with the image's own environment (here the CA bundle pip needs behind a proxy)
+    needs_image_env = tasks[0].model_copy(update={"env": TaskEnv(install=['test -n "$PIP_CERT"'])})
+    env = make_env()
+    env.reset(needs_image_env)
+    env.close()
 
     class Raising(SweEnvironment):
         def step(self, name, arguments):

@@ -64,10 +64,6 @@ RUNNER = (Path(__file__).parent / "test_runner.py").read_text()
 GIT = ("GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 git -c core.hooksPath=/dev/null "
        "-c core.fsmonitor=false -c core.untrackedCache=false -c diff.external= -c core.attributesFile=/dev/null "
        "-c 'safe.directory=*' -c advice.detachedHead=false")
-# variables of the shell itself, not of the image: left out of the environment the grader's processes get
-SHELL_VARS = {"PWD", "OLDPWD", "SHLVL", "_", "PS1", "PS2", "PROMPT_COMMAND", "HISTFILE", "TERM", "PAGER", "GIT_PAGER",
-              "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTHONSTARTUP", "PYTHONINSPECT", "BASH_ENV", "ENV"}
-
 
 @dataclass
 class GradeResult:
@@ -215,21 +211,7 @@ class _Grading:
         self.private = f"/tmp/.swepost-grade-{token}"  # runner, config, report: the sandbox user cannot enter
         self.shared = f"/tmp/.swepost-grade-{token}-in"  # diffs and snapshots the sandbox user's git reads
         self.has_exec = callable(getattr(box, "exec", None))
-        self.env = self._image_env()
-
-    def _image_env(self) -> dict[str, str]:
-        """The fresh sandbox's own environment (the image's PATH, conda and so on), without shell state."""
-        r = self.box.run("env -0", timeout=30)
-        env = {}
-        for item in r.output.split("\0"):
-            key, sep, value = item.partition("=")
-            key = key.strip("\n")
-            if sep and key and key not in SHELL_VARS and not key.startswith(("GIT_", "BASH_FUNC_", "SWEPOST_")):
-                env[key] = value
-        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        env.setdefault("HOME", "/tmp")
-        env["LANG"] = env.get("LANG") or "C.UTF-8"
-        return env
+        self.env = box.image_env()
 
     def sh(self, command: str, limit: float = 300.0, user: str = "sandbox"):
         """A fresh process in the repository (never the persistent shell, whose state a candidate could shape)."""

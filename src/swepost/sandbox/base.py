@@ -26,6 +26,9 @@ from swepost.errors import WorkFailed
 
 AGENT_SOURCE = (Path(__file__).parent / "agent.py").read_text()
 LABEL = "swepost.sandbox"
+# variables of a shell itself, not of its image, and ones that steer git or pytest: left out of image_env()
+SHELL_VARS = {"PWD", "OLDPWD", "SHLVL", "_", "PS1", "PS2", "PROMPT_COMMAND", "HISTFILE", "TERM", "PAGER", "GIT_PAGER",
+              "PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTHONSTARTUP", "PYTHONINSPECT", "BASH_ENV", "ENV"}
 # how long past a command's own timeout the host waits for the agent's answer before calling it broken
 REPLY_GRACE_S = 30.0
 # the most the host buffers for one reply (file and tar transfers); a command's reply is capped tighter, by its
@@ -166,6 +169,7 @@ class Sandbox:
         self._lock = threading.Lock()
         self.closed = False
         self.info: dict = {}
+        self._image_env: dict[str, str] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> Sandbox:
@@ -258,6 +262,24 @@ class Sandbox:
         oom = bool(reply.get("oom_killed")) or (before is not None and after is not None and after > before)
         return CommandResult(exit_code=reply["exit_code"], output=reply["output"], timed_out=reply["timed_out"],
                              duration=reply["duration"], truncated_bytes=reply["truncated_bytes"], oom_killed=oom)
+
+    def image_env(self) -> dict[str, str]:
+        """The environment a fresh shell of this sandbox has (the image's PATH, conda and so on), without the
+        shell's own state and with nothing that steers git or pytest. Read once from the persistent shell and
+        kept: call it before the model has had the shell (graders and task installs open fresh sandboxes).
+        Pass it as `exec(env=...)` where a command needs the image's tools."""
+        if self._image_env is None:
+            env = {}
+            for item in self.run("env -0", timeout=30).output.split("\0"):
+                key, sep, value = item.partition("=")
+                key = key.strip("\n")
+                if sep and key and key not in SHELL_VARS and not key.startswith(("GIT_", "BASH_FUNC_", "SWEPOST_")):
+                    env[key] = value
+            env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            env.setdefault("HOME", "/tmp")
+            env["LANG"] = env.get("LANG") or "C.UTF-8"
+            self._image_env = env
+        return dict(self._image_env)
 
     def write_file(self, path: str, data: bytes | str, mode: int | None = None) -> None:
         if isinstance(data, str):

@@ -87,7 +87,7 @@ def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: s
         # unprivileged user the model's shell runs as
         workdir = shlex.quote(box.workdir)
         for command in task.env.install:
-            r = box.exec(f"cd {workdir} && {command}", timeout=1800, user="root")
+            r = box.exec(f"cd {workdir} && {command}", timeout=1800, user="root", env=box.image_env())
             if r.exit_code != 0:
                 raise WorkFailed(f"{task.instance_id}: install command failed ({r.exit_code}): {command}\n"
                                  f"{r.output[-1000:]}")
