@@ -104,6 +104,35 @@ def validate_cmd(
     run_stage("tasks-validate", cfg, as_json)
 
 
+@app.command("select")
+def select_cmd(
+    tasks: Annotated[str | None, typer.Argument(help="Tasks artifact to select from.", show_default=False)] = None,
+    attempts: Annotated[str | None, typer.Option("--attempts", "-a", help="Earlier attempts: an rl checkpoint, "
+                                                 "or a trajectories / eval artifact.", show_default=False)] = None,
+    max_solve_rate: Annotated[float | None, typer.Option(help="Keep tasks solved in at most this share of their "
+                                                         "graded attempts [default: 0.5].",
+                                                         show_default=False)] = None,
+    min_solve_rate: Annotated[float | None, typer.Option(help="... and in at least this share [default: 0].",
+                                                         show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Output artifact name [default: tasks-hard].",
+                                             show_default=False)] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    print_config_: PrintConfigOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Keep the tasks that earlier attempts found hard (solve rate over graded attempts in a range): the task set
+    of a curriculum's next phase. Ungraded attempts do not count."""
+    from swepost.stages.select import TasksSelectConfig
+
+    cfg = resolve_config(TasksSelectConfig, config, set_,
+                         {"tasks": tasks, "attempts": attempts, "max_solve_rate": max_solve_rate,
+                          "min_solve_rate": min_solve_rate, "name": name})
+    if print_config_:
+        return print_config(cfg)
+    run_stage("tasks-select", cfg, as_json)
+
+
 @app.command("audit")
 def audit_cmd(
     tasks: Annotated[str, typer.Argument(help="Tasks artifact (or a task file) to audit.")],
