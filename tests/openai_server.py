@@ -12,6 +12,8 @@ Each request takes the next script entry:
   optional "finish_reason", "usage" (a dict, or None to leave usage out)
 When the script runs out, `default` is served if given, else a 410 "script exhausted".
 Every request body is recorded in `requests` (with its arrival time in `times`).
+`POST /tokenize` (vLLM's, at the root) answers {"count": tokenize(body)} when a `tokenize` function is given, else
+404; its bodies go to `tokenize_requests`, not `requests`.
 """
 
 from __future__ import annotations
@@ -19,19 +21,23 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
 class ScriptedChatServer:
     def __init__(self, script: list[dict[str, Any]], *, default: dict[str, Any] | None = None,
-                 model: str = "scripted-model", port: int = 0):
+                 model: str = "scripted-model", port: int = 0,
+                 tokenize: Callable[[dict[str, Any]], int] | None = None):
         self.port = port  # 0: any free port; a fixed one lets a test bring a "dead" server back at its address
         self.closing = threading.Event()
         self.script = list(script)
         self.default = default
         self.model = model
         self.requests: list[dict[str, Any]] = []
+        self.tokenize = tokenize
+        self.tokenize_requests: list[dict[str, Any]] = []
         self.times: list[float] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -120,6 +126,10 @@ def _handler_for(server: ScriptedChatServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self):
             route = self.path.rstrip("/")
+            if route == "/tokenize" and server.tokenize is not None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                server.tokenize_requests.append(body)
+                return self.send_json(200, {"count": server.tokenize(body), "max_model_len": 0, "tokens": []})
             if route not in ("/v1/chat/completions", "/v1/completions"):
                 return self.send_json(404, {"error": {"message": f"no route {self.path}", "code": 404}})
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")

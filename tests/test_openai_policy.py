@@ -222,3 +222,108 @@ def test_hung_server_ends_within_the_episode_budget():
 def test_connect_and_episode_timeouts_are_validated():
     with pytest.raises(ValueError, match="episode_timeout"):
         OpenAIPolicy(model="m", base_url="http://127.0.0.1:1/v1", episode_timeout=0)
+
+
+# -- the context budget: each turn's max_tokens is the cap, at most what max_model_len leaves --------------------
+
+
+def tool_result(chars: int, n: int) -> dict:
+    return {"role": "tool", "tool_call_id": f"call_{n}", "content": "x" * chars}
+
+
+BASH = {"tool_calls": [{"name": "bash", "arguments": {"command": "cat big.py"}}]}
+
+
+def test_max_tokens_shrinks_with_the_conversation_from_usage_and_an_estimate():
+    from swepost.policies.openai import estimate_tokens
+
+    script = [{**BASH, "usage": {"prompt_tokens": 900, "completion_tokens": 100}},
+              {**BASH, "usage": {"prompt_tokens": 1110, "completion_tokens": 200}},
+              {**BASH, "usage": {"prompt_tokens": 1520, "completion_tokens": 300}}]
+    with ScriptedChatServer(script) as server:  # no /tokenize: 404, as on hosted APIs and SGLang
+        p = policy(server, max_turn_tokens=1000, max_model_len=2000)
+        p.start(None)
+        history = list(MESSAGES)
+        sizes = [300, 600, 600]
+        for n, size in enumerate(sizes):
+            history.append(p.reply(history, TOOLS).message)
+            history.append(tool_result(size, n))
+        sent = [body["max_tokens"] for body in server.requests]
+        new1, new2 = estimate_tokens(history[3:4]), estimate_tokens(history[5:6])
+        assert new1 >= 300 / 4 and new2 >= 600 / 4  # the estimate errs high, never below 4 characters a token
+        assert sent == [1000, 2000 - 1000 - new1, 2000 - 1310 - new2], sent
+        assert sent[0] > sent[1] > sent[2] > 0
+        # usage says 1820 tokens so far; the last tool result leaves less than the floor: no request is sent
+        with pytest.raises(ContextOverflow, match=r"2028 tokens \(estimated\); max_model_len 2000 leaves 0"):
+            p.reply(history, TOOLS)
+        assert len(server.requests) == 3
+        assert p.describe()["context"] == {"max_turn_tokens": 1000, "max_model_len": 2000, "min_turn_tokens": 16}
+
+        p.start(None)  # a new episode forgets the last one's usage
+        with pytest.raises(ContextOverflow, match="estimated"):
+            p.reply([*MESSAGES, {"role": "user", "content": "y" * 6000}], TOOLS)
+        assert len(server.requests) == 3  # an over-long conversation costs no request
+
+
+def test_max_tokens_from_the_servers_tokenize_count():
+    def count(body):
+        return 40 * len(body["messages"]) + (100 if body.get("tools") else 0)
+
+    with ScriptedChatServer([], default=BASH, tokenize=count) as server:
+        p = policy(server, tool_mode="native", max_turn_tokens=300, max_model_len=500)
+        history = list(MESSAGES)
+        full = r"500 tokens \(counted by the server's /tokenize\); max_model_len 500 leaves 0"
+        with pytest.raises(ContextOverflow, match=full):
+            for n in range(10):
+                history.append(p.reply(history, TOOLS).message)
+                history.append(tool_result(10, n))
+        # 2, 4, 6, 8 messages + tools: 180, 260, 340, 420 tokens; 10 messages fill the context
+        assert [b["max_tokens"] for b in server.requests] == [300, 240, 160, 80]
+        assert len(server.tokenize_requests) == 5
+        first = server.tokenize_requests[0]
+        assert first["messages"] == MESSAGES and first["tools"] == TOOLS and first["add_generation_prompt"] is True
+
+    with ScriptedChatServer([], default={"content": "hi"}, tokenize=count) as server:  # text tool calls
+        p = policy(server, tool_mode="text", max_turn_tokens=1000, max_model_len=500)
+        p.reply(MESSAGES, TOOLS)
+        body = server.tokenize_requests[0]
+        assert "tools" not in body and "<tools>" in body["messages"][0]["content"]  # what the chat request sends
+        assert server.requests[0]["max_tokens"] == 500 - 80
+
+
+def test_a_count_too_low_is_corrected_from_the_servers_context_error():
+    vllm = ("This model's maximum context length is 2000 tokens. However, you requested 2300 tokens (1300 in the "
+            "messages, 1000 in the completion). Please reduce the length of the messages or completion.")
+    vllm_new = ("'max_tokens' or 'max_completion_tokens' is too large: 1000. This model's maximum context length is "
+                "1800 tokens and your request has 1300 input tokens (1000 > 1800 - 1300).")
+    for error, fits in ((vllm, 700), (vllm_new, 500)):
+        with ScriptedChatServer([{"status": 400, "error": error}, {"content": "ok"}]) as server:
+            r = policy(server, max_turn_tokens=1000, max_model_len=2000).reply(MESSAGES, TOOLS)
+            assert r.message["content"] == "ok" and r.extra["max_tokens"] == fits
+            assert [b["max_tokens"] for b in server.requests] == [1000, fits]
+
+    full = vllm.replace("1300 in the messages", "1995 in the messages")
+    with ScriptedChatServer([{"status": 400, "error": full}, {"content": "never"}]) as server:
+        with pytest.raises(ContextOverflow, match="context exceeded"):  # nothing useful fits: no second try
+            policy(server, max_turn_tokens=1000, max_model_len=2000).reply(MESSAGES, TOOLS)
+        assert len(server.requests) == 1
+
+
+def test_without_max_model_len_every_turn_asks_for_the_cap():
+    with ScriptedChatServer([], default=BASH, tokenize=lambda body: 10 ** 6) as server:
+        p = policy(server, max_tokens=77)
+        history = [*MESSAGES, {"role": "user", "content": "z" * 50_000}]
+        p.reply(history, TOOLS)
+        p.reply(history, TOOLS)
+        assert [b["max_tokens"] for b in server.requests] == [77, 77] and server.tokenize_requests == []
+
+
+def test_context_settings_are_validated():
+    url = "http://127.0.0.1:1/v1"
+    with pytest.raises(ValueError, match="max_turn_tokens .*max_tokens .*same setting"):
+        OpenAIPolicy(model="m", base_url=url, max_turn_tokens=10, max_tokens=20)
+    assert OpenAIPolicy(model="m", base_url=url, max_turn_tokens=10, max_tokens=10).max_tokens == 10
+    with pytest.raises(ValueError, match="max_model_len"):
+        OpenAIPolicy(model="m", base_url=url, max_model_len=8)
+    with pytest.raises(ValueError, match="max_turn_tokens"):
+        OpenAIPolicy(model="m", base_url=url, max_turn_tokens=0)

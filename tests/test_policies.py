@@ -347,6 +347,27 @@ def test_hf_reply_is_well_formed_and_reproducible(tiny_dir, monkeypatch):
         small.reply([{"role": "user", "content": "word " * 200}], TOOLS)
 
 
+def test_hf_turn_budget_is_what_the_context_leaves_counted_exactly(tiny_dir, monkeypatch):
+    from swepost.policies.hf import HFPolicy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    probe = HFPolicy(model=str(tiny_dir), max_turn_tokens=4, device="cpu")
+    n = probe.reply(CHAT, TOOLS).prompt_tokens
+    assert n == len(probe.tokenizer(probe.render(CHAT, TOOLS), add_special_tokens=False)["input_ids"])
+    assert probe.reply(CHAT, TOOLS).extra["max_tokens"] == 4  # the cap: the default context has room
+
+    # RL's names: the per-turn cap, at most what max_model_len leaves after the prompt
+    p = HFPolicy(model=str(tiny_dir), max_turn_tokens=64, max_model_len=n + 20, device="cpu")
+    r = p.reply(CHAT, TOOLS)
+    assert r.extra["max_tokens"] == 20 and r.completion_tokens <= 20
+    assert p.describe()["context"] == {"max_turn_tokens": 64, "max_model_len": n + 20, "min_turn_tokens": 16}
+    tight = HFPolicy(model=str(tiny_dir), max_turn_tokens=64, max_model_len=n + 10, device="cpu")
+    with pytest.raises(ContextOverflow, match=f"{n} tokens \\(counted with the chat template\\).*leaves 10"):
+        tight.reply(CHAT, TOOLS)
+    with pytest.raises(BadInput, match="max_model_len .*max_context_tokens .*same setting"):
+        HFPolicy(model=str(tiny_dir), max_model_len=100, max_context_tokens=200, device="cpu")
+
+
 def test_hf_loads_a_checkpoint_artifact(store, monkeypatch):
     from swepost.policies.hf import HFPolicy
     from swepost.stages.tiny_model import TinyModelConfig, run

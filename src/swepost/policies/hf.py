@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from swepost.errors import BadInput
-from swepost.policies.base import ContextOverflow, PolicyError, PolicyReply
+from swepost.policies.base import MIN_TURN_TOKENS, PolicyError, PolicyReply, one_name, turn_budget
 from swepost.records import Task
 
 _TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
@@ -102,8 +102,10 @@ def _resolve_model(model: str) -> tuple[str, str | None]:
 class HFPolicy:
     name = "hf"
 
-    def __init__(self, *, model: str, temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 256,
-                 max_context_tokens: int = 4096, seed: int = 0, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, *, model: str, temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int | None = None,
+                 max_context_tokens: int | None = None, max_turn_tokens: int | None = None,
+                 max_model_len: int | None = None, min_turn_tokens: int = MIN_TURN_TOKENS, seed: int = 0,
+                 device: str = "auto", dtype: str = "auto"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -112,8 +114,18 @@ class HFPolicy:
             raise BadInput(f"temperature {temperature} must be >= 0", key="temperature")
         if not 0 < top_p <= 1:
             raise BadInput(f"top_p {top_p} must be in (0, 1]", key="top_p")
+        # RL's and the OpenAI policy's names (max_turn_tokens, max_model_len) or transformers' own
+        try:
+            max_new_tokens = one_name(("max_turn_tokens", "max_new_tokens"), (max_turn_tokens, max_new_tokens), 256)
+            max_context_tokens = one_name(("max_model_len", "max_context_tokens"), (max_model_len, max_context_tokens),
+                                          4096)
+        except ValueError as e:
+            raise BadInput(str(e), key="max_turn_tokens") from None
         if max_new_tokens < 1 or max_context_tokens < 2:
             raise BadInput("max_new_tokens must be >= 1 and max_context_tokens >= 2", key="max_new_tokens")
+        if min_turn_tokens < 1:
+            raise BadInput(f"min_turn_tokens {min_turn_tokens} must be >= 1", key="min_turn_tokens")
+        self.min_turn_tokens = int(min_turn_tokens)
         self.model_ref = str(model)
         self.temperature, self.top_p = float(temperature), float(top_p)
         self.max_new_tokens, self.max_context_tokens = int(max_new_tokens), int(max_context_tokens)
@@ -162,6 +174,8 @@ class HFPolicy:
                 "device": str(self.device), "dtype": self.dtype, "temperature": self.temperature,
                 "top_p": self.top_p if self.temperature > 0 else 1.0, "do_sample": self.temperature > 0,
                 "max_new_tokens": self.max_new_tokens, "max_context_tokens": self.max_context_tokens,
+                "context": {"max_turn_tokens": self.max_new_tokens, "max_model_len": self.max_context_tokens,
+                            "min_turn_tokens": self.min_turn_tokens},
                 "seed": self.seed, "seeding": "torch.Generator per call: seed + call index"}
 
     def start(self, task: Task) -> None:
@@ -181,17 +195,16 @@ class HFPolicy:
             raise PolicyError(f"cannot render the conversation with the chat template: {e}") from None
         ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         n_prompt = ids.shape[1]
-        room = self.max_context_tokens - n_prompt
-        if room < 1:
-            raise ContextOverflow(f"prompt of {n_prompt} tokens leaves no room in max_context_tokens "
-                                  f"{self.max_context_tokens}")
+        # the same budget as the OpenAI policy's and RL's, counted exactly with the model's own template
+        budget = turn_budget(self.max_new_tokens, self.max_context_tokens, n_prompt,
+                             min_turn_tokens=self.min_turn_tokens, counted="counted with the chat template")
         with self._lock:
             index, self.calls = self.calls, self.calls + 1
             processors = LogitsProcessorList()
             if self.temperature > 0:
                 generator = torch.Generator(device=self.device).manual_seed(self.seed + index)
                 processors.append(SeededSampler(self.temperature, self.top_p, [generator]))
-            config = GenerationConfig(max_new_tokens=min(self.max_new_tokens, room), do_sample=False,
+            config = GenerationConfig(max_new_tokens=budget, do_sample=False,
                                       eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id)
             try:
                 with torch.inference_mode():
@@ -212,7 +225,7 @@ class HFPolicy:
             finish = "tool_calls"
         return PolicyReply(message={"role": "assistant", "content": content, "tool_calls": calls},
                            prompt_tokens=n_prompt, completion_tokens=len(new), finish_reason=finish,
-                           extra={"call_index": index, "raw": text})
+                           extra={"call_index": index, "raw": text, "max_tokens": budget})
 
 
 class SeededSampler:

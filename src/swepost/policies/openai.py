@@ -4,6 +4,12 @@ Tool calls go either natively (`tools=` in the request, the server's tool parser
 text in the Hermes/Qwen format (`<tools>` in the system message, `<tool_call>` blocks in the reply) for
 servers started without a tool parser. `auto` starts native and switches to text for good the first time
 the server says it cannot take tools.
+
+Each turn's `max_tokens` is the per-turn cap `max_turn_tokens`, at most what `max_model_len` leaves after the
+prompt (as RL's rollouts do). The prompt is counted by the server's `/tokenize` (vLLM) where it answers, else
+from the last turn's usage plus an estimate of the new messages; an estimate too low is corrected from the
+server's own "context exceeded" answer. A conversation with too little room left ends as context_overflow
+without a request.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import time
 import uuid
 from typing import Any
 
-from swepost.policies.base import ContextOverflow, PolicyError, PolicyReply
+from swepost.policies.base import MIN_TURN_TOKENS, ContextOverflow, PolicyError, PolicyReply, one_name, turn_budget
 from swepost.records import Task
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,13 @@ _CONTEXT_OVERFLOW = re.compile(
     r"context[ _-]?length|context window|maximum model length|max_model_len|model's context|"
     r"prompt is too long|too many tokens|reduce the length|is longer than the model|exceeds the model",
     re.IGNORECASE)
+# the prompt's size as servers state it in a "context exceeded" answer (vLLM old and new, SGLang, OpenAI)
+_PROMPT_TOKENS_IN_ERROR = re.compile(r"(\d+) in the messages|has (\d+) input tokens|(\d+) tokens from the input|"
+                                     r"messages resulted in (\d+) tokens", re.IGNORECASE)
+_CONTEXT_IN_ERROR = re.compile(r"maximum context length (?:is|of) (\d+)", re.IGNORECASE)
+# the estimate errs high (code runs 3-4 characters a token) so that a turn is not cut by a count too low
+EST_CHARS_PER_TOKEN = 3
+EST_TOKENS_PER_MESSAGE = 8  # role markers and separators of a chat template
 _TOOLS_UNSUPPORTED = re.compile(
     r"enable-auto-tool-choice|tool-call-parser|tool[ _-]?choice[^.]*?(?:not supported|unsupported)|"
     r"\btools? (?:use )?(?:are|is) not supported|does not support (?:tools|tool|function)",
@@ -50,7 +63,9 @@ class OpenAIPolicy:
     name = "openai"
 
     def __init__(self, *, model: str, base_url: str | None = None, api_key: str | None = None,
-                 temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 1024, seed: int | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0, max_tokens: int | None = None,
+                 max_turn_tokens: int | None = None, max_model_len: int | None = None,
+                 min_turn_tokens: int = MIN_TURN_TOKENS, seed: int | None = None,
                  extra_body: dict[str, Any] | None = None, tool_mode: str = "auto", timeout: float = 120.0,
                  connect_timeout: float = 10.0, episode_timeout: float | None = 1800.0,
                  max_retries: int = 5, backoff: float = 0.5):
@@ -60,11 +75,23 @@ class OpenAIPolicy:
                            ("episode_timeout", episode_timeout)):
             if value is not None and value <= 0:
                 raise ValueError(f"{key} must be > 0 seconds, not {value!r}")
+        # max_turn_tokens is RL's name for the per-turn cap; max_tokens the API's (and older recipes')
+        max_tokens = one_name(("max_turn_tokens", "max_tokens"), (max_turn_tokens, max_tokens), 1024)
+        for key, value in (("max_turn_tokens", max_tokens), ("min_turn_tokens", min_turn_tokens)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a whole number >= 1, not {value!r}")
+        if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len <= min_turn_tokens):
+            raise ValueError(f"max_model_len must be a whole number of tokens > min_turn_tokens "
+                             f"({min_turn_tokens}), not {max_model_len!r}")
         import openai  # here, not at module import: only this policy needs the client
 
         self._openai = openai
         self.model = model
         self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
+        self.max_model_len, self.min_turn_tokens = max_model_len, min_turn_tokens
+        # what the conversation's first `_known[0]` messages count, from the last turn's usage
+        self._known: tuple[int, int] | None = None
+        self._tokenize: bool | None = None  # does the server answer /tokenize? None: not asked yet
         self.extra_body = dict(extra_body or {})
         self.tool_mode = tool_mode
         self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
@@ -79,6 +106,9 @@ class OpenAIPolicy:
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0,
                                     timeout=openai.Timeout(timeout, connect=min(connect_timeout, timeout)))
         self.base_url = str(self.client.base_url)
+        # vLLM serves /tokenize at the root, beside /v1
+        root = self.base_url.rstrip("/")
+        self.tokenize_url = (root[: -len("/v1")] if root.endswith("/v1") else root) + "/tokenize"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -89,10 +119,13 @@ class OpenAIPolicy:
             "tool_mode_active": self.active_tool_mode,
             "sampling": {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
                          "seed": self.seed, "extra_body": dict(self.extra_body)},
+            "context": {"max_turn_tokens": self.max_tokens, "max_model_len": self.max_model_len,
+                        "min_turn_tokens": self.min_turn_tokens},
         }
 
     def start(self, task: Task) -> None:
         self._deadline = None if self.episode_timeout is None else time.monotonic() + self.episode_timeout
+        self._known = None
 
     def _remaining(self) -> float | None:
         """Seconds left of this episode's budget (None: unbounded); starts at the first request if start() was
@@ -112,25 +145,35 @@ class OpenAIPolicy:
         openai = self._openai
         attempt = 0
         last: Exception | None = None
+        budget: int | None = None
         while True:
             mode = self.active_tool_mode
             delay: float | None = None
             remaining = self._remaining()
             if remaining is not None and remaining <= 0:
                 raise self._out_of_time(attempt, last)
+            if budget is None:  # counted once a turn (again after a switch to text tool calls)
+                budget = self._budget(messages, tools, mode, remaining)
             try:
-                response = self._create(messages, tools, mode, remaining)
+                response = self._create(messages, tools, mode, remaining, budget)
             except openai.APIStatusError as e:
                 status, text = e.status_code, _error_text(e)
                 if status in RETRYABLE_STATUS or status >= 500:
                     last = e
                     delay = _retry_after(e)
                 elif _CONTEXT_OVERFLOW.search(text):
-                    raise ContextOverflow(f"{self.model}: context exceeded ({status}): {text}") from e
+                    smaller = self._budget_from_error(text, budget)
+                    if smaller is None:
+                        raise ContextOverflow(f"{self.model}: context exceeded ({status}): {text}") from e
+                    log.info("%s: the prompt counted more than estimated; max_tokens %d -> %d", self.model,
+                             budget, smaller)
+                    budget = smaller
+                    continue
                 elif self.tool_mode == "auto" and mode == "native" and _TOOLS_UNSUPPORTED.search(text):
                     log.warning("%s at %s does not take native tools (%s); using text tool calls from now on",
                                 self.model, self.base_url, text)
                     self.active_tool_mode = "text"
+                    budget = None
                     continue
                 else:
                     hint = ""
@@ -147,10 +190,15 @@ class OpenAIPolicy:
                                   f"{e}") from e
             else:
                 try:
-                    return self._to_reply(response, mode, attempt + 1)
+                    reply = self._to_reply(response, mode, attempt + 1)
                 except (AttributeError, TypeError, IndexError) as e:  # JSON, but no chat completion
                     raise PolicyError(f"{self.model} at {self.base_url} answered with a malformed chat "
                                       f"completion: {type(e).__name__}: {e}") from e
+                reply.extra["max_tokens"] = budget
+                # the conversation so far plus this reply: the next turn counts only what comes after
+                if reply.prompt_tokens:
+                    self._known = (len(messages) + 1, reply.prompt_tokens + reply.completion_tokens)
+                return reply
             assert last is not None
             if attempt >= self.max_retries:
                 raise PolicyError(f"{self.model} at {self.base_url}: gave up after {attempt + 1} attempts; "
@@ -170,10 +218,78 @@ class OpenAIPolicy:
         return PolicyError(f"{self.model} at {self.base_url}: the episode's time budget (episode_timeout "
                            f"{self.episode_timeout:g} s) ran out after {attempts} failed attempt(s) this turn{cause}")
 
+    # -- the context budget -----------------------------------------------------------------------------------
+
+    def _budget(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], mode: str,
+                remaining: float | None) -> int:
+        """This turn's max_tokens (ContextOverflow when the context has too little left)."""
+        if self.max_model_len is None:
+            return self.max_tokens
+        sent = [_clean_message(m) for m in messages] if mode == "native" else to_text_mode(messages, tools)
+        counted = self._count_by_server(sent, tools if mode == "native" else [], remaining)
+        how = "counted by the server's /tokenize"
+        if counted is None:
+            counted, how = self._estimate(messages, tools), "estimated"
+        return turn_budget(self.max_tokens, self.max_model_len, counted, min_turn_tokens=self.min_turn_tokens,
+                           counted=how)
+
+    def _count_by_server(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                         remaining: float | None) -> int | None:
+        """The prompt's exact tokens from vLLM's /tokenize, or None where the server has none (asked once) or
+        does not answer now (the chat request then meets the same trouble and handles it)."""
+        if self._tokenize is False:
+            return None
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "add_generation_prompt": True}
+        if tools:
+            body["tools"] = tools
+        timeout = min(self.timeout, remaining) if remaining is not None else self.timeout
+        openai = self._openai
+        try:
+            answer = self.client.post(self.tokenize_url, cast_to=object, body=body, options={
+                "timeout": openai.Timeout(timeout, connect=min(self.connect_timeout, timeout))})
+        except openai.APIStatusError as e:
+            if e.status_code in (404, 405, 501):
+                log.info("%s has no /tokenize (%d): prompts are estimated from usage", self.base_url, e.status_code)
+                self._tokenize = False
+            return None
+        except (openai.OpenAIError, ValueError):
+            return None
+        count = answer.get("count") if isinstance(answer, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool):
+            self._tokenize = False  # something answered, not vLLM's tokenizer
+            return None
+        self._tokenize = True
+        return count
+
+    def _estimate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+        """The last turn's prompt + completion as the server counted them, plus an estimate of what came after;
+        the whole conversation estimated where no usage is known (the first turn, a server without usage)."""
+        known = self._known
+        if known is not None and known[0] <= len(messages):
+            return known[1] + estimate_tokens(messages[known[0]:])
+        return estimate_tokens(messages) + (estimate_text_tokens(json.dumps(tools)) if tools else 0)
+
+    def _budget_from_error(self, text: str, sent: int) -> int | None:
+        """A smaller max_tokens that fits, from the prompt size the server's "context exceeded" answer states
+        (our estimate was low); None when it states none, or nothing useful fits."""
+        found = _PROMPT_TOKENS_IN_ERROR.search(text)
+        if self.max_model_len is None or found is None:
+            return None
+        prompt = int(next(g for g in found.groups() if g))
+        context = self.max_model_len
+        if (server := _CONTEXT_IN_ERROR.search(text)) is not None:
+            context = min(context, int(server.group(1)))
+        try:
+            budget = turn_budget(self.max_tokens, context, prompt, min_turn_tokens=self.min_turn_tokens,
+                                 counted="counted by the server")
+        except ContextOverflow:
+            return None
+        return budget if budget < sent else None
+
     def _create(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], mode: str,
-                remaining: float | None):
+                remaining: float | None, max_tokens: int):
         kwargs: dict[str, Any] = {"model": self.model, "temperature": self.temperature, "top_p": self.top_p,
-                                  "max_tokens": self.max_tokens}
+                                  "max_tokens": max_tokens}
         if self.seed is not None:
             kwargs["seed"] = self.seed
         if self.extra_body:
@@ -288,6 +404,20 @@ def parse_tool_calls(content: str | None) -> tuple[str | None, list[dict[str, An
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
+
+
+def estimate_text_tokens(text: str) -> int:
+    return -(-len(text) // EST_CHARS_PER_TOKEN)
+
+
+def estimate_tokens(messages: list[dict[str, Any]]) -> int:
+    """An estimate, on the high side, of what messages take in a chat template."""
+    total = 0
+    for m in messages:
+        total += EST_TOKENS_PER_MESSAGE + estimate_text_tokens(_text(m.get("content")))
+        for call in m.get("tool_calls") or []:
+            total += estimate_text_tokens(json.dumps(call, ensure_ascii=False, default=str))
+    return total
 
 
 def _text(content: Any) -> str:

@@ -48,7 +48,8 @@ class CollectConfig(StageConfig):
     name: str = Field("trajectories", description="output artifact name")
     policy: str = Field("oracle", description="openai | hf | scripted | oracle | module:Class")
     policy_args: dict[str, Any] = Field(default_factory=dict, description="the policy's keyword arguments "
-                                        "(model, base_url, temperature, max_tokens, path, ...)")
+                                        "(model, base_url, temperature, max_turn_tokens, max_model_len, path, "
+                                        "...)")
     environment: str = Field("swe", description="swe | module:Class")
     repos: Path | None = PathInput(description="mirror folder of owner__name repos (tasks without an image)")
     backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
@@ -149,7 +150,7 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
         if not hasattr(local, "policy"):
             try:
                 local.policy = policy_cls(**config.policy_args)
-            except TypeError as e:  # an argument the policy does not take
+            except (TypeError, ValueError) as e:  # an argument the policy does not take, or a bad value
                 raise BadInput(f"policy {config.policy!r}: {e}", key="policy_args") from None
         env = env_cls(repos=config.repos, backend=config.backend, tool_timeout=config.limits.tool_timeout,
                       grade=config.grade, **sandbox_kwargs(config.sandbox_limits))
