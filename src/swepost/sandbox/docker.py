@@ -79,10 +79,13 @@ class AttachChannel(Channel):
                     self.stderr = (self.stderr + payload)[-4096:]
                     continue
                 return payload
-            ready, _, _ = select.select([self.sock], [], [], max(timeout, 0))
-            if not ready:
-                return None
-            chunk = self.sock.recv(1 << 20)
+            try:
+                ready, _, _ = select.select([self.sock], [], [], max(timeout, 0))
+                if not ready:
+                    return None
+                chunk = self.sock.recv(1 << 20)
+            except (OSError, ValueError):  # closed under us by close() on another thread: the agent is gone
+                return b""
             if not chunk:
                 return b""
             self.pending += chunk
@@ -97,6 +100,10 @@ class AttachChannel(Channel):
         return stream, payload
 
     def close(self) -> None:
+        try:  # wakes a thread blocked reading this socket (a close alone leaves it asleep until its timeout)
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         for part in (self.sock, self.keepalive):
             try:
                 if part is not None:
