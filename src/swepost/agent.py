@@ -1,7 +1,8 @@
 """The multi-turn loop: a policy talks to an environment through tools until it submits or a limit ends it.
 
 Every episode ends with an exit status (submitted, max_turns, context_overflow, timeout, format_error,
-sandbox_error, policy_error; the last two are infrastructure failures and never graded). A malformed tool call
+sandbox_error, policy_error; the last two are infrastructure failures and never graded; rl's rollout engine adds
+`deadline`, an episode it cut at the step's deadline, also never graded). A malformed tool call
 (bad JSON, unknown tool, missing or wrong arguments) is answered with an error observation and counted; too
 many in a row end the episode as format_error. The trajectory is handed to `on_step` after every step, so a
 crash leaves a usable partial record.

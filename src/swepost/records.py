@@ -63,6 +63,8 @@ class TaskVerify(BaseModel):
     reference_answer: str | None = None
     rubric: list[str] = Field(default_factory=list)
     gold_answers: list[str] = Field(default_factory=list)
+    timeout: float | None = Field(None, gt=0, description="seconds the graded test run may take (default 1800); "
+                                  "past it the episode is UNGRADED, not wrong")
 
 
 class Task(BaseModel):
@@ -87,7 +89,7 @@ class Task(BaseModel):
 
 
 ExitStatus = Literal["submitted", "max_turns", "context_overflow", "timeout", "format_error", "sandbox_error",
-                     "policy_error"]
+                     "policy_error", "deadline"]
 
 
 class Trajectory(BaseModel):

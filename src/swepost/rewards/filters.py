@@ -18,7 +18,8 @@ from swepost.records import Trajectory
 
 RESOLVED_FULL = "RESOLVED_FULL"
 UNGRADED = "UNGRADED"  # the grader could not judge (timeout, memory, sandbox failure): reward None, no verdict
-INFRA_EXIT_STATUSES = ("policy_error", "sandbox_error")  # the server or the sandbox failed, not the model
+# the server or the sandbox failed, or rl cut the episode at its step deadline: the infrastructure, not the model
+INFRA_EXIT_STATUSES = ("policy_error", "sandbox_error", "deadline")
 ERROR_PREFIX = "Error: "  # how the agent loop answers a malformed or failing tool call
 CHARS_PER_TOKEN = 4  # the estimate used when a trajectory has no token counts
 
@@ -27,8 +28,8 @@ CHARS_PER_TOKEN = 4  # the estimate used when a trajectory has no token counts
 
 def is_ungraded(traj: Trajectory) -> bool:
     """No verdict: the grader tried and could not judge this episode (why: `evidence["reason"]`), or the episode
-    ended in an infrastructure failure (policy_error, sandbox_error; why: `error`). It is neither a success nor
-    a wrong answer: no stage may keep it as one or count it as a failure."""
+    ended in an infrastructure failure (policy_error, sandbox_error, deadline; why: `error`). It is neither a
+    success nor a wrong answer: no stage may keep it as one or count it as a failure."""
     return traj.resolved == UNGRADED or traj.exit_status in INFRA_EXIT_STATUSES
 
 
