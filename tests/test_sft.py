@@ -352,3 +352,36 @@ def test_shipped_configs_and_cli_multi_node_flags():
     assert printed["num_processes"] == 16
     assert printed["launch_args"] == ["--max_restarts", "0", "--num_machines", "2", "--machine_rank", "1",
                                       "--main_process_ip", "10.0.0.1"]
+
+
+# (e) --------------------------------------------------------------------------------------------------------
+
+def test_two_cpu_processes_through_accelerate_train_one_model_and_merge_lora(store, data, tiny):
+    """Issue 12 must-show: `accelerate launch` with two processes (accelerate_config cpu: gloo on CPU, a real
+    distributed run). Each process trains on its own half of the conversations: every one is seen exactly once
+    over both (the gathered token count is the dataset's); one artifact is published; the LoRA adapter is
+    merged from the gathered weights into full, non-empty tensors."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    start = time.monotonic()
+    art = run_sft(SftConfig(data=data, model=tiny, lora=True, lora_merge=True, lora_r=8, lora_alpha=16,
+                            epochs=1, learning_rate=5e-2, max_length=1024, packing=False, batch_size=1,
+                            save_steps=1000, launch="accelerate", accelerate_config="cpu", num_processes=2), store)
+    s = art.stats
+    assert s["world_size"] == 2 and s["steps"] == 8 // 2, s  # 8 conversations, one per process per step
+    assert s["tokens"] == s["dataset_tokens"], s  # gathered over both processes: each conversation once
+    assert s["merged"] is True and s["first_loss"] is not None
+    assert [a.id for a in store.all() if a.kind == "checkpoint"] == [tiny, art.id]
+    assert not list((store.root / "work").glob("sft-*"))
+
+    folder = art.path / "model"
+    assert (folder / "model.safetensors").is_file() and not (folder / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(store.resolve(tiny).path / "model").state_dict()
+    assert merged.keys() == base.keys()
+    assert all(merged[k].shape == base[k].shape and merged[k].numel() > 0 for k in base)
+    changed = {k for k in base if not torch.equal(merged[k], base[k])}
+    # LoRA (all-linear) moves the projections of the layers and nothing else
+    assert changed and all(k.endswith("proj.weight") for k in changed), sorted(changed)
+    assert time.monotonic() - start < 180

@@ -73,8 +73,8 @@ class SftConfig(StageConfig):
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of the steps spent warming up the lr")
     launch: Literal["none", "accelerate"] = Field("none", description="none: train in this process; accelerate: "
                                                   "through `accelerate launch` (multi-GPU, multi-node)")
-    accelerate_config: str = Field("multi_gpu", description="single_gpu, multi_gpu, zero2, zero3, fsdp "
-                                   "(shipped) or an accelerate YAML path")
+    accelerate_config: str = Field("multi_gpu", description="single_gpu, multi_gpu, zero2, zero3, fsdp, cpu "
+                                   "(shipped; cpu: processes on CPUs over gloo) or an accelerate YAML path")
     num_processes: int | None = Field(None, ge=1, description="processes over all machines (default: the "
                                       "accelerate config's)")
     launch_args: list[str] = Field(default_factory=list, description="more `accelerate launch` flags, e.g. "
@@ -151,7 +151,10 @@ def train_or_launch(stage: str, resolved, store: ArtifactStore, work: Path, stat
                                            "home": str(store.root)}, indent=2) + "\n")
         cmd = launch_command(resolved, config_json, stage)
         print(f"{stage}: {' '.join(cmd)}", file=sys.stderr)
-        rc = subprocess.run(cmd, env={**os.environ, CHILD_ENV: "1"}).returncode
+        from swepost.train.sft import LAUNCH_ENV
+
+        env = {**os.environ, CHILD_ENV: "1", **LAUNCH_ENV.get(resolved.accelerate_config, {})}
+        rc = subprocess.run(cmd, env=env).returncode
         if rc != 0:
             raise WorkFailed(f"{stage}: `accelerate launch` exited with {rc}; run the same command again to resume "
                              f"from the last checkpoint in {work}")

@@ -32,7 +32,10 @@ from swepost.errors import BadInput, WorkFailed
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEEPSPEED_CONFIGS = ("zero2", "zero3")
-ACCELERATE_CONFIGS = ("single_gpu", "multi_gpu", "zero2", "zero3", "fsdp")
+ACCELERATE_CONFIGS = ("single_gpu", "multi_gpu", "zero2", "zero3", "fsdp", "cpu")
+# accelerate's own MULTI_CPU type starts one process per machine (it expects mpirun), so the shipped `cpu` config
+# starts its processes the way multi_gpu does (torchrun) and these variables put them on the CPUs, over gloo
+LAUNCH_ENV = {"cpu": {"ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}}
 STATS_FILE = "sft_stats.json"
 FINAL = "final"
 
@@ -55,7 +58,7 @@ def deepspeed_config_path(value: str) -> str:
 
 
 def accelerate_config_path(value: str) -> str:
-    """A shipped accelerate config name (single_gpu, multi_gpu, zero2, zero3, fsdp) or a path to a YAML file."""
+    """A shipped accelerate config name (single_gpu, multi_gpu, zero2, zero3, fsdp, cpu) or a path to a YAML file."""
     return _shipped_or_path(value, "accelerate", ACCELERATE_CONFIGS, ".yaml", "accelerate_config",
                             "accelerate config")
 
@@ -260,6 +263,70 @@ def lora_config(cfg: Any):
                       lora_dropout=_get(cfg, "lora_dropout", 0.05), target_modules=targets, task_type="CAUSAL_LM")
 
 
+def check_world(trainer) -> None:
+    """Processes started together that did not join one distributed run (e.g. multi_gpu on a machine without
+    GPUs: each would train alone, all in the same folder) stop here."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if trainer.args.world_size != launched:
+        raise WorkFailed(f"{launched} processes were launched but each trains alone (world size "
+                         f"{trainer.args.world_size}): no GPU for this accelerate config? On CPUs use "
+                         "accelerate_config: cpu")
+
+
+def gathered_state_dict(trainer) -> dict | None:
+    """The trained model's whole state dict on the main process (None on the others). Every process must call
+    it: under ZeRO-3 and FSDP each holds a shard of every weight (the unwrapped model's own tensors are empty)
+    and gathering them is a collective."""
+    acc = trainer.accelerator
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        try:
+            state = acc.get_state_dict(trainer.deepspeed)  # ZeRO-3: gathered module by module
+        except ValueError:  # a user's ZeRO-3 JSON without stage3_gather_16bit_weights_on_model_save
+            state = _gather_zero3_parameters(acc.unwrap_model(trainer.model), acc.is_main_process)
+    else:
+        state = acc.get_state_dict(trainer.model)  # FSDP: a full state dict; DDP / one process: the model's own
+    return {k: v.detach().to("cpu").clone() for k, v in state.items()} if acc.is_main_process else None
+
+
+def _gather_zero3_parameters(model, main: bool) -> dict:
+    """ZeRO-3 weights one at a time (a whole large model would not fit one GPU at once), every process taking
+    part in each gather; kept on the main process."""
+    import deepspeed
+
+    state = {}
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if main:
+                state[name] = param.detach().to("cpu").clone()
+    if main:
+        state.update({name: b.detach().to("cpu").clone() for name, b in model.named_buffers()})
+    return state
+
+
+def save_merged_lora(trainer, model_path: str, cfg: Any, folder: Path) -> None:
+    """Save the base model with the trained LoRA adapter merged in (full weights) and the tokenizer. Every
+    process must call it (the weights are gathered first; see gathered_state_dict); the main process rebuilds
+    the LoRA model on CPU from the base, loads the gathered weights into it, merges and saves."""
+    state = gathered_state_dict(trainer)
+    if state is None:
+        return
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base, init_kwargs = training_model(model_path, cfg)
+    if isinstance(base, str):
+        base = AutoModelForCausalLM.from_pretrained(base, **(init_kwargs or {}))
+    model = get_peft_model(base, lora_config(cfg))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # a base weight left out (a tied copy) keeps the base's value, which LoRA training never changes
+    missing = [k for k in missing if "lora_" in k]
+    if unexpected or missing:
+        raise WorkFailed(f"the trained LoRA weights do not fit a fresh LoRA model of the base: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}")
+    model.merge_and_unload().save_pretrained(folder)
+    trainer.processing_class.save_pretrained(folder)
+
+
 def build_trainer(data_path: Path, model_path: str, out_dir: Path, cfg: Any):
     """The SFTTrainer for this run (not started) and the dataset stats."""
     import torch
@@ -327,6 +394,7 @@ def train_sft(data_path: Path, model_path: str, out_dir: Path, cfg: Any) -> dict
 
 def _train(data_path: Path, model_path: str, out_dir: Path, cfg: Any) -> dict:
     trainer, data_stats = build_trainer(data_path, model_path, out_dir, cfg)
+    check_world(trainer)
     main = trainer.is_world_process_zero()
     resume, resumed_from = resume_point(out_dir)
     if main:
@@ -344,10 +412,7 @@ def _train(data_path: Path, model_path: str, out_dir: Path, cfg: Any) -> dict:
 
     merge = bool(_get(cfg, "lora", False)) and (bool(_get(cfg, "lora_merge", False)) or is_adapter(model_path))
     if merge:
-        if main:
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(final)
-            trainer.processing_class.save_pretrained(final)
+        save_merged_lora(trainer, model_path, cfg, final)  # every rank: ZeRO-3 / FSDP gather the weights
     else:
         trainer.save_model(str(final))  # every rank: ZeRO-3 / FSDP gather the weights
     trainer.accelerator.wait_for_everyone()
