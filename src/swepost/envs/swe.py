@@ -343,11 +343,12 @@ class SweEnvironment:
         if self.task is None:
             raise EnvironmentBroken("no episode to score: reset first")
         from swepost.rewards.filters import UNGRADED
-        from swepost.rewards.grading import grade_patch
+        from swepost.rewards.grading import GRADE_TIMEOUT, grade_patch
 
         diff = self.final_diff()
         try:
-            result = grade_patch(self.task, diff, repos=self.repos, backend=self.backend, limits=self.limits)
+            result = grade_patch(self.task, diff, repos=self.repos, backend=self.backend, limits=self.limits,
+                                 timeout=self.task.verify.timeout or GRADE_TIMEOUT)
         except WorkFailed as e:  # the grader's sandbox failed (SandboxError is one): no verdict, not a wrong answer
             reason = f"grading failed: {e}"
             return {"reward": None, "resolved": UNGRADED,

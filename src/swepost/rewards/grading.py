@@ -47,6 +47,7 @@ from pathlib import Path
 from swepost.records import Task
 
 PASSING = ("PASSED", "XPASS")
+GRADE_TIMEOUT = 1800.0  # seconds for the graded test run when the task sets no verify.timeout (SWE-bench's)
 INFRA_FILES = {"conftest.py", "pytest.ini", ".pytest.ini", "pytest.toml", ".pytest.toml", "sitecustomize.py",
                "usercustomize.py"}
 PYTEST_SECTIONS = {"setup.cfg": re.compile(r"^\[(tool:pytest|pytest)\]"),
@@ -258,7 +259,7 @@ class _Grading:
         self.sh(f"rm -rf -- {q}{restore}")
 
 
-def grade_in_sandbox(box, task: Task, patch: str, *, timeout: float = 1800.0) -> GradeResult:
+def grade_in_sandbox(box, task: Task, patch: str, *, timeout: float = GRADE_TIMEOUT) -> GradeResult:
     """Grade `patch` for `task` in `box`, a fresh sandbox holding the repo at base_commit (see module doc)."""
     from swepost.sandbox.base import SandboxError
 
@@ -466,7 +467,7 @@ def _section(text: str, header: re.Pattern) -> str:
 
 
 def grade_patch(task: Task, patch: str, *, repos: str | Path | None = None, backend: str = "auto",
-                timeout: float = 1800.0, limits=None) -> GradeResult:
+                timeout: float = GRADE_TIMEOUT, limits=None) -> GradeResult:
     """Grade one diff for one task in a fresh sandbox made for this grading alone."""
     from swepost.sandbox.task_sandbox import open_task_sandbox
 

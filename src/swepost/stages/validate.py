@@ -29,7 +29,7 @@ class TasksValidateConfig(StageConfig):
     runs: int = Field(1, ge=1, le=20, description="repeats of each check; a test that flips is flaky")
     backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
     jobs: int = Field(2, ge=1, le=64, description="tasks validated at once")
-    timeout: float = Field(1800.0, gt=0, description="seconds for one test run")
+    timeout: float = Field(1800.0, gt=0, description="seconds for one test run (a task's verify.timeout wins)")
     sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits, description="sandbox limits over every "
                                           "task's own (cpus, memory_mb, pids, disk_mb, timeout_s, network_allow)")
 
@@ -41,8 +41,8 @@ def validate_task(task: Task, config: TasksValidateConfig) -> tuple[Task | None,
 
     def grade(patch: str):
         try:
-            return grade_patch(task, patch, repos=config.repos, backend=config.backend, timeout=config.timeout,
-                               limits=config.sandbox_limits)
+            return grade_patch(task, patch, repos=config.repos, backend=config.backend,
+                               timeout=task.verify.timeout or config.timeout, limits=config.sandbox_limits)
         except WorkFailed as e:  # this task's sandbox could not be set up (its install failed): drop it, go on
             return GradeResult(task.instance_id, "UNGRADED", None, reason=str(e)[:1000])
 
