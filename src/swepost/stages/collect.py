@@ -4,18 +4,21 @@ Finished episodes are appended (and fsynced) to a work file under $SWEPOST_HOME/
 resolved config, and each running episode's partial trajectory is saved after every step. Run the same
 command again after a crash or a kill -9 and only the missing episodes run: every task x sample ends up in
 the artifact exactly once. Episodes that failed for infrastructure reasons (policy_error, sandbox_error) are
-run again by that re-run; wrong answers are not. When most episodes of a run have no verdict (infrastructure
-failures or UNGRADED), the stage fails (exit 1) with the causes counted and writes no artifact, so a dead model
-server is never stored as a score. The `eval` stage runs the same engine.
+run again by that re-run; wrong answers are not. A task that failed so in `quarantine_after` runs is quarantined:
+not run again, and listed in the artifact's quarantined.jsonl. When most episodes of a run have no verdict
+(infrastructure failures or UNGRADED; quarantined tasks apart), the stage fails (exit 1) with the causes counted
+and writes no artifact, so a dead model server is never stored as a score. The `eval` stage runs the same engine.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -31,6 +34,7 @@ from swepost.rewards.filters import failure_cause, is_infra_failure, is_ungraded
 from swepost.stages.tasks import load_tasks
 
 TRAJECTORIES_FILE = "trajectories.jsonl"
+QUARANTINE_FILE = "quarantined.jsonl"
 
 
 class EpisodeLimits(BaseModel):
@@ -64,6 +68,9 @@ class CollectConfig(StageConfig):
     max_infra_failure_rate: float = Field(0.5, ge=0, le=1, description="the largest fraction of episodes that may "
                                           "end without a verdict (policy_error, sandbox_error, UNGRADED); above "
                                           "it the stage exits 1 and writes no artifact")
+    quarantine_after: int = Field(3, ge=0, description="runs (of the same command, resumed) in which a task's "
+                                  "episodes failed for infrastructure reasons before it is quarantined: not run "
+                                  "again, listed in quarantined.jsonl, left out of max_infra_failure_rate; 0: never")
 
 
 def sandbox_kwargs(overrides: SandboxLimits) -> dict:
@@ -73,7 +80,8 @@ def sandbox_kwargs(overrides: SandboxLimits) -> dict:
 
 
 def work_key(config: CollectConfig, tasks_id: str, stage: str) -> str:
-    body = config.model_dump(mode="json", exclude={"repos", "name", "max_infra_failure_rate"})
+    body = config.model_dump(mode="json", exclude={"repos", "name", "max_infra_failure_rate",
+                                                          "quarantine_after"})
     body.update(tasks=tasks_id, stage=stage)
     return hashlib.sha256(canonical_json(body)).hexdigest()[:20]
 
@@ -121,6 +129,74 @@ class EpisodeLog:
         (self.folder / "partial" / f"{_safe(traj.episode_id)}.json").unlink(missing_ok=True)
 
 
+class FailureLog:
+    """Which tasks failed for infrastructure reasons in which runs of one work folder: what quarantine counts.
+    Append-only and fsynced like the episode log, so a kill -9 loses at most the line being written.
+
+    A task's count is the number of runs in which any of its episodes ended with no verdict (policy_error,
+    sandbox_error, UNGRADED); wrong answers and the model's own endings never count. A policy_error counts only in
+    a run where the server answered some request (this episode's earlier turns too): a server that is down, hung
+    or answering HTML for a whole run blames no task. Nothing is quarantined while no episode of the work folder
+    has a verdict: then the setup is broken, not the tasks.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = folder / "failures.jsonl"
+        self.run = uuid.uuid4().hex[:12]
+        self.lock = threading.Lock()
+        self.answered = False  # has the policy answered any request in this run (recorded once)?
+        self.lines: list[dict[str, Any]] = []
+        if self.path.exists():
+            for line in self.path.read_bytes().splitlines():
+                try:
+                    self.lines.append(json.loads(line))
+                except ValueError:
+                    pass  # a line torn by a kill
+
+    def record(self, traj: Trajectory) -> None:
+        new = []
+        with self.lock:
+            if traj.turns and not self.answered:
+                self.answered = True
+                new.append({"run": self.run, "answered": True})
+            if is_ungraded(traj):
+                new.append({"run": self.run, "instance_id": traj.instance_id, "episode_id": traj.episode_id,
+                            "exit_status": traj.exit_status, "cause": " ".join(failure_cause(traj).split())[:500]})
+            if not new:
+                return
+            with open(self.path, "ab") as f:
+                f.write(b"".join(json.dumps(x).encode() + b"\n" for x in new))
+                f.flush()
+                os.fsync(f.fileno())
+            self.lines += new
+
+    def quarantined(self, after: int, any_verdict: bool) -> dict[str, dict[str, Any]]:
+        """instance_id -> {instance_id, failures (runs), last_cause, runs} for every task at or past `after`."""
+        if after <= 0 or not any_verdict:
+            return {}
+        answered = {x["run"] for x in self.lines if x.get("answered")}
+        runs: dict[str, list[str]] = {}
+        last: dict[str, str] = {}
+        for x in self.lines:
+            task = x.get("instance_id")
+            if not task or (x.get("exit_status") == "policy_error" and x["run"] not in answered):
+                continue
+            if x["run"] not in runs.setdefault(task, []):
+                runs[task].append(x["run"])
+            last[task] = x.get("cause") or ""
+        return {task: {"instance_id": task, "failures": len(r), "last_cause": last[task]}
+                for task, r in runs.items() if len(r) >= after}
+
+
+def publish_quarantine(work: Path, folder: Path) -> int:
+    """Copy the work folder's quarantine list into an artifact being written; the number of tasks in it."""
+    source = work / QUARANTINE_FILE
+    if not source.exists():
+        return 0
+    shutil.copyfile(source, folder / QUARANTINE_FILE)
+    return sum(1 for line in source.read_text().splitlines() if line.strip())
+
+
 def _safe(episode_id: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in episode_id)
 
@@ -137,10 +213,14 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
     policy_cls = load_component(config.policy, POLICIES, "policy")
     env_cls = load_component(config.environment, ENVIRONMENTS, "environment")
     log = EpisodeLog(store.root / "work" / f"{stage}-{work_key(config, source.id, stage)}")
+    failures = FailureLog(log.folder)
     wanted = [(task, s) for task in tasks for s in range(config.samples)]
-    # an episode the server or the sandbox failed is run again; a finished one (right or wrong) is kept
+    # an episode the server or the sandbox failed is run again; a finished one (right or wrong) is kept; a
+    # quarantined task is not run again
     kept = {k: t for k, t in log.done.items() if not is_infra_failure(t)}
-    pending = [(task, s) for task, s in wanted if f"{task.instance_id}#{s}" not in kept]
+    quarantine = failures.quarantined(config.quarantine_after, _any_verdict(log.done))
+    pending = [(task, s) for task, s in wanted
+               if f"{task.instance_id}#{s}" not in kept and task.instance_id not in quarantine]
     limits = AgentLimits(max_turns=config.limits.max_turns, max_context_tokens=config.limits.max_context_tokens,
                          max_seconds=config.limits.max_seconds,
                          max_consecutive_errors=config.limits.max_consecutive_errors)
@@ -157,9 +237,10 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
         traj = run_episode(local.policy, env, task, sample=sample, limits=limits, grade=config.grade,
                            on_step=log.save_partial)
         log.finish(traj)
+        failures.record(traj)
         return traj
 
-    with _Progress(stage, len(wanted), list(kept.values())) as progress:
+    with _Progress(stage, len(kept) + len(pending), list(kept.values())) as progress:
         with ThreadPoolExecutor(config.concurrency) as pool:
             futures = [pool.submit(episode, task, s) for task, s in pending]
             try:
@@ -171,13 +252,50 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
                 raise
     order = {f"{t.instance_id}#{s}": i for i, (t, s) in enumerate(wanted)}
     trajectories = sorted((log.done[k] for k in order if k in log.done), key=lambda t: order[t.episode_id])
-    check_verdicts(stage, trajectories, config.max_infra_failure_rate, log.folder)
+    wanted_ids = {task.instance_id for task in tasks}
+    quarantine = {k: v for k, v in failures.quarantined(config.quarantine_after, _any_verdict(log.done)).items()
+                  if k in wanted_ids}
+    _write_quarantine(log.folder, quarantine, config.quarantine_after)
+    # quarantined tasks are reported apart: the check asks whether the run itself (server, sandboxes) worked on
+    # the tasks it still runs, so a few broken tasks cannot block every re-run, nor hide a dead server
+    check_verdicts(stage, [t for t in trajectories if t.instance_id not in quarantine],
+                   config.max_infra_failure_rate, log.folder, quarantined=len(quarantine))
     return source, tasks, trajectories, log.folder
 
 
-def check_verdicts(stage: str, trajectories: list[Trajectory], max_rate: float, work: Path) -> None:
+def _any_verdict(done: dict[str, Trajectory]) -> bool:
+    return any(not is_ungraded(t) for t in done.values())
+
+
+def _write_quarantine(work: Path, quarantine: dict[str, dict[str, Any]], after: int) -> None:
+    """The list in the work folder (published with the artifact), and on the terminal."""
+    path = work / QUARANTINE_FILE
+    if not quarantine:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(q) + "\n" for q in sorted(quarantine.values(),
+                                                                key=lambda q: q["instance_id"])))
+    os.replace(tmp, path)
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True)
+    console.print(f"[yellow]quarantined {len(quarantine)} task(s)[/]: failed for infrastructure reasons in "
+                  f"{after} or more runs; not run again (listed in {QUARANTINE_FILE})")
+    for q in sorted(quarantine.values(), key=lambda q: q["instance_id"]):
+        console.print(f"  {escape(q['instance_id'])}: {q['failures']} runs; last: {escape(q['last_cause'][:300])}",
+                      soft_wrap=True)
+
+
+def check_verdicts(stage: str, trajectories: list[Trajectory], max_rate: float, work: Path,
+                   quarantined: int = 0) -> None:
     """WorkFailed, with the causes counted, when more than `max_rate` of the episodes have no verdict: a dead
-    model server or a broken sandbox is not a score. The work folder stays, so the same command continues."""
+    model server or a broken sandbox is not a score. The work folder stays, so the same command continues.
+    `trajectories` leaves out quarantined tasks; when they were all there was, the stage fails too."""
+    if not trajectories and quarantined:
+        raise WorkFailed(f"{stage}: every task is quarantined ({quarantined}; see {work / QUARANTINE_FILE}); no "
+                         f"artifact written. Fix their cause and raise quarantine_after, or remove {work}.")
     failed = [t for t in trajectories if is_ungraded(t)]
     if not trajectories or len(failed) / len(trajectories) <= max_rate:
         return
@@ -254,6 +372,7 @@ def run_collect(config: CollectConfig, store: ArtifactStore) -> Artifact:
                      parents=input_parents(config, store, source.id)) as w:
         write_trajectories(w.path, trajectories)
         w.stats.update(episode_stats(trajectories))
+        w.stats["quarantined"] = publish_quarantine(work, w.path)
     shutil.rmtree(work, ignore_errors=True)
     return w.artifact
 

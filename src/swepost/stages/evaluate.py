@@ -2,7 +2,8 @@
 
 Writes an `eval` artifact: metrics.json (resolved rate over graded episodes, ungraded count and rate, unbiased
 pass@k over graded samples, exit statuses, mean turns and tokens), predictions.jsonl in SWE-bench's format
-(instance_id, model_name_or_path, model_patch), a Markdown summary, and the trajectories themselves.
+(instance_id, model_name_or_path, model_patch), a Markdown summary, the trajectories themselves, and
+quarantined.jsonl when tasks were quarantined (their episodes stay in the trajectories, ungraded).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from pydantic import Field
 from swepost.artifacts import Artifact, ArtifactStore, producer_record
 from swepost.records import Trajectory
 from swepost.rewards.filters import is_ungraded
-from swepost.stages.collect import CollectConfig, episode_stats, input_parents, run_episodes, write_trajectories
+from swepost.stages.collect import (
+    CollectConfig,
+    episode_stats,
+    input_parents,
+    publish_quarantine,
+    run_episodes,
+    write_trajectories,
+)
 
 
 class EvalConfig(CollectConfig):
@@ -81,5 +89,6 @@ def run_eval(config: EvalConfig, store: ArtifactStore) -> Artifact:
         w.stats.update({k: m[k] for k in ("episodes", "resolved", "resolved_rate", "ungraded", "ungraded_rate",
                                           "mean_turns", "tokens")})
         w.stats["pass_at_1"] = m["pass_at_k"]["1"]
+        w.stats["quarantined"] = publish_quarantine(work, w.path)
     shutil.rmtree(work, ignore_errors=True)
     return w.artifact
