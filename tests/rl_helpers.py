@@ -40,3 +40,11 @@ def alternating_reward(trajectory, task) -> float:
     if task.instance_id.startswith("flat"):
         return 0.0
     return float(trajectory.sample % 2)
+
+
+def parity_or_ungraded(trajectory, task) -> float | None:
+    """alternating_reward, except that on tasks named ungraded-* the first sample of each group has no verdict
+    (None: out of the loss and the group baseline) and the others score by parity."""
+    if task.instance_id.startswith("ungraded") and trajectory.sample == 0:
+        return None
+    return alternating_reward(trajectory, task)

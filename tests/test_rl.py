@@ -369,3 +369,121 @@ def test_one_grpo_step_raises_the_rewarded_answer_and_lowers_the_other(tmp_path)
     up, down = (0, 1) if rewarded.get("submit") == 1.0 else (1, 0)
     assert after[up] > before[up] + 1e-3, (before, after, rewarded)
     assert after[down] < before[down] - 1e-3, (before, after, rewarded)
+
+
+def _expected_advantages(rows: list[dict], turn_penalty: float) -> list[float]:
+    """GRPO's group normalisation recomputed from rollouts.jsonl alone: reward = task reward + turn penalty, rows
+    without a verdict out of the group's mean and std (sample std) and given advantage 0."""
+    out = []
+    for start in range(0, len(rows), 4):
+        group = rows[start: start + 4]
+        values = [r["reward"] - turn_penalty * r["turns"] if r["masked"] not in ("ungraded", "deadline") else None
+                  for r in group]
+        scored = [v for v in values if v is not None]
+        mean = sum(scored) / len(scored)
+        std = (sum((v - mean) ** 2 for v in scored) / (len(scored) - 1)) ** 0.5 if len(scored) > 1 else 0.0
+        out += [0.0 if v is None else (v - mean) / (std + 1e-4) for v in values]
+    return out
+
+
+def test_trl_rewards_and_advantages_line_up_with_the_rollout_log(tmp_path):
+    """Issue 12: real GRPO steps (TRL, dynamic sampling with resamples, ungraded rollouts, a turn penalty): the
+    rewards TRL trained on, row by row, are the rows' rewards in rollouts.jsonl (NaN where the row has none),
+    its advantages are the group normalisation of those rows, and its completions table names the task each
+    row really ran (a resampled one, not the prompt TRL sent)."""
+    import math
+
+    from transformers import TrainerCallback
+
+    from swepost.records import Task
+    from swepost.stages.rl import RlConfig
+    from swepost.train.rl import RolloutLog, build_trainer, fit_context
+    from swepost.train.tiny_model import build_tiny_model
+
+    model_path = str(tmp_path / "tiny")
+    build_tiny_model(tmp_path / "tiny")
+    names = ["flat-a", "flat-b", "flat-c", "flat-d", "mixed-e", "ungraded-f"]
+    tasks = [Task(instance_id=n, problem_statement=f"Answer {n}.") for n in names]
+    cfg = fit_context(RlConfig(tasks="x", model=model_path, environment="tests.rl_helpers:EchoEnvironment",
+                               reward="tests.rl_helpers:parity_or_ungraded", num_generations=4, tasks_per_step=2,
+                               max_steps=3, learning_rate=1e-3, dynamic_sampling="resample", max_resample_rounds=4,
+                               turn_penalty=0.25, max_turns=1, max_completion_tokens=16, truncated="keep",
+                               gradient_checkpointing=False, save_steps=100, report_to="none"), model_path)
+    out = tmp_path / "work"
+    out.mkdir()
+    trainer, _ = build_trainer(tasks, model_path, out, cfg, RolloutLog(out, False))
+    logged: dict[int, dict] = {}
+
+    class Capture(TrainerCallback):  # what TRL itself stored for this step's generation batch
+        def on_step_end(self, args, state, control, **kw):
+            logs = trainer._logs
+            logged[state.global_step] = {"rewards": {k: list(v) for k, v in logs["rewards"].items()},
+                                         "advantages": list(logs["advantages"]),
+                                         "instance_id": list(logs["extra"]["instance_id"]),
+                                         "prompt": [p[-1]["content"] for p in logs["prompt"]]}
+
+    trainer.add_callback(Capture())
+    trainer.train()
+    rows = rows_of(out / "rollouts.jsonl")
+    assert sorted(logged) == [1, 2, 3]
+    resampled_rows = 0
+    for step, trl in logged.items():
+        mine = [r for r in rows if r["step"] == step]
+        assert len(mine) == len(trl["advantages"]) == 8
+        for r, task, turn, ran in zip(mine, trl["rewards"]["task"], trl["rewards"]["turn_penalty"],
+                                      trl["instance_id"], strict=True):
+            assert ran == r["instance_id"]
+            if r["reward"] is None:
+                assert r["masked"] == "ungraded" and math.isnan(task) and math.isnan(turn)
+            else:
+                assert task == r["reward"] and turn == pytest.approx(-0.25 * r["turns"])
+        expected = _expected_advantages(mine, 0.25)
+        assert trl["advantages"] == pytest.approx(expected, abs=1e-4), (step, mine)
+        resampled_rows += sum(r["resampled"] for r in mine)
+        # a resampled row ran another task than the prompt TRL sent for it
+        assert all((p != r["instance_id"]) <= r["resampled"] for p, r in zip(trl["prompt"], mine, strict=True))
+    assert resampled_rows, "no group was resampled: the test shows nothing about resamples"
+    assert any(r["masked"] == "ungraded" for r in rows) and any(r["masked"] is None for r in rows)
+
+
+def test_two_cpu_processes_resample_distinct_tasks_and_log_gathered_metrics(swepost, store, tmp_path, home):
+    """Issue 12: `rl` through `accelerate launch` on two CPU processes (gloo): each process rolls out whole
+    groups; a process whose group is flat resamples from its own share of the spare tasks, so no task runs twice
+    in a step; the logged rl/* metrics count both processes' rollouts; one artifact holds every process's rows."""
+    names = ["flat-a", "flat-b", "flat-c", "flat-d", "flat-e", "mixed-f", "mixed-g", "mixed-h"]
+    rows = [{"instance_id": n, "problem_statement": f"Answer {n}.", "repo": "none/none", "base_commit": "0" * 40,
+             "patch": "", "test_patch": "", "FAIL_TO_PASS": [], "PASS_TO_PASS": []} for n in names]
+    (tmp_path / "echo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    swepost("tasks", "import", tmp_path / "echo.jsonl", "--name", "echo", check=0)
+    tiny = json.loads(swepost("model", "tiny", "--json", check=0).stdout)["id"]
+    start = time.monotonic()
+    r = cli(home, "rl", "echo", "--model", tiny, "--max-steps", "3", "--tasks-per-step", "2", "-G", "2",
+            "--set", "environment=tests.rl_helpers:EchoEnvironment", "--set", "reward=tests.rl_helpers:alternating_reward",
+            "--set", "dynamic_sampling=resample", "--set", "max_resample_rounds=3", "--set", "max_turns=1",
+            "--set", "max_completion_tokens=16", "--set", "truncated=keep", "--set", "gradient_checkpointing=false",
+            "--set", "launch=accelerate", "--set", "accelerate_config=cpu", "--set", "num_processes=2", "--json")
+    art = store.resolve(json.loads(r.stdout)["id"])
+    assert [a.id for a in store.all() if a.kind == "checkpoint"] == [tiny, art.id]
+    assert art.stats["world_size"] == 2
+    rows = rows_of(art.path / "rollouts.jsonl")
+    assert len(rows) == 3 * 2 * 2 and {r["process"] for r in rows} == {0, 1}
+    history = [e for e in json.loads((art.path / "log_history.json").read_text()) if "rl/trained_rollouts" in e]
+    assert [e["step"] for e in history] == [1, 2, 3]
+    both_resampled = 0
+    for e in history:
+        step = [r for r in rows if r["step"] == e["step"]]
+        groups = {(r["process"], r["group"]): [x for x in step if (x["process"], x["group"]) == (r["process"],
+                                                                                              r["group"])]
+                  for r in step}
+        assert sorted(groups) == [(0, 0), (1, 0)]  # one whole group per process
+        assert all(len({x["instance_id"] for x in g}) == 1 and len(g) == 2 for g in groups.values())
+        ran = [g[0]["instance_id"] for g in groups.values()]
+        assert len(set(ran)) == len(ran), (e["step"], ran)  # no task twice in a step, resampled or not
+        both_resampled += all(g[0]["resampled"] for g in groups.values())
+        # gathered over both processes, not process 0's share
+        assert e["rl/trained_rollouts"] == sum(x["masked"] is None for x in step)
+        assert e["rl/resampled_groups"] == sum(g[0]["resampled"] for g in groups.values())
+        assert e["rl/dropped_groups"] == sum(g[0]["group_dropped"] for g in groups.values())
+        assert e["rl/task_reward"] == pytest.approx(sum(x["reward"] for x in step) / len(step))
+    assert both_resampled, "no step where both processes resampled: the test shows nothing about distinct picks"
+    assert time.monotonic() - start < 180

@@ -93,6 +93,10 @@ class RlConfig(StageConfig):
                                       "Prompt + completion must fit it")
     max_seconds: float = Field(1800.0, gt=0, description="wall-clock limit of one episode")
     max_consecutive_errors: int = Field(5, ge=1)
+    rollout_deadline: float | None = Field(None, gt=0, description="seconds after a step's rollouts start when "
+                                           "still-running episodes are cut and masked out of loss and baseline "
+                                           "(logged: rl/cut, rl/lost_episode_fraction, time/gpu_idle); unset: "
+                                           "every episode runs to its own end")
     concurrency: int = Field(16, ge=1, le=1024, description="episodes doing sandbox work at the same time, "
                              "per process (1: TRL's one-rollout-after-another tool execution)")
     max_batch_wait: float = Field(1.0, gt=0, description="seconds a generation request waits for others to join "
@@ -123,7 +127,8 @@ class RlConfig(StageConfig):
     logging_steps: int = Field(1, ge=1)
     save_trajectories: bool = Field(True, description="keep every rollout's trajectory in the artifact")
     launch: Literal["none", "accelerate"] = "none"
-    accelerate_config: str = Field("multi_gpu", description="single_gpu, multi_gpu, zero2, zero3, fsdp or a YAML")
+    accelerate_config: str = Field("multi_gpu", description="single_gpu, multi_gpu, zero2, zero3, fsdp, cpu "
+                                   "(processes on CPUs over gloo) or a YAML")
     num_processes: int | None = Field(None, ge=1)
     launch_args: list[str] = Field(default_factory=list, description="more `accelerate launch` flags")
 

@@ -11,7 +11,13 @@ the environment's grade, and this module adds what TRL lacks:
 * truncated episodes (out of turns, tokens or time): masked out of the loss but kept in their group's baseline
   (running out of room is no evidence the actions were wrong, yet a success among truncated attempts is still
   better than they are), or given DAPO's soft overlong penalty;
-* a linear penalty per model turn.
+* a linear penalty per model turn;
+* a step-level rollout deadline: episodes still running when it passes are cut, and left out of the loss and of
+  their group's baseline (as ungraded ones are), so one slow episode does not idle every GPU.
+
+On several processes each one rolls out whole groups; the `rl/*` and `time/*` metrics are summed over all of them
+(one gather per step, outside the resample loop, so every process makes the same collective calls), and resampled
+groups are drawn from disjoint shares of the spare tasks.
 
 Each reward part is its own TRL reward function (logged as rewards/<part>/mean); the parts come precomputed from
 the rollout as extra fields. TRL's dataset rows carry only the task's instance_id (as the prompt text): the
@@ -37,6 +43,7 @@ from swepost.rewards.filters import is_ungraded
 STATS_FILE = "rl_stats.json"
 FINAL = "final"
 TRUNCATED_STATUSES = ("context_overflow", "max_turns", "timeout")
+DEADLINE = "deadline"  # the exit status of an episode cut by the step's rollout deadline
 REWARD_PARTS = ("task", "turn_penalty", "overlong_penalty")
 
 
@@ -194,6 +201,7 @@ class RolloutFunc:
             max_completion_tokens=self.cfg.max_completion_tokens, concurrency=self.cfg.concurrency,
             max_turn_tokens=self.cfg.max_turn_tokens,
             max_wait=self.cfg.max_batch_wait, samples=[n % G for n in range(len(instance_ids))],
+            **({"deadline": self.cfg.rollout_deadline} if self.cfg.rollout_deadline else {}),
             describe={"model": "policy under training", "generation": self.cfg.generation,
                       "temperature": self.cfg.temperature, "top_p": self.cfg.top_p},
             seed=f"{seed}:{trainer.accelerator.process_index}")
@@ -206,10 +214,10 @@ class RolloutFunc:
         """The episode's reward, computed once (a judge may be slow, or not repeat itself)."""
         if "task" not in rollout.rewards:
             t = rollout.trajectory
-            # a failed sandbox or a grader that could not judge (UNGRADED: a timeout, the memory limit) is the
-            # infrastructure's fault, not the model's: no signal, whatever the reward function would say
+            # a failed sandbox, a grader that could not judge (UNGRADED: a timeout, the memory limit) or an episode
+            # cut by the deadline is no verdict on the model: no signal, whatever the reward function would say
             value = None
-            if t.exit_status != "sandbox_error" and not is_ungraded(t):
+            if t.exit_status not in ("sandbox_error", DEADLINE) and not is_ungraded(t):
                 try:
                     value = self.reward(t, self.tasks[t.instance_id])
                     value = None if value is None else float(value)
@@ -235,25 +243,27 @@ class RolloutFunc:
             raise WorkFailed(f"rl: this process got {len(ids)} rollouts that are not whole groups of {G}: make "
                              "tasks_per_step a multiple of the number of processes")
         step = trainer.state.global_step + 1
+        acc = trainer.accelerator
+        process = acc.process_index
         t0 = time.monotonic()
+        if cfg.dynamic_sampling == "resample":
+            # the whole batch's tasks, from every process (a collective: here, never inside the resample loop)
+            spare = self._spare_tasks(_gather(ids), process, acc.num_processes)
         rollouts, stats = self._run(trainer, ids, f"{cfg.seed}:{step}")
+        totals = _stats_totals(stats)
         groups = [rollouts[g: g + G] for g in range(0, len(rollouts), G)]
         resampled: set[int] = set()
         if cfg.dynamic_sampling == "resample":
-            rng = random.Random(f"{cfg.seed}:{step}")
-            used = set(ids)
+            random.Random(f"{cfg.seed}:{step}:{process}").shuffle(spare)
             for round_ in range(1, cfg.max_resample_rounds + 1):
                 flat = [g for g, group in enumerate(groups)
                         if self._zero_variance([self._task_reward(r) for r in group])]
-                spare = [i for i in self.order if i not in used]
-                rng.shuffle(spare)
                 flat = flat[: len(spare)]
                 if not flat:
                     break
-                fresh = [spare[k] for k in range(len(flat))]
-                used.update(fresh)
+                fresh, spare = spare[: len(flat)], spare[len(flat):]
                 new, more = self._run(trainer, [i for i in fresh for _ in range(G)], f"{cfg.seed}:{step}:{round_}")
-                stats.batches += more.batches
+                totals = {k: v + _stats_totals(more)[k] for k, v in totals.items()}
                 for k, g in enumerate(flat):
                     groups[g] = new[k * G: (k + 1) * G]
                     resampled.add(g)
@@ -261,7 +271,8 @@ class RolloutFunc:
         out: dict[str, list] = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [],
                                 "instance_id": [], **{f"rl_{p}": [] for p in REWARD_PARTS}}
         rows, trajectories = [], []
-        counts = {"dropped_groups": 0, "resampled_groups": len(resampled), "masked_truncated": 0, "ungraded": 0}
+        counts = {"dropped_groups": 0, "resampled_groups": len(resampled), "masked_truncated": 0, "ungraded": 0,
+                  "masked_deadline": 0}
         for g, group in enumerate(groups):
             scored = [self._task_reward(r) for r in group]
             drop = cfg.dynamic_sampling != "off" and self._zero_variance(scored)
@@ -270,7 +281,10 @@ class RolloutFunc:
                 t = r.trajectory
                 task_reward = self._task_reward(r)
                 why = None
-                if task_reward is None:
+                if t.exit_status == DEADLINE:
+                    why = "deadline"
+                    counts["masked_deadline"] += 1
+                elif task_reward is None:
                     why = "ungraded"
                     counts["ungraded"] += 1
                 elif cfg.truncated == "mask" and self._truncated(r):
@@ -283,7 +297,7 @@ class RolloutFunc:
                 over_pen = (soft_overlong_penalty(len(r.completion_ids), cfg.max_completion_tokens,
                                                   cfg.overlong_buffer, cfg.overlong_penalty)
                             if cfg.truncated == "soft_penalty" else 0.0)
-                left_out = why == "ungraded"  # out of the group baseline too
+                left_out = why in ("ungraded", "deadline")  # out of the group baseline too
                 out["prompt_ids"].append(r.prompt_ids)
                 out["completion_ids"].append(r.completion_ids)
                 out["logprobs"].append(r.logprobs if r.logprobs is not None else [0.0] * len(r.completion_ids))
@@ -292,7 +306,7 @@ class RolloutFunc:
                 out["rl_task"].append(None if left_out else task_reward)
                 out["rl_turn_penalty"].append(None if left_out else turn_pen)
                 out["rl_overlong_penalty"].append(None if left_out else over_pen)
-                rows.append({"step": step, "process": trainer.accelerator.process_index, "group": g, "sample": k,
+                rows.append({"step": step, "process": process, "group": g, "sample": k,
                              "instance_id": t.instance_id, "reward": task_reward, "resolved": t.resolved,
                              "exit_status": t.exit_status, "turns": t.turns, "tool_calls": t.tool_calls,
                              "tool_errors": t.tool_errors, "prompt_tokens": len(r.prompt_ids),
@@ -302,24 +316,65 @@ class RolloutFunc:
                 trajectories.append(t)
         if not any(any(lp) for lp in out["logprobs"]) or cfg.generation == "transformers":
             out["logprobs"] = None  # transformers: TRL recomputes them (no importance-sampling correction)
-        self.log.write(step, rows, trajectories, trainer.accelerator.process_index)
-        self._metrics(trainer, rows, counts, stats, time.monotonic() - t0)
+        # TRL's completions table (log_completions) shows the prompt it sent: name the task each row really ran
+        trainer._log_completion_extra("instance_id", list(out["instance_id"]))
+        self.log.write(step, rows, trajectories, process)
+        self._metrics(trainer, rows, counts, totals, time.monotonic() - t0)
         return out
 
-    def _metrics(self, trainer, rows: list[dict], counts: dict, stats, wall: float) -> None:
-        metrics = trainer._metrics["train"]  # TRL averages these per logging step
-        graded = [r["reward"] for r in rows if r["reward"] is not None]
-        metrics["rl/task_reward"].append(sum(graded) / len(graded) if graded else 0.0)
-        metrics["rl/resolved_rate"].append(sum(r["resolved"] == "RESOLVED_FULL" for r in rows) / max(len(graded), 1))
-        metrics["rl/mean_turns"].append(sum(r["turns"] for r in rows) / len(rows))
-        metrics["rl/trained_rollouts"].append(float(sum(r["masked"] is None for r in rows)))
-        for key, value in counts.items():
-            metrics[f"rl/{key}"].append(float(value))
-        for status in ("submitted", *TRUNCATED_STATUSES, "format_error", "sandbox_error", "policy_error"):
-            metrics[f"rl/exit_{status}"].append(sum(r["exit_status"] == status for r in rows) / len(rows))
-        metrics["time/rollout"].append(wall)
-        metrics["time/generation"].append(stats.generation)
-        metrics["time/environment"].append(stats.environment)
+    def _spare_tasks(self, batch: list[str], process: int, processes: int) -> list[str]:
+        """This process's share of the tasks outside the whole batch: every process computes the same list and
+        keeps every processes-th task from its own index on, so no two processes resample the same task."""
+        used = set(batch)
+        return [i for i in self.order if i not in used][process::processes]
+
+    def _metrics(self, trainer, rows: list[dict], counts: dict, totals: dict[str, float], wall: float) -> None:
+        """Append this step's rl/* and time/* metrics, over all processes: raw sums are gathered (one collective,
+        every process, once per step), then the rates are computed from them."""
+        local = {
+            "rollouts": len(rows), "graded": sum(r["reward"] is not None for r in rows),
+            "reward": sum(r["reward"] for r in rows if r["reward"] is not None),
+            "resolved": sum(r["resolved"] == "RESOLVED_FULL" for r in rows), "turns": sum(r["turns"] for r in rows),
+            "trained": sum(r["masked"] is None for r in rows), **counts, "wall": wall, **totals,
+            **{f"exit_{s}": sum(r["exit_status"] == s for r in rows) for s in EXIT_STATUSES},
+        }
+        parts = _gather([local])
+        total = {key: sum(p[key] for p in parts) for key in local}
+        n, metrics = len(parts), trainer._metrics["train"]  # TRL averages these per logging step
+        metrics["rl/task_reward"].append(total["reward"] / total["graded"] if total["graded"] else 0.0)
+        metrics["rl/resolved_rate"].append(total["resolved"] / max(total["graded"], 1))
+        metrics["rl/mean_turns"].append(total["turns"] / max(total["rollouts"], 1))
+        metrics["rl/trained_rollouts"].append(float(total["trained"]))
+        for key in counts:
+            metrics[f"rl/{key}"].append(float(total[key]))
+        for status in EXIT_STATUSES:
+            metrics[f"rl/exit_{status}"].append(total[f"exit_{status}"] / max(total["rollouts"], 1))
+        metrics["rl/cut"].append(float(total["cut"]))
+        metrics["rl/lost_episode_fraction"].append(total["lost_seconds"] / total["episode_seconds"]
+                                                   if total["episode_seconds"] else 0.0)
+        # a process that finished its rollouts first waits for the slowest one: that wait is idle time too
+        slowest = max(p["wall"] for p in parts)
+        metrics["time/rollout"].append(slowest)
+        metrics["time/generation"].append(total["generation"] / n)
+        metrics["time/environment"].append(total["environment"] / n)
+        metrics["time/gpu_idle"].append(sum(p["idle_seconds"] + slowest - p["wall"] for p in parts) / n)
+
+
+EXIT_STATUSES = ("submitted", *TRUNCATED_STATUSES, DEADLINE, "format_error", "sandbox_error", "policy_error")
+
+
+def _stats_totals(stats) -> dict[str, float]:
+    """The numbers of one run_rollouts call that add up over a step's calls (the first batch and resamples)."""
+    return {"generation": stats.generation, "environment": stats.environment,
+            **{k: getattr(stats, k, 0.0) for k in ("cut", "episode_seconds", "lost_seconds", "idle_seconds")}}
+
+
+def _gather(values: list) -> list:
+    """Every process's list, concatenated in process order (a collective: every process must call it, in the
+    same order); the list itself in a single process."""
+    from accelerate.utils import gather_object
+
+    return list(gather_object(list(values)))
 
 
 # --- training -----------------------------------------------------------------------------------------------
@@ -478,12 +533,13 @@ def fit_context(cfg: Any, model_path: str) -> Any:
 
 
 def _train(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
-    from swepost.train.sft import resume_point
+    from swepost.train.sft import check_world, resume_point, save_merged_lora
 
     cfg = fit_context(cfg, model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = RolloutLog(out_dir, cfg.save_trajectories)
     trainer, rollout = build_trainer(tasks, model_path, out_dir, cfg, log)
+    check_world(trainer)
     main = trainer.is_world_process_zero()
     resume, resumed_from = resume_point(out_dir)
     if main and resume is not None:
@@ -496,10 +552,7 @@ def _train(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.monotonic() - start
     if cfg.lora:
-        if main:
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(out_dir / FINAL)
-            trainer.processing_class.save_pretrained(out_dir / FINAL)
+        save_merged_lora(trainer, model_path, cfg, out_dir / FINAL)  # every rank: ZeRO-3 gathers the weights
     else:
         trainer.save_model(str(out_dir / FINAL))
     trainer.accelerator.wait_for_everyone()
