@@ -1,5 +1,6 @@
 """The RL rollout engine without docker: the token ledger (generated ids kept as sampled, environment tokens
-masked), the completion budget, generation batching, and how many episodes do environment work at once."""
+masked), the completion budget, generation batching, how many episodes do environment work at once, and the step
+deadline (tests/test_rollout_deadline.py cuts a real docker sandbox)."""
 
 from __future__ import annotations
 
@@ -285,3 +286,123 @@ def test_sampling_follows_the_request_seed_whatever_shares_the_batch(tok, tmp_pa
     batched = gen.generate([(b, 12, 9), (a, 12, 5)])[1].ids
     assert alone == batched and len(alone) > 0
     assert gen.generate([(a, 12, 6)])[0].ids != alone  # another seed samples otherwise
+
+
+# --- the step deadline -------------------------------------------------------------------------------------------
+
+class BlockingEnv:
+    """Tool calls of a task marked 'slow' block until the environment is closed (a 30-minute test run); others
+    answer at once. Closing from another thread unblocks the call, as closing a docker sandbox does."""
+
+    name = "blocking"
+
+    def __init__(self):
+        self.closed = threading.Event()
+        self.slow = False
+
+    def reset(self, task):
+        self.slow = "slow" in task.problem_statement
+        return [{"role": "user", "content": task.problem_statement}]
+
+    def tools(self):
+        return TOOLS
+
+    def step(self, name, arguments):
+        if self.slow and name == "bash" and self.closed.wait(60):
+            from swepost.envs.base import EnvironmentBroken
+
+            raise EnvironmentBroken("the sandbox was closed")
+        return Observation("ok", done=name == "submit")
+
+    def final_diff(self):
+        return ""
+
+    def score(self):
+        return {"reward": 1.0, "resolved": "RESOLVED_FULL"}
+
+    def close(self):
+        self.closed.set()
+
+
+def run_with_deadline(tok, tasks, deadline, concurrency=4, generator=None):
+    envs = []
+
+    def make_env():
+        envs.append(BlockingEnv())
+        return envs[-1]
+
+    generator = generator or ScriptedGenerator(tok, [CALL, SUBMIT])
+    t0 = time.monotonic()
+    rollouts, stats = run_rollouts(tasks, make_env=make_env, generator=generator, tokenizer=tok,
+                                   limits=AgentLimits(max_turns=5), max_prompt_tokens=4096,
+                                   max_completion_tokens=1024, concurrency=concurrency, max_wait=0.2,
+                                   deadline=deadline)
+    return rollouts, stats, envs, time.monotonic() - t0
+
+
+def test_the_deadline_cuts_a_blocked_episode_and_leaves_the_others_alone(tok):
+    from swepost.rewards.filters import is_ungraded
+
+    tasks = [Task(instance_id=f"t{i}", problem_statement="fix") for i in range(3)]
+    tasks.append(Task(instance_id="t3", problem_statement="fix, slow"))
+    rollouts, stats, envs, wall = run_with_deadline(tok, tasks, deadline=1.5)
+    assert wall < 4.0  # not the 60 s the blocked call would take
+    *fast, slow = rollouts
+    for r in fast:
+        assert r.trajectory.exit_status == "submitted" and r.trajectory.reward == 1.0
+    t = slow.trajectory
+    assert t.exit_status == "deadline" and t.reward is None and is_ungraded(t)
+    assert "cut at the rollout deadline (1.5 s" in t.error and "running the tool call 'bash'" in t.error
+    assert envs[3].closed.is_set()  # closed from the deadline thread, under the blocked call
+    # the ledger as it was: the prompt, the bash call the model made (trained tokens), nothing after
+    assert len(slow.completion_ids) == len(slow.mask) and slow.model_tokens > 0
+    assert tok.decode([i for i, m in zip(slow.completion_ids, slow.mask, strict=True) if m]) == CALL + "<|im_end|>"
+    assert [m["role"] for m in t.messages][-1] == "assistant" and t.seconds["total"] == pytest.approx(1.5, abs=0.5)
+    # the numbers add up: the cut episode's time is the lost time, and every episode's time is counted once
+    assert stats.cut == 1 and stats.deadline == 1.5
+    assert stats.lost_seconds == pytest.approx(t.seconds["total"], abs=0.05)
+    others = sum(r.trajectory.seconds["total"] for r in fast)
+    assert others + stats.lost_seconds <= stats.episode_seconds <= others + stats.lost_seconds + 0.5
+    assert stats.lost_fraction == pytest.approx(stats.lost_seconds / stats.episode_seconds)
+    assert stats.generation <= stats.wall and stats.idle_seconds == pytest.approx(stats.wall - stats.generation,
+                                                                                  abs=0.05)
+
+
+def test_an_episode_waiting_for_a_sandbox_slot_is_cut_too(tok):
+    tasks = [Task(instance_id=f"t{i}", problem_statement="fix, slow") for i in range(2)]
+    rollouts, stats, envs, wall = run_with_deadline(tok, tasks, deadline=1.0, concurrency=1)
+    assert wall < 3.5 and stats.cut == 2 and all(e.closed.is_set() for e in envs)
+    errors = sorted(r.trajectory.error.split(", while ")[1] for r in rollouts)
+    assert errors == ["running the tool call 'bash'", "waiting for a sandbox slot (running the tool call 'bash')"]
+
+
+def test_no_episode_is_cut_when_all_end_before_the_deadline(tok):
+    tasks = [Task(instance_id=f"t{i}", problem_statement="fix") for i in range(3)]
+    rollouts, stats, _, _ = run_with_deadline(tok, tasks, deadline=60)
+    assert [r.trajectory.exit_status for r in rollouts] == ["submitted"] * 3
+    assert stats.cut == 0 and stats.lost_seconds == 0.0 and stats.lost_fraction == 0.0
+    with pytest.raises(ValueError, match="deadline"):
+        run_with_deadline(tok, tasks, deadline=0)
+
+
+class ConcurrentSleeper(ScriptedGenerator):
+    """A scripted server: requests from many threads at once, each taking `latency` seconds."""
+
+    concurrent = True
+
+    def __init__(self, tok, latency):
+        super().__init__(tok, [CALL, SUBMIT])
+        self.latency = latency
+
+    def generate(self, requests):
+        time.sleep(self.latency)
+        return super().generate(requests)
+
+
+def test_idle_time_of_a_concurrent_generator_counts_overlapping_requests_once(tok):
+    tasks = [Task(instance_id=f"t{i}", problem_statement="fix") for i in range(4)]
+    _, stats, _, _ = run_with_deadline(tok, tasks, deadline=30, generator=ConcurrentSleeper(tok, 0.4))
+    assert stats.batches == [1] * 8  # 4 episodes x 2 turns, each request on its own
+    assert stats.generation > stats.wall  # 8 x 0.4 s of latency summed, overlapping
+    # about two rounds of 0.4 s with requests in flight: the rest of the wall time the server had none
+    assert 0.6 < stats.wall - stats.idle_seconds < 1.6 and stats.idle_seconds > 0

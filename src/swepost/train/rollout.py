@@ -21,6 +21,12 @@ and the model is a `TokenPolicy` that:
 `concurrency` bounds how many episodes do sandbox work (reset, tool calls, grading) at the same moment;
 `concurrency=1` is TRL's behaviour (one rollout's tool calls after another, generation batched per turn), kept
 for the benchmark that compares the two (`bench/rl_rollout.py`).
+
+`deadline` (seconds after the batch starts) bounds the step: episodes still running then are cut, so one
+30-minute test run does not idle every GPU. A cut episode's sandbox is closed from the deadline thread (which
+wakes its thread out of a blocked tool call), its generation requests fail, and it comes back with exit status
+`deadline`, the token ledger it had and no reward (an infrastructure cut, never a wrong answer). `RolloutStats`
+says what the batch cost: the episode-time thrown away and how long the generator sat idle.
 """
 
 from __future__ import annotations
@@ -35,11 +41,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from swepost.agent import AgentLimits, run_episode
-from swepost.envs.base import Environment, Observation
+from swepost.agent import AgentLimits, now, run_episode
+from swepost.envs.base import Environment, EnvironmentBroken, Observation
 from swepost.policies.base import ContextOverflow, PolicyError, PolicyReply
 from swepost.policies.hf import _template_messages, parse_tool_calls
 from swepost.records import Task, Trajectory
+
+CUT = "cut at the rollout deadline"
 
 
 @dataclass
@@ -78,10 +86,14 @@ class Batcher:
     def __init__(self, generator: Generator, max_wait: float = 1.0):
         self.generator, self.max_wait = generator, max_wait
         self._cv = threading.Condition()
-        self._pending: list[tuple[list[int], int, int, Future]] = []
+        self._pending: list[tuple[list[int], int, int, int | None, Future]] = []
         self._first_at = 0.0
+        self._cut: set[int] = set()  # episodes cut at the deadline: their requests fail
+        self._inflight = 0
+        self._busy_since = 0.0
+        self._busy_seconds = 0.0
         self.live = 0
-        self.generate_seconds = 0.0
+        self.generate_seconds = 0.0  # inside generate calls, summed (a concurrent generator's calls overlap)
         self.batches: list[int] = []
 
     def enter(self) -> None:
@@ -93,19 +105,58 @@ class Batcher:
             self.live -= 1
             self._cv.notify_all()
 
-    def submit(self, ids: list[int], budget: int, seed: int = 0) -> Generated:
+    def _busy(self, change: int) -> None:
+        """Count a generate call in (+1) or out (-1); called holding self._cv."""
+        if change > 0 and self._inflight == 0:
+            self._busy_since = time.monotonic()
+        self._inflight += change
+        if change < 0 and self._inflight == 0:
+            self._busy_seconds += time.monotonic() - self._busy_since
+
+    def busy_seconds(self) -> float:
+        """Seconds so far during which at least one generate call was running: the generator's busy time."""
+        with self._cv:
+            running = time.monotonic() - self._busy_since if self._inflight else 0.0
+            return self._busy_seconds + running
+
+    def cut(self, owners: list[int]) -> None:
+        """Fail the pending and all later requests of these episodes (cut at the deadline)."""
+        with self._cv:
+            self._cut.update(owners)
+            keep = []
+            for item in self._pending:
+                if item[3] in self._cut:
+                    item[4].set_exception(PolicyError(CUT))
+                else:
+                    keep.append(item)
+            self._pending = keep
+            self._cv.notify_all()
+
+    def submit(self, ids: list[int], budget: int, seed: int = 0, owner: int | None = None) -> Generated:
+        """One continuation; `owner` (the episode) lets a cut at the deadline fail the request."""
         if self.generator.concurrent:
-            t0 = time.monotonic()
-            out = self.generator.generate([(ids, budget, seed)])[0]
             with self._cv:
-                self.generate_seconds += time.monotonic() - t0
-                self.batches.append(1)
+                if owner in self._cut:
+                    raise PolicyError(CUT)
+                self._busy(+1)
+            t0 = time.monotonic()
+            try:
+                out = self.generator.generate([(ids, budget, seed)])[0]
+            finally:
+                with self._cv:
+                    self._busy(-1)
+                    self.generate_seconds += time.monotonic() - t0
+                    self.batches.append(1)
+            if owner in self._cut:  # the answer came after the cut: nobody is waiting for it
+                raise PolicyError(CUT)
             return out
         future: Future = Future()
         with self._cv:
+            if owner in self._cut:
+                raise PolicyError(CUT)
             if not self._pending:
                 self._first_at = time.monotonic()
-            self._pending.append((ids, budget, seed, future))
+            self._pending.append((ids, budget, seed, owner, future))
             self._cv.notify_all()
         return future.result()
 
@@ -124,20 +175,26 @@ class Batcher:
                         return
                     else:
                         self._cv.wait(timeout=0.05)
+            with self._cv:
+                self._busy(+1)
             t0 = time.monotonic()
             try:
-                results = self.generator.generate([(ids, budget, seed) for ids, budget, seed, _ in batch])
+                results = self.generator.generate([(ids, budget, seed) for ids, budget, seed, *_ in batch])
             except BaseException as e:  # every waiting episode learns of it as a policy error
                 for *_, future in batch:
-                    future.set_exception(PolicyError(f"generation failed: {e}"))
+                    if not future.done():
+                        future.set_exception(PolicyError(f"generation failed: {e}"))
                 if not isinstance(e, Exception):
                     raise
                 continue
             finally:
-                self.generate_seconds += time.monotonic() - t0
-                self.batches.append(len(batch))
+                with self._cv:
+                    self._busy(-1)
+                    self.generate_seconds += time.monotonic() - t0
+                    self.batches.append(len(batch))
             for (*_, future), result in zip(batch, results, strict=True):
-                future.set_result(result)
+                if not future.done():  # else cut at the deadline while its batch ran: dropped
+                    future.set_result(result)
 
 
 class TokenPolicy:
@@ -165,6 +222,8 @@ class TokenPolicy:
         self.has_logprobs = True
         self._rendered = 0  # messages covered by the ledger before the last assistant turn
         self._turns = 0
+        self._lock = threading.Lock()  # the ledger, read whole by the deadline thread
+        self.frozen = False  # cut at the deadline: the ledger stays as it was
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self._describe}
@@ -197,16 +256,33 @@ class TokenPolicy:
         return self._encode(after[len(before):])
 
     def _extend(self, ids: list[int], mask: int, logprobs: list[float] | None) -> None:
-        self.completion_ids += ids
-        self.mask += [mask] * len(ids)
-        if logprobs is None or len(logprobs) != len(ids):
-            self.has_logprobs = self.has_logprobs and mask == 0
-            logprobs = [0.0] * len(ids)
-        self.logprobs += logprobs
+        with self._lock:
+            if self.frozen:
+                raise PolicyError(CUT)
+            self.completion_ids += ids
+            self.mask += [mask] * len(ids)
+            if logprobs is None or len(logprobs) != len(ids):
+                self.has_logprobs = self.has_logprobs and mask == 0
+                logprobs = [0.0] * len(ids)
+            self.logprobs += logprobs
+
+    def freeze(self) -> tuple[list[int], list[int], list[int], list[float] | None]:
+        """Stop the ledger where it is (the episode is cut) and return a copy: prompt, completion, mask,
+        logprobs (None where some generated tokens came without them)."""
+        with self._lock:
+            self.frozen = True
+            return (list(self.prompt_ids), list(self.completion_ids), list(self.mask),
+                    list(self.logprobs) if self.has_logprobs else None)
 
     def reply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PolicyReply:
+        if self.frozen:
+            raise PolicyError(CUT)
         if self._turns == 0:
-            self.prompt_ids = self._encode(self._render(messages, tools, True))
+            prompt_ids = self._encode(self._render(messages, tools, True))
+            with self._lock:
+                if self.frozen:
+                    raise PolicyError(CUT)
+                self.prompt_ids = prompt_ids
             if len(self.prompt_ids) > self.max_prompt_tokens:
                 raise ContextOverflow(f"the prompt has {len(self.prompt_ids)} tokens; max_prompt_tokens is "
                                       f"{self.max_prompt_tokens}")
@@ -219,7 +295,7 @@ class TokenPolicy:
         left = self.max_completion_tokens - len(self.completion_ids)
         budget = min(left, self.max_turn_tokens) if self.max_turn_tokens else left  # what is left, per-turn cap
         out = self.batcher.submit(self.prompt_ids + self.completion_ids, budget,
-                                  request_seed(self.seed_key, self.episode, self._turns))
+                                  request_seed(self.seed_key, self.episode, self._turns), owner=self.episode)
         self._extend(out.ids, 1, out.logprobs)
         self._rendered, self._turns = len(messages), self._turns + 1
         if not out.stopped:
@@ -235,33 +311,65 @@ class TokenPolicy:
 
 class GatedEnvironment:
     """An environment whose every call holds a slot of a shared semaphore: at most N episodes do sandbox work
-    at the same moment (their containers stay up while they wait for the model)."""
+    at the same moment (their containers stay up while they wait for the model). `cut()` (the deadline, from
+    another thread) closes the environment under a running call and fails every later one."""
 
     def __init__(self, env: Environment, gate: threading.Semaphore):
         self.env, self.gate = env, gate
         self.name = getattr(env, "name", "env")
+        self.doing = "waiting to start"  # what the episode was doing, for a cut's message
+        self._cut = threading.Event()
 
-    def _call(self, fn, *args):
-        with self.gate:
-            return fn(*args)
+    def _call(self, doing: str, fn, *args):
+        self.doing = f"waiting for a sandbox slot ({doing})"
+        while not self.gate.acquire(timeout=0.1):
+            if self._cut.is_set():
+                raise EnvironmentBroken(CUT)
+        try:
+            if self._cut.is_set():
+                raise EnvironmentBroken(CUT)
+            self.doing = doing
+            result = fn(*args)
+        finally:
+            self.gate.release()
+            self.doing = "waiting for the model"
+        if self._cut.is_set():  # cut while it ran: a sandbox it opened after the cut's close goes too
+            self.env.close()
+            raise EnvironmentBroken(CUT)
+        return result
 
     def reset(self, task: Task) -> list[dict[str, Any]]:
-        return self._call(self.env.reset, task)
+        return self._call("starting its sandbox", self.env.reset, task)
 
     def tools(self) -> list[dict[str, Any]]:
         return self.env.tools()
 
     def step(self, name: str, arguments: dict[str, Any]) -> Observation:
-        return self._call(self.env.step, name, arguments)
+        return self._call(f"running the tool call {str(name)[:40]!r}", self.env.step, name, arguments)
 
     def final_diff(self) -> str:
-        return self._call(self.env.final_diff)
+        return self._call("taking the final diff", self.env.final_diff)
 
     def score(self) -> dict[str, Any]:
-        return self._call(self.env.score)
+        return self._call("grading", self.env.score)
 
     def close(self) -> None:
-        self._call(self.env.close)
+        if not self._cut.is_set():
+            try:
+                return self._call("closing its sandbox", self.env.close)
+            except EnvironmentBroken:  # cut meanwhile
+                pass
+        self.env.close()  # closed by the cut already: closing again is harmless and needs no slot
+
+    def cut(self) -> None:
+        """Close the environment now, from any thread: a call blocked in the sandbox returns with an error, and
+        the episode's later calls fail. (A grading sandbox the scorer opened itself is not this one: it ends
+        at its own timeout, in the background.)"""
+        self._cut.set()
+        try:
+            self.env.close()
+        except Exception:  # noqa: BLE001 - best effort: the container may be going already
+            pass
 
 
 @dataclass
@@ -282,55 +390,165 @@ class Rollout:
 
 @dataclass
 class RolloutStats:
+    """What one batch of rollouts cost.
+
+    `idle_seconds` is the wall time during which no generate call was running: the generator (the GPU) had
+    nothing to do while episodes worked in their sandboxes. For a batching generator (transformers, vLLM
+    colocate) that is wall - generation exactly. A concurrent generator (a vLLM server) serves requests from
+    many episodes at once, so the sum of their latencies (`generation`) may exceed the wall time and says
+    nothing about idleness; there it is the wall time during which not one request was in flight. That is a
+    lower bound on the server's idle time: one request in flight keeps a server busy but far from full.
+    """
+
     wall: float = 0.0
-    generation: float = 0.0
-    batches: list[int] = field(default_factory=list)
+    generation: float = 0.0  # seconds inside generate calls, summed (overlapping for a concurrent generator)
+    batches: list[int] = field(default_factory=list)  # requests per generate call
+    cut: int = 0  # episodes cut at the deadline
+    episode_seconds: float = 0.0  # every episode's wall seconds (start to end, or to its cut), summed
+    lost_seconds: float = 0.0  # the cut episodes' seconds: work thrown away
+    idle_seconds: float = 0.0  # wall seconds with no generate call running
+    deadline: float | None = None
 
     @property
     def environment(self) -> float:
-        """Wall time the batch spent not generating: sandbox work the model waited on."""
-        return max(self.wall - self.generation, 0.0)
+        """Wall time the batch spent not generating: sandbox work the model waited on (= idle_seconds)."""
+        return self.idle_seconds
+
+    @property
+    def lost_fraction(self) -> float:
+        """The share of episode-time thrown away by the deadline."""
+        return self.lost_seconds / self.episode_seconds if self.episode_seconds > 0 else 0.0
+
+    @property
+    def idle_fraction(self) -> float:
+        """The share of the batch's wall time the generator sat idle."""
+        return self.idle_seconds / self.wall if self.wall > 0 else 0.0
+
+    def add(self, other: RolloutStats) -> RolloutStats:
+        """Count another batch of the same step (a resample round) in; returns self."""
+        self.wall += other.wall
+        self.generation += other.generation
+        self.batches += other.batches
+        self.cut += other.cut
+        self.episode_seconds += other.episode_seconds
+        self.lost_seconds += other.lost_seconds
+        self.idle_seconds += other.idle_seconds
+        return self
+
+
+def _rollout(traj: Trajectory, prompt: list[int], completion: list[int], mask: list[int],
+             logprobs: list[float] | None, eos: int) -> Rollout:
+    if not prompt:  # the episode ended before its first turn (a sandbox that failed to start)
+        prompt = [eos]
+    if not completion:  # the trainer needs one token per row: an end-of-turn token that carries no loss
+        completion, mask, logprobs = [eos], [0], None if logprobs is None else [0.0]
+    return Rollout(traj, prompt, completion, mask, logprobs)
 
 
 def run_rollouts(tasks: list[Task], *, make_env: Callable[[], Environment], generator: Generator, tokenizer,
                  limits: AgentLimits, max_prompt_tokens: int, max_completion_tokens: int, concurrency: int,
                  max_turn_tokens: int | None = None, max_wait: float = 1.0, samples: list[int] | None = None,
-                 describe: dict[str, Any] | None = None, seed: str = "0") -> tuple[list[Rollout], RolloutStats]:
+                 describe: dict[str, Any] | None = None, seed: str = "0",
+                 deadline: float | None = None) -> tuple[list[Rollout], RolloutStats]:
     """One episode per entry of `tasks` (repeat a task for a group), all at once; generation on this thread.
-    Episode i's turns are sampled with seeds from (seed, i, turn): the same call gives the same rollouts."""
+    Episode i's turns are sampled with seeds from (seed, i, turn): the same call gives the same rollouts.
+
+    With `deadline` (seconds after the call starts), episodes still running then are cut: their environments
+    are closed from the deadline thread, their generation requests fail, and each comes back with exit status
+    `deadline`, its messages and token ledger as they were at the cut, and no reward. The call returns once
+    their sandboxes are gone (a generation batch already running finishes first; its answers for cut episodes
+    are dropped); their threads wind down in the background."""
+    if deadline is not None and not deadline > 0:
+        raise ValueError(f"deadline must be a positive number of seconds, not {deadline!r}")
+    n = len(tasks)
     batcher = Batcher(generator, max_wait=max_wait)
     gate = threading.Semaphore(max(1, concurrency))
-    samples = samples if samples is not None else list(range(len(tasks)))
+    samples = samples if samples is not None else list(range(n))
+    policies = [TokenPolicy(tokenizer, batcher, max_prompt_tokens=max_prompt_tokens,
+                            max_completion_tokens=max_completion_tokens, max_turn_tokens=max_turn_tokens,
+                            describe=describe, seed_key=seed, episode=i) for i in range(n)]
+    envs = [GatedEnvironment(make_env(), gate) for _ in range(n)]
+    eos = tokenizer.eos_token_id
     started = time.monotonic()
-    remaining = [len(tasks)]
+    begun: list[float] = [started] * n
+    ended: list[float | None] = [None] * n  # set once, by the episode's end or by the cut
+    latest: list[Trajectory | None] = [None] * n  # the live trajectory, from run_episode's on_step
+    cut: dict[int, Rollout] = {}
     lock = threading.Lock()
+    unfinished = [n]
+    done = threading.Event()  # every episode ended or was cut (and its sandbox closed)
+    if n == 0:
+        done.set()
 
     def episode(i: int) -> Rollout:
-        policy = TokenPolicy(tokenizer, batcher, max_prompt_tokens=max_prompt_tokens,
-                             max_completion_tokens=max_completion_tokens, max_turn_tokens=max_turn_tokens,
-                             describe=describe, seed_key=seed, episode=i)
+        begun[i] = time.monotonic()
+        policy = policies[i]
         try:
-            traj = run_episode(policy, GatedEnvironment(make_env(), gate), tasks[i], sample=samples[i],
-                               limits=limits, grade=True)
+            traj = run_episode(policy, envs[i], tasks[i], sample=samples[i], limits=limits, grade=True,
+                               on_step=lambda t: latest.__setitem__(i, t))
         finally:
             batcher.leave()
             with lock:
-                remaining[0] -= 1
-        completion, mask, logprobs = policy.completion_ids, policy.mask, policy.logprobs
-        if not policy.prompt_ids:  # the episode ended before its first turn (a sandbox that failed to start)
-            policy.prompt_ids = [tokenizer.eos_token_id]
-        if not completion:  # the trainer needs one token per row: an end-of-turn token that carries no loss
-            completion, mask, logprobs = [tokenizer.eos_token_id], [0], [0.0]
-        return Rollout(traj, policy.prompt_ids, completion, mask, logprobs if policy.has_logprobs else None)
+                if ended[i] is None:
+                    ended[i] = time.monotonic()
+                    unfinished[0] -= 1
+                    if unfinished[0] == 0:
+                        done.set()
+        return _rollout(traj, policy.prompt_ids, policy.completion_ids, policy.mask,
+                        policy.logprobs if policy.has_logprobs else None, eos)
+
+    def cut_episode(i: int, at: float) -> Rollout:
+        prompt, completion, mask, logprobs = policies[i].freeze()
+        live = latest[i]
+        if live is None:  # cut before its sandbox was up
+            traj = Trajectory(episode_id=f"{tasks[i].instance_id}#{samples[i]}", instance_id=tasks[i].instance_id,
+                              sample=samples[i], policy=policies[i].describe(), environment=envs[i].name)
+        else:  # a copy as it stands: its thread may still be appending
+            traj = live.model_copy(update={"messages": list(live.messages), "seconds": dict(live.seconds)})
+        seconds = at - begun[i]
+        traj.exit_status, traj.reward, traj.resolved, traj.evidence = "deadline", None, None, {}
+        traj.error = (f"{CUT} ({deadline:g} s after the batch started), {seconds:.1f} s into the episode, while "
+                      f"{envs[i].doing}")
+        traj.seconds["total"] = round(seconds, 3)
+        traj.finished = now()
+        return _rollout(traj, prompt, completion, mask, logprobs, eos)
+
+    def watch() -> None:
+        if done.wait(started + deadline - time.monotonic()):
+            return
+        at = time.monotonic()
+        with lock:
+            late = [i for i in range(n) if ended[i] is None]
+            for i in late:
+                ended[i] = at
+            unfinished[0] = 0
+        for i in late:  # their ledgers and messages as they are now, before the cut makes their threads move
+            cut[i] = cut_episode(i, at)
+        batcher.cut(late)
+        closers = [threading.Thread(target=envs[i].cut, name=f"rollout-cut-{i}") for i in late]
+        for t in closers:  # at once: removing a container takes a moment
+            t.start()
+        for t in closers:
+            t.join()
+        done.set()
 
     for _ in tasks:
         batcher.enter()
-    with ThreadPoolExecutor(max_workers=max(1, len(tasks)), thread_name_prefix="rollout") as pool:
-        futures = [pool.submit(episode, i) for i in range(len(tasks))]
-        batcher.serve(lambda: remaining[0] == 0)
-        rollouts = [f.result() for f in futures]
-    stats = RolloutStats(wall=time.monotonic() - started, generation=batcher.generate_seconds,
-                         batches=batcher.batches)
+    if deadline is not None:
+        threading.Thread(target=watch, name="rollout-deadline", daemon=True).start()
+    pool = ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix="rollout")
+    try:
+        futures = [pool.submit(episode, i) for i in range(n)]
+        batcher.serve(done.is_set)
+        done.wait()
+        rollouts = [cut[i] if i in cut else futures[i].result() for i in range(n)]
+    finally:
+        pool.shutdown(wait=not cut)  # cut episodes' threads end on their own once their sandbox is gone
+    wall = time.monotonic() - started
+    spans = [(ended[i] or started + wall) - begun[i] for i in range(n)]
+    stats = RolloutStats(wall=wall, generation=batcher.generate_seconds, batches=list(batcher.batches),
+                         cut=len(cut), episode_seconds=sum(spans), lost_seconds=sum(spans[i] for i in cut),
+                         idle_seconds=max(wall - batcher.busy_seconds(), 0.0), deadline=deadline)
     return rollouts, stats
 
 
@@ -470,15 +688,30 @@ class CompletionsGenerator:
 class ScriptedGenerator:
     """Replays fixed assistant turns as token ids, by turn number (tests and benchmarks of the environment side:
     no model, same token bookkeeping). `turns` are texts as the model would write them, e.g.
-    '<tool_call>\\n{"name": "submit", "arguments": {}}\\n</tool_call>'; the end-of-turn token is added."""
+    '<tool_call>\\n{"name": "submit", "arguments": {}}\\n</tool_call>'; the end-of-turn token is added.
+    `variants` maps a text to other turns, replayed for episodes whose context contains it (a marker in one
+    task's problem statement: a straggler)."""
 
     concurrent = False
 
-    def __init__(self, tokenizer, turns: list[str], delay: float = 0.0):
+    def __init__(self, tokenizer, turns: list[str], delay: float = 0.0,
+                 variants: dict[str, list[str]] | None = None):
         self.tokenizer, self.delay = tokenizer, delay
-        self.turns = [list(tokenizer(t, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
-                      for t in turns]
+        self.turns = self._encode(turns)
+        self.variants = {text: self._encode(script) for text, script in (variants or {}).items()}
         self.marker = list(tokenizer("<|im_start|>assistant", add_special_tokens=False)["input_ids"])
+
+    def _encode(self, turns: list[str]) -> list[list[int]]:
+        return [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) + [self.tokenizer.eos_token_id]
+                for t in turns]
+
+    def _script(self, ids: list[int]) -> list[list[int]]:
+        if self.variants:
+            context = self.tokenizer.decode(ids)
+            for text, turns in self.variants.items():
+                if text in context:
+                    return turns
+        return self.turns
 
     def _turn(self, ids: list[int]) -> int:
         m, n = self.marker, len(self.marker)
@@ -489,6 +722,7 @@ class ScriptedGenerator:
             time.sleep(self.delay)
         out = []
         for ids, budget, _ in requests:
-            turn = self.turns[min(self._turn(ids), len(self.turns) - 1)]
+            script = self._script(ids)
+            turn = script[min(self._turn(ids), len(script) - 1)]
             out.append(Generated(turn[:budget], None, len(turn) <= budget))
         return out
