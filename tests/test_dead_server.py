@@ -78,3 +78,47 @@ def test_a_dead_server_is_not_a_score(kind, mini, swepost, home):
         with ScriptedChatServer([], default=SUBMIT, port=port):
             out = json.loads(swepost(*args, check=0).stdout)
         assert out["stats"]["episodes"] == 2 and out["stats"]["ungraded"] == 0
+
+
+BASH_LS = {"tool_calls": [{"name": "bash", "arguments": {"command": "ls"}}]}
+
+
+def test_a_task_the_server_fails_on_is_quarantined_but_a_dead_server_blames_no_task(mini, swepost, store, home):
+    """One task's conversation makes the server answer 500 from its second turn on (the others are answered): it
+    is quarantined on the third run where the server answered, and a run against a server that is down for
+    everyone in between does not count."""
+    port = free_port()
+    args = eval_args(mini, port, 3, 1, "--set", "max_infra_failure_rate=0")  # one at a time: the script's order
+    crash = {"status": 500, "error": "engine crashed on this prompt"}
+    failing = [BASH_LS, crash, crash]  # max_retries 1: two attempts, then policy_error after one answered turn
+    with ScriptedChatServer([SUBMIT, *failing, SUBMIT], port=port):
+        r = swepost(*args, check=1)
+    assert "1 of 3 episodes failed" in r.stderr and "engine crashed" in r.stderr, r.stderr
+
+    r = swepost(*args, check=1)  # the server is down: refused for every request, so no task is to blame
+    assert "APIConnectionError" in r.stderr and "quarantined" not in r.stderr, r.stderr
+    with ScriptedChatServer(list(failing), port=port) as server:
+        r = swepost(*args, check=1)
+        assert len(server.requests) == 3 and "quarantined" not in r.stderr  # only the failing task ran again
+    with ScriptedChatServer(list(failing), port=port) as server:
+        r = swepost(*args, check=0)  # its third failure where the server answered: quarantined, and published
+        assert len(server.requests) == 3
+    assert "quarantined 1 task(s)" in r.stderr and "swepost__minicalc-2: 3 runs" in r.stderr, r.stderr
+    out = json.loads(r.stdout)
+    art = store.resolve(out["id"])
+    (q,) = [json.loads(line) for line in (art.path / "quarantined.jsonl").read_text().splitlines()]
+    assert q["instance_id"] == "swepost__minicalc-2" and q["failures"] == 3 and "engine crashed" in q["last_cause"]
+    m = json.loads((art.path / "metrics.json").read_text())
+    assert out["stats"]["quarantined"] == 1 and m["episodes"] == 3 and m["ungraded"] == 1
+    assert m["exit_status"] == {"submitted": 2, "policy_error": 1}
+
+
+def test_runs_against_a_dead_server_quarantine_nothing(mini, swepost, home):
+    port = free_port()
+    args = eval_args(mini, port, 2, 2)
+    for _ in range(4):  # more runs than quarantine_after (3)
+        r = swepost(*args, check=1)
+        assert "2 of 2 episodes failed" in r.stderr and "quarantined" not in r.stderr, r.stderr
+    with ScriptedChatServer([], default=SUBMIT, port=port):
+        out = json.loads(swepost(*args, check=0).stdout)
+    assert out["stats"]["episodes"] == 2 and out["stats"]["ungraded"] == 0 and out["stats"]["quarantined"] == 0
