@@ -112,3 +112,16 @@ def test_quarantine_after_zero_never_quarantines(tasks_with_a_broken_install, sw
     for _ in range(2):
         r = swepost(*args, check=1)
         assert "quarantined" not in r.stderr
+
+
+def test_a_run_whose_tasks_are_all_quarantined_fails_and_bad_settings_exit_2(tmp_path, swepost, repo_root):
+    from swepost.errors import WorkFailed
+    from swepost.stages.collect import check_verdicts
+
+    with pytest.raises(WorkFailed, match="every task is quarantined"):  # never an empty artifact
+        check_verdicts("eval", [], 0.5, tmp_path, quarantined=2)
+    check_verdicts("eval", [episode("a", "submitted", resolved="RESOLVED_NO")], 0.0, tmp_path, quarantined=2)
+
+    swepost("tasks", "import", str(repo_root / "data" / "minicalc_tasks.jsonl"), "--name", "mini", check=0)
+    r = swepost("collect", "mini", "--set", "quarantine_after=-1", check=2)
+    assert "quarantine_after" in r.stderr and "Traceback" not in r.stderr, r.stderr
