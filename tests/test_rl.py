@@ -195,6 +195,60 @@ def test_rl_resumes_after_a_kill(taught):
     cli(home, "sandbox", "gc")  # the killed run's containers
 
 
+@pytest.mark.docker
+@pytest.mark.slow
+def test_two_cpu_processes_through_accelerate_train_one_lora_model_in_real_sandboxes(taught):
+    """Issue 12 must-show: `rl` through `accelerate launch`, two processes on CPU (gloo), real docker sandboxes,
+    LoRA: each process rolls out one whole group per step; one artifact holds both processes' rows and
+    trajectories; the logged rl/* metrics count both; the merged model is saved from the gathered weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    home, tasks, model = taught
+    start = time.monotonic()
+    out = json.loads(cli(home, "rl", tasks, "--model", model, "--repos", REPO / "data" / "repos", "--max-steps", "2",
+                         "--tasks-per-step", "2", "-G", "4", "--backend", "docker", "--set", "max_turns=3",
+                         "--set", "max_completion_tokens=256", "--set", "learning_rate=1e-2",
+                         "--set", "temperature=0.5", "--set", "gradient_checkpointing=false", "--set", "lora=true",
+                         "--set", "launch=accelerate", "--set", "accelerate_config=cpu", "--set", "num_processes=2",
+                         "--name", "two", "--json").stdout)
+    store = ArtifactStore(home)
+    art = store.resolve(out["id"])
+    assert [a.name for a in store.all() if a.kind == "checkpoint"].count("two") == 1
+    assert art.stats["world_size"] == 2 and art.stats["steps"] == 2 and art.stats["lora"] is True
+
+    rows = rows_of(art.path / "rollouts.jsonl")
+    assert len(rows) == 2 * 2 * 4
+    for step in (1, 2):
+        for process in (0, 1):
+            group = [r for r in rows if (r["step"], r["process"]) == (step, process)]
+            assert len(group) == 4 and {r["group"] for r in group} == {0}  # one whole group per process
+            assert len({r["instance_id"] for r in group}) == 1 and sorted(r["sample"] for r in group) == [0, 1, 2, 3]
+        ran = {r["instance_id"] for r in rows if r["step"] == step}
+        assert len(ran) == 2  # the two processes ran the step's two different tasks
+        name = f"step-{step:06d}"
+        for f in (f"{name}.jsonl", f"{name}-p1.jsonl"):  # every process's trajectories reached the artifact
+            lines = (art.path / "trajectories" / f).read_text().splitlines()
+            assert len(lines) == 4 and all(json.loads(t)["evidence"]["tests"] for t in lines)
+    history = [e for e in json.loads((art.path / "log_history.json").read_text()) if "rl/trained_rollouts" in e]
+    for e in history:
+        step = [r for r in rows if r["step"] == e["step"]]
+        assert e["rl/trained_rollouts"] == sum(r["masked"] is None for r in step)  # both processes counted
+        assert e["rl/dropped_groups"] == len({r["process"] for r in step if r["group_dropped"]})
+        graded = [r["reward"] for r in step if r["reward"] is not None]
+        assert e["rl/task_reward"] == pytest.approx(sum(graded) / len(graded))
+        assert e["time/gpu_idle"] >= 0 and "rl/cut" in e
+
+    merged = AutoModelForCausalLM.from_pretrained(art.path / "model").state_dict()
+    base = AutoModelForCausalLM.from_pretrained(store.resolve(model).path / "model").state_dict()
+    assert merged.keys() == base.keys()
+    assert all(merged[k].shape == base[k].shape and merged[k].numel() > 0 for k in base)
+    changed = {k for k in base if not torch.equal(merged[k], base[k])}
+    assert all(k.endswith("proj.weight") for k in changed)  # LoRA moved the projections only
+    assert bool(changed) == any(r["masked"] is None for r in rows)
+    assert time.monotonic() - start < 240
+
+
 def _sandbox_free_tasks(tmp_path: Path) -> Path:
     rows = [{"instance_id": name, "problem_statement": f"Answer {name}.", "repo": "none/none",
              "base_commit": "0" * 40, "patch": "", "test_patch": "", "FAIL_TO_PASS": [], "PASS_TO_PASS": []}
