@@ -20,7 +20,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -91,6 +91,12 @@ class RlConfig(StageConfig):
     max_model_len: int | None = Field(None, ge=32, description="the model's context in tokens; unset: "
                                       "vllm_max_model_length, else the model config's max_position_embeddings. "
                                       "Prompt + completion must fit it")
+    rope_scaling: dict[str, Any] | None = Field(None, description="RoPE scaling written into the model's config "
+                                                "for this run, e.g. {rope_type: yarn, factor: 4.0, "
+                                                "original_max_position_embeddings: 32768} (Qwen2.5 at 131k); the "
+                                                "trainer, vLLM and the saved checkpoint all use it")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="memory of one GPU, for the vllm_colocate fit check "
+                                        "when it runs where no GPU is visible (default: the GPU's own)")
     max_seconds: float = Field(1800.0, gt=0, description="wall-clock limit of one episode")
     max_consecutive_errors: int = Field(5, ge=1)
     rollout_deadline: float | None = Field(None, gt=0, description="seconds after a step's rollouts start when "
@@ -137,6 +143,9 @@ class RlConfig(StageConfig):
         if self.micro_batch_size and (self.tasks_per_step * self.num_generations) % self.micro_batch_size:
             raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide tasks_per_step x "
                              f"num_generations = {self.tasks_per_step * self.num_generations}")
+        from swepost.train.context import check_rope_scaling
+
+        self.rope_scaling = check_rope_scaling(self.rope_scaling)
         if self.epsilon_high < self.epsilon:
             raise ValueError(f"epsilon_high {self.epsilon_high} is below epsilon {self.epsilon}")
         if self.generation == "vllm_colocate" and self.vllm_tensor_parallel_size > 1:
@@ -176,6 +185,7 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
     """Train (or resume) in the work folder, then publish the checkpoint artifact. Returns None in the processes
     `accelerate launch` started and on machines of rank > 0."""
     from swepost.stages.tasks import load_tasks
+    from swepost.train.context import check_colocate_memory, fit_context, rope_scaled_model
     from swepost.train.rl import FINAL, STATS_FILE, read_rollout_rows, train_rl
 
     check_launch(config)
@@ -188,6 +198,9 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
     model_path, base = resolve_model(config.model, store)
     model_ref = base.id if base else model_path
     work = store.root / "work" / f"rl-{work_key(config, source.id, model_ref)}"
+    if config.rope_scaling:
+        model_path = rope_scaled_model(model_path, config.rope_scaling, work / "model-rope")
+    check_colocate_memory(fit_context(config, model_path), model_path)  # refuse what cannot fit, before launching
     resolved = config.model_copy(update={"tasks": source.id, "model": model_ref})
     if not train_or_launch("rl", resolved, store, work, STATS_FILE, FINAL,
                            lambda: train_rl(tasks, model_path, work, config)):

@@ -39,6 +39,7 @@ from typing import Any
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
 from swepost.rewards.filters import is_ungraded
+from swepost.train.context import check_colocate_memory, fit_context, model_context  # noqa: F401 (re-exported)
 
 STATS_FILE = "rl_stats.json"
 FINAL = "final"
@@ -201,7 +202,7 @@ class RolloutFunc:
             max_completion_tokens=self.cfg.max_completion_tokens, concurrency=self.cfg.concurrency,
             max_turn_tokens=self.cfg.max_turn_tokens,
             max_wait=self.cfg.max_batch_wait, samples=[n % G for n in range(len(instance_ids))],
-            **({"deadline": self.cfg.rollout_deadline} if self.cfg.rollout_deadline else {}),
+            deadline=self.cfg.rollout_deadline,
             describe={"model": "policy under training", "generation": self.cfg.generation,
                       "temperature": self.cfg.temperature, "top_p": self.cfg.top_p},
             seed=f"{seed}:{trainer.accelerator.process_index}")
@@ -365,8 +366,9 @@ EXIT_STATUSES = ("submitted", *TRUNCATED_STATUSES, DEADLINE, "format_error", "sa
 
 def _stats_totals(stats) -> dict[str, float]:
     """The numbers of one run_rollouts call that add up over a step's calls (the first batch and resamples)."""
-    return {"generation": stats.generation, "environment": stats.environment,
-            **{k: getattr(stats, k, 0.0) for k in ("cut", "episode_seconds", "lost_seconds", "idle_seconds")}}
+    return {"generation": stats.generation, "environment": stats.environment, "cut": stats.cut,
+            "episode_seconds": stats.episode_seconds, "lost_seconds": stats.lost_seconds,
+            "idle_seconds": stats.idle_seconds}
 
 
 def _gather(values: list) -> list:
@@ -491,51 +493,11 @@ def train_rl(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dic
         return _train(tasks, str(model_path), Path(out_dir), cfg)
 
 
-def model_context(cfg: Any, model_path: str) -> tuple[int, str]:
-    """(tokens, where that number came from): the model's context window as this run will use it."""
-    if getattr(cfg, "max_model_len", None):
-        return int(cfg.max_model_len), "max_model_len"
-    if getattr(cfg, "vllm_max_model_length", None):
-        return int(cfg.vllm_max_model_length), "vllm_max_model_length"
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(model_path)
-    except (OSError, ValueError):
-        config = None
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None) or getattr(getattr(config, "text_config", None), name, None)
-        if isinstance(value, int) and value > 0:
-            return value, f"the model's {name}"
-    return 32768, "the default (the model names no context length; set max_model_len)"
-
-
-def fit_context(cfg: Any, model_path: str) -> Any:
-    """The config with max_prompt_tokens and max_completion_tokens filled in to fit the model's context, or
-    BadInput when the given ones cannot fit. Unset: the prompt gets min(8192, context / 2) and the completion
-    the rest, up to 32768; one set: the other gets what is left."""
-    context, source = model_context(cfg, model_path)
-    prompt, completion = cfg.max_prompt_tokens, cfg.max_completion_tokens
-    if prompt is None and completion is None:
-        prompt = min(8192, context // 2)
-    if prompt is None:
-        prompt = min(8192, context - completion)
-    if completion is None:
-        completion = min(32768, context - prompt)
-    if prompt < 16 or completion < 16 or prompt + completion > context:
-        raise BadInput(f"max_prompt_tokens ({prompt}) + max_completion_tokens ({completion}) = {prompt + completion} "
-                       f"tokens does not fit the model's context of {context} tokens ({source}); lower them, or set "
-                       "max_model_len if the model is served with a longer context (e.g. YaRN rope scaling)",
-                       key="max_completion_tokens")
-    turn = min(cfg.max_turn_tokens, completion) if cfg.max_turn_tokens else completion
-    return cfg.model_copy(update={"max_prompt_tokens": prompt, "max_completion_tokens": completion,
-                                  "max_turn_tokens": turn})
-
-
 def _train(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
     from swepost.train.sft import check_world, resume_point, save_merged_lora
 
     cfg = fit_context(cfg, model_path)
+    check_colocate_memory(cfg, model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = RolloutLog(out_dir, cfg.save_trajectories)
     trainer, rollout = build_trainer(tasks, model_path, out_dir, cfg, log)
