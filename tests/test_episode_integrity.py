@@ -309,9 +309,6 @@ def judge_that_fails_on_sample_1(trajectory, task) -> float:
 def run_rollout_func(tmp_path, reward: str, trajs: list):
     """train/rl.RolloutFunc on one group of finished episodes (its sandbox run replaced by them), with the
     bookkeeping of a trainer it reads: (the batch it hands TRL, the trainer stand-in holding the metrics)."""
-    from collections import defaultdict
-    from types import SimpleNamespace
-
     from swepost.stages.rl import RlConfig
     from swepost.train.rl import RolloutFunc, RolloutLog
     from swepost.train.rollout import Rollout, RolloutStats
@@ -320,6 +317,18 @@ def run_rollout_func(tmp_path, reward: str, trajs: list):
     func = RolloutFunc(cfg, [Task(instance_id="t1", problem_statement="")], RolloutLog(tmp_path, False))
     rollouts = [Rollout(t, [1, 2], [3, 4, 5], [1, 1, 0], None) for t in trajs]
     func._run = lambda trainer, ids, seed: (rollouts, RolloutStats())
-    trainer = SimpleNamespace(num_generations=len(trajs), state=SimpleNamespace(global_step=0),
-                              accelerator=SimpleNamespace(process_index=0), _metrics={"train": defaultdict(list)})
+    trainer = trainer_stand_in(len(trajs))
     return func(["t1"] * len(trajs), trainer), trainer
+
+
+def trainer_stand_in(num_generations: int):
+    """What RolloutFunc reads of TRL's GRPOTrainer after its rollouts ran, for one process: the group size, the
+    step, the accelerator's process index and count, the metrics dict and the completions-table hook."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    extra: dict[str, list] = {}
+    return SimpleNamespace(num_generations=num_generations, state=SimpleNamespace(global_step=0),
+                           accelerator=SimpleNamespace(process_index=0, num_processes=1),
+                           _metrics={"train": defaultdict(list)}, completion_extra=extra,
+                           _log_completion_extra=lambda column, values: extra.__setitem__(column, values))

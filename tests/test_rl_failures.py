@@ -1,0 +1,128 @@
+"""Issue 12, "one bad task never stops a run" and "failures are not rewards", on RL's own rollout path with real
+failures: a task whose install fails and a grader that times out (real docker sandboxes), a policy server that
+answers 500 after retries and one that answers 400 (a real HTTP server on loopback). Each rollout ends with its
+cause recorded, the batch goes on, and RL scores none of them: reward None, out of the loss and the group
+baseline, counted in rl/ungraded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from swepost.agent import AgentLimits
+from swepost.train.rollout import CompletionsGenerator, ScriptedGenerator, run_rollouts
+
+REPO = Path(__file__).resolve().parents[1]
+SUBMIT = '<tool_call>\n{"name": "submit", "arguments": {}}\n</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from swepost.train.tiny_model import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny")
+    build_tiny_model(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    from swepost.stages.tasks import read_task_file
+
+    healthy = next(t for t in read_task_file(REPO / "data" / "minicalc_tasks.jsonl")
+                   if t.instance_id == "swepost__minicalc-1")
+    broken = healthy.model_copy(update={"instance_id": "broken-install", "env": healthy.env.model_copy(
+        update={"install": ["echo the mirror is down >&2; exit 3"]})})
+    slow = healthy.model_copy(update={"instance_id": "slow-grader", "verify": healthy.verify.model_copy(
+        update={"timeout": 0.3})})  # the graded test run cannot finish in time
+    return {"healthy": healthy, "broken": broken, "slow": slow}
+
+
+def _swe_env():
+    from swepost.envs.swe import SweEnvironment
+
+    return SweEnvironment(repos=REPO / "data" / "repos", backend="docker", grade=True)
+
+
+def _rollouts(tok, tasks, generator, make_env=_swe_env):
+    return run_rollouts(tasks, make_env=make_env, generator=generator, tokenizer=tok,
+                        limits=AgentLimits(max_turns=2, max_context_tokens=10 ** 9, max_seconds=300),
+                        max_prompt_tokens=4096, max_completion_tokens=512, concurrency=4, seed="failures")
+
+
+@pytest.mark.docker
+def test_install_failure_and_grader_timeout_leave_the_batch_going(tok, tasks, base_image):
+    batch = [tasks[k] for k in ("healthy", "healthy", "broken", "broken", "slow", "slow")]  # groups of 2
+    rollouts, _ = _rollouts(tok, batch, ScriptedGenerator(tok, [SUBMIT]))
+    by_id = {}
+    for r in rollouts:
+        by_id.setdefault(r.trajectory.instance_id, []).append(r.trajectory)
+    for t in by_id["swepost__minicalc-1"]:  # graded as usual: a wrong answer is a 0, not a failure
+        assert (t.exit_status, t.resolved, t.reward) == ("submitted", "RESOLVED_NO", 0.0)
+    for broken in by_id["broken-install"]:
+        assert broken.exit_status == "sandbox_error" and "could not be set up" in broken.error
+        assert "exit" in broken.error and broken.reward is None
+    for slow in by_id["slow-grader"]:
+        assert slow.exit_status == "submitted" and slow.resolved == "UNGRADED" and slow.reward is None
+        assert "timed out" in slow.evidence["reason"]
+
+    # RL's scoring of that batch: the two failures are ungraded (no loss, out of the baseline), the rest scored
+    out, rows, metrics = score_batch(tok, batch, rollouts, group=2)
+    assert out["rl_task"] == [0.0, 0.0, None, None, None, None]
+    assert [r["masked"] for r in rows] == ["zero_variance"] * 2 + ["ungraded"] * 4
+    assert all(not any(m) for m in out["env_mask"][2:])
+    assert metrics["rl/ungraded"] == [4.0]
+
+
+@pytest.mark.parametrize("status", [500, 400])
+def test_a_policy_server_answering_errors_is_a_policy_error_not_a_score(tok, status):
+    """vllm_server generation against a real loopback server: a 500 after the retries, or a 400 at once (our
+    request is wrong: retrying cannot help)."""
+    from openai_server import ScriptedChatServer
+
+    from swepost.records import Task
+
+    task = Task(instance_id="echo-1", problem_statement="Answer.")
+    with ScriptedChatServer([], default={"status": status, "error": "engine is sad"}) as server:
+        gen = CompletionsGenerator(server.base_url, None, {"temperature": 1.0}, {tok.eos_token_id}, retries=2)
+        rollouts, _ = _rollouts(tok, [task, task], gen, make_env=lambda: _echo())
+        asked = len(server.requests)
+    for r in rollouts:
+        t = r.trajectory
+        assert t.exit_status == "policy_error" and f"HTTP {status}" in t.error and t.reward is None
+    assert asked == (2 * 2 if status == 500 else 2)  # 500: retried; 400: not
+    out, rows, metrics = score_batch(tok, [task, task], rollouts, group=2,
+                                     reward="tests.test_episode_integrity:always_one")
+    assert out["rl_task"] == [None, None] and [r["masked"] for r in rows] == ["ungraded", "ungraded"]
+    assert metrics["rl/ungraded"] == [2.0] and metrics["rl/exit_policy_error"] == [1.0]
+
+
+def _echo():
+    from tests.rl_helpers import EchoEnvironment
+
+    return EchoEnvironment()
+
+
+def score_batch(tok, tasks, rollouts, *, group: int, reward: str = "env"):
+    """train/rl.RolloutFunc on a finished batch (its rollout phase replaced by `rollouts`): (what it hands TRL,
+    the rows it logs, the metrics it records)."""
+    import tempfile
+
+    from test_episode_integrity import trainer_stand_in
+
+    from swepost.stages.rl import RlConfig
+    from swepost.train.rl import RolloutFunc, RolloutLog
+    from swepost.train.rollout import RolloutStats
+
+    folder = Path(tempfile.mkdtemp(prefix="rl-failures-"))
+    cfg = RlConfig(tasks="x", model="m", reward=reward, num_generations=group)
+    func = RolloutFunc(cfg, list({t.instance_id: t for t in tasks}.values()), RolloutLog(folder, False))
+    func._run = lambda trainer, ids, seed: (rollouts, RolloutStats())
+    trainer = trainer_stand_in(group)
+    out = func([t.instance_id for t in tasks], trainer)
+    rows = [json.loads(line) for line in (folder / "rollouts.jsonl").read_text().splitlines()]
+    return out, rows, trainer._metrics["train"]
