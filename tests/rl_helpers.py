@@ -48,3 +48,14 @@ def parity_or_ungraded(trajectory, task) -> float | None:
     if task.instance_id.startswith("ungraded") and trajectory.sample == 0:
         return None
     return alternating_reward(trajectory, task)
+
+
+class SlowEchoEnvironment(EchoEnvironment):
+    """EchoEnvironment whose slow-* tasks take 30 s to set up: a straggler for the rollout deadline."""
+
+    def reset(self, task):
+        if task.instance_id.startswith("slow"):
+            import time
+
+            time.sleep(30)
+        return super().reset(task)

@@ -512,7 +512,8 @@ def test_two_cpu_processes_resample_distinct_tasks_and_log_gathered_metrics(swep
     tiny = json.loads(swepost("model", "tiny", "--json", check=0).stdout)["id"]
     start = time.monotonic()
     r = cli(home, "rl", "echo", "--model", tiny, "--max-steps", "3", "--tasks-per-step", "2", "-G", "2",
-            "--set", "environment=tests.rl_helpers:EchoEnvironment", "--set", "reward=tests.rl_helpers:alternating_reward",
+            "--set", "environment=tests.rl_helpers:EchoEnvironment",
+            "--set", "reward=tests.rl_helpers:alternating_reward",
             "--set", "dynamic_sampling=resample", "--set", "max_resample_rounds=3", "--set", "max_turns=1",
             "--set", "max_completion_tokens=16", "--set", "truncated=keep", "--set", "gradient_checkpointing=false",
             "--set", "launch=accelerate", "--set", "accelerate_config=cpu", "--set", "num_processes=2", "--json")
@@ -541,3 +542,54 @@ def test_two_cpu_processes_resample_distinct_tasks_and_log_gathered_metrics(swep
         assert e["rl/task_reward"] == pytest.approx(sum(x["reward"] for x in step) / len(step))
     assert both_resampled, "no step where both processes resampled: the test shows nothing about distinct picks"
     assert time.monotonic() - start < 180
+
+
+def test_episodes_past_the_rollout_deadline_are_cut_and_left_out_of_loss_and_baseline(tmp_path):
+    """Issue 12: with rollout_deadline, a straggler group (its setup takes 30 s) is cut at the deadline: its
+    rows are masked 'deadline' with no reward, TRL gets no reward for them (NaN, advantage 0), the other group
+    trains, and the step logs rl/cut, rl/lost_episode_fraction and time/gpu_idle."""
+    import math
+
+    from transformers import TrainerCallback
+
+    from swepost.records import Task
+    from swepost.stages.rl import RlConfig
+    from swepost.train.rl import RolloutLog, build_trainer, fit_context
+    from swepost.train.tiny_model import build_tiny_model
+
+    model_path = str(tmp_path / "tiny")
+    build_tiny_model(tmp_path / "tiny")
+    tasks = [Task(instance_id=n, problem_statement=f"Answer {n}.") for n in ("slow-a", "mixed-b")]
+    cfg = fit_context(RlConfig(tasks="x", model=model_path, environment="tests.rl_helpers:SlowEchoEnvironment",
+                               reward="tests.rl_helpers:alternating_reward", num_generations=2, tasks_per_step=2,
+                               max_steps=1, dynamic_sampling="off", max_turns=1, max_completion_tokens=16,
+                               truncated="keep", rollout_deadline=8.0, gradient_checkpointing=False,
+                               save_steps=100, report_to="none"), model_path)
+    out = tmp_path / "work"
+    out.mkdir()
+    trainer, _ = build_trainer(tasks, model_path, out, cfg, RolloutLog(out, True))
+    logged = {}
+
+    class Capture(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            logged.update(task=list(trainer._logs["rewards"]["task"]), advantages=list(trainer._logs["advantages"]))
+
+    trainer.add_callback(Capture())
+    start = time.monotonic()
+    trainer.train()
+    assert time.monotonic() - start < 25  # the step did not wait for the straggler's 30 s
+    rows = rows_of(out / "rollouts.jsonl")
+    slow = [r for r in rows if r["instance_id"] == "slow-a"]
+    fast = [r for r in rows if r["instance_id"] == "mixed-b"]
+    assert len(slow) == len(fast) == 2
+    assert all(r["exit_status"] == "deadline" and r["masked"] == "deadline" and r["reward"] is None for r in slow)
+    assert all(r["masked"] is None and r["reward"] is not None for r in fast)
+    for r, task, advantage in zip(rows, logged["task"], logged["advantages"], strict=True):
+        if r["instance_id"] == "slow-a":
+            assert math.isnan(task) and advantage == 0.0
+        else:
+            assert task == r["reward"] and advantage != 0.0
+    metrics = next(e for e in trainer.state.log_history if "rl/cut" in e)
+    assert metrics["rl/cut"] == 2 and metrics["rl/masked_deadline"] == 2
+    assert 0 < metrics["rl/lost_episode_fraction"] <= 1
+    assert metrics["time/gpu_idle"] > 0 and metrics["rl/exit_deadline"] == 0.5
