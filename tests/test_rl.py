@@ -77,7 +77,7 @@ def taught(tmp_path_factory, base_image):
     cli(home, "model", "tiny", "--name", "tiny")
     model = json.loads(cli(home, "sft", "mix", "--model", "tiny", "--max-steps", "100", "--learning-rate", "5e-3",
                            "--set", "batch_size=2", "--set", "max_length=4096", "--name", "taught",
-                           "--json").stdout)["id"]
+                           "--json", timeout=600).stdout)["id"]  # 100 steps: minutes on 2 busy cores
     return home, two, model
 
 
