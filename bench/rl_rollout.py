@@ -17,6 +17,15 @@ sandbox (container + checkout) and is graded in another fresh one, which is sand
 
 Goal: the rollout phase >= 4x faster concurrent than sequential at 8 rollouts. Machine CPU use during each run
 (from /proc/stat, docker's daemon and containers included) is reported to tell a CPU-bound profile apart.
+
+Two more sections:
+
+- straggler: the sleep profile, concurrent, with one episode whose tool call sleeps `--straggler-factor` (20)
+  times longer than the rest's; run without a deadline, then with `deadline` set halfway between the others'
+  slowest episode and the straggler's time in that first run. The ratio is the step's wall time without / with.
+  Generation waits at most 1 s for other requests (rl's `max_batch_wait` default), not for every episode.
+- trl_environment_factory: TRL 1.16's own tool loop (a real GRPOTrainer with `environment_factory`, one
+  generation batch) beside `run_rollouts` on the same tasks, tools and model (bench/trl_tool_loop.py).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -91,25 +101,32 @@ def idle_check(seconds: float = 1.0) -> float | None:
     return busy_share(before, cpu_jiffies())
 
 
-def run(tasks, samples, turns: list[str], expect: str, concurrency: int, tok, args) -> dict:
-    from swepost.agent import AgentLimits
+def make_env(args):
     from swepost.envs.swe import SweEnvironment
-    from swepost.train.rollout import ScriptedGenerator, run_rollouts
 
-    def make_env():
-        return SweEnvironment(repos=ROOT / "data" / "repos", backend="docker", tool_timeout=args.tool_timeout,
-                              grade=True)
+    return SweEnvironment(repos=ROOT / "data" / "repos", backend="docker", tool_timeout=args.tool_timeout, grade=True)
+
+
+def run(tasks, samples, turns: list[str], expect: str, concurrency: int, tok, args, *, generator=None,
+        max_wait: float = 600.0, deadline: float | None = None, keep: list | None = None) -> dict:
+    from swepost.agent import AgentLimits
+    from swepost.train.rollout import ScriptedGenerator, run_rollouts
 
     before = cpu_jiffies()
     # max_wait well above any turn: generation waits for every live episode, one batch per turn, as in TRL
-    rollouts, stats = run_rollouts(tasks, make_env=make_env, generator=ScriptedGenerator(tok, turns, args.gen_delay),
+    rollouts, stats = run_rollouts(tasks, make_env=lambda: make_env(args),
+                                   generator=generator or ScriptedGenerator(tok, turns, args.gen_delay),
                                    tokenizer=tok, limits=AgentLimits(max_turns=len(turns) + 2),
                                    max_prompt_tokens=16384, max_completion_tokens=8192, concurrency=concurrency,
-                                   max_wait=600.0, samples=samples)
+                                   max_wait=max_wait, samples=samples, deadline=deadline)
     after = cpu_jiffies()
     trajs = [r.trajectory for r in rollouts]
+    if keep is not None:
+        keep.extend(rollouts)
     tool_results = [next((m["content"] for m in t.messages if m["role"] == "tool"), "") for t in trajs]
     out = {"concurrency": concurrency, "wall_s": round(stats.wall, 2), "generation_s": round(stats.generation, 3),
+           "idle_s": round(stats.idle_seconds, 2), "episode_s": round(stats.episode_seconds, 2),
+           "cut": stats.cut, "lost_s": round(stats.lost_seconds, 2), "lost_fraction": round(stats.lost_fraction, 3),
            "batches": stats.batches, "exit_status": dict(Counter(t.exit_status for t in trajs)),
            "resolved": dict(Counter(str(t.resolved) for t in trajs)),
            "tool_errors": sum(t.tool_errors for t in trajs),
@@ -123,11 +140,120 @@ def run(tasks, samples, turns: list[str], expect: str, concurrency: int, tok, ar
     return out
 
 
+MARKER = "(the straggler)"
+
+
+def straggler(tasks, samples, tok, args) -> dict:
+    """The step's wall time with one episode `factor` times slower than the rest, without and with a deadline."""
+    from swepost.train.rollout import ScriptedGenerator
+
+    base = 1.0
+    turns = [bash(f"sleep {base:g} && ls"), SUBMIT]
+    slow_turns = [bash(f"sleep {base * args.straggler_factor:g} && ls"), SUBMIT]
+    last = tasks[-1]
+    batch = [*tasks[:-1], last.model_copy(update={"problem_statement": f"{last.problem_statement}\n{MARKER}"})]
+
+    def once(deadline: float | None, kept: list) -> dict:
+        generator = ScriptedGenerator(tok, turns, args.gen_delay, variants={MARKER: slow_turns})
+        return run(batch, samples, turns, "README.md", len(batch), tok, args, generator=generator, max_wait=1.0,
+                   deadline=deadline, keep=kept)
+
+    first: list = []
+    without = once(None, first)
+    others = max(r.trajectory.seconds["total"] for r in first[:-1])
+    slowest = first[-1].trajectory.seconds["total"]
+    deadline = round((others + slowest) / 2, 1)
+    second: list = []
+    with_deadline = once(deadline, second)
+    cut_is_straggler = [r.trajectory.exit_status == "deadline" for r in second] == [False] * (len(second) - 1) + [True]
+    return {"commands": [turns[0], "submit"], "straggler_command": slow_turns[0], "factor": args.straggler_factor,
+            "others_slowest_episode_s": others, "straggler_episode_s": slowest, "deadline_s": deadline,
+            "without_deadline": without, "with_deadline": with_deadline,
+            "ratio": round(without["wall_s"] / with_deadline["wall_s"], 2),
+            "only_the_straggler_cut": cut_is_straggler}
+
+
+def trl_environment_factory(distinct, group: int, tok, args) -> dict:
+    """TRL's own environment_factory tool loop and run_rollouts, same tasks, tools and (taught) tiny model."""
+    import contextlib
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    have = version("transformers")
+    if Version(have) < Version("5.2.0"):
+        return {"skipped": f"TRL's environment_factory needs transformers >= 5.2; {have} is installed"}
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+    import trl_tool_loop as tl
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from swepost.agent import AgentLimits
+    from swepost.train.rollout import TransformersGenerator, run_rollouts
+    from swepost.train.tiny_model import build_tiny_model
+
+    torch.manual_seed(0)
+    out: dict = {"trl": version("trl"), "transformers": have, "tasks": len(distinct), "group": group,
+                 "commands": [tl.BASH, "submit"]}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "model"
+        build_tiny_model(folder)
+        tok = AutoTokenizer.from_pretrained(folder)
+        # the episodes to teach from: the same tool calls, scripted, through swepost's engine in real sandboxes
+        lessons: list = []
+        run(distinct, [0] * len(distinct), [bash(tl.BASH), SUBMIT], "README.md", len(distinct), tok, args,
+            keep=lessons)
+        print("trl: teaching the tiny model", file=sys.stderr, flush=True)
+        out["teach"] = tl.teach(folder, tl.conversations([r.trajectory for r in lessons], make_env(args).tools()))
+
+        print(f"trl: taught {out['teach']}; swepost run_rollouts", file=sys.stderr, flush=True)
+        tasks = [t for t in distinct for _ in range(group)]
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        config = GenerationConfig(do_sample=True, temperature=0.1, top_p=1.0, eos_token_id=[tok.eos_token_id],
+                                  pad_token_id=tok.pad_token_id)
+        generator = TransformersGenerator(lambda: contextlib.nullcontext(model), config, {tok.eos_token_id},
+                                          tok.pad_token_id)
+        rollouts, stats = run_rollouts(tasks, make_env=lambda: make_env(args), generator=generator, tokenizer=tok,
+                                       limits=AgentLimits(max_turns=4), max_prompt_tokens=3072,
+                                       max_completion_tokens=1024, concurrency=len(tasks), max_wait=600.0,
+                                       samples=[i % group for i in range(len(tasks))])
+        trajs = [r.trajectory for r in rollouts]
+        out["swepost_run_rollouts"] = {
+            "wall_s": round(stats.wall, 2), "generation_s": round(stats.generation, 2), "batches": stats.batches,
+            "exit_status": dict(Counter(t.exit_status for t in trajs)), "tool_calls": sum(t.tool_calls for t in trajs),
+            "graded": sum(t.reward is not None for t in trajs)}
+
+        print(f"trl: swepost {out['swepost_run_rollouts']}; TRL environment_factory", file=sys.stderr, flush=True)
+        tl.SweTools.tasks = {t.instance_id: t for t in distinct}
+        tl.SweTools._make_env = staticmethod(lambda: make_env(args))
+        prompts = {r.trajectory.instance_id: r.trajectory.messages[:2] for r in lessons}  # system, user
+        rows = [{"prompt": [{"role": m["role"], "content": m["content"]} for m in prompts[t.instance_id]],
+                 "instance_id": t.instance_id} for t in distinct]
+        try:
+            seconds, result, metrics, _ = tl.run_trl(folder, rows, group, 1024, Path(scratch) / "trl")
+        finally:
+            for env in tl.SweTools.instances:
+                env.env.close()
+        out["trl_environment_factory"] = {
+            "wall_s": round(seconds, 2), "parts_s": {k: round(v, 2) for k, v in tl.SweTools.seconds.items()},
+            "rollouts": int(result["completion_ids"].shape[0]), "metrics": {k: round(v, 3) for k, v in metrics.items()}}
+    # a fair comparison only if the taught model made the same calls on both sides: bash then submit, every rollout
+    trl_calls = out["trl_environment_factory"]["metrics"].get("tools/call_frequency", 0.0)
+    mine = out["swepost_run_rollouts"]
+    out["same_tool_calls"] = mine["exit_status"] == {"submitted": len(tasks)} and trl_calls >= 2.0
+    out["ratio"] = round(out["trl_environment_factory"]["wall_s"] / mine["wall_s"], 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rollouts", type=int, default=8, help="rollouts in the batch (and concurrent episodes)")
     parser.add_argument("--tasks", type=int, default=4, help="distinct tasks, each repeated into a group")
-    parser.add_argument("--profile", choices=[*PROFILES, "both"], default="both")
+    parser.add_argument("--profile", choices=[*PROFILES, "both", "straggler", "trl", "all"], default="all",
+                        help="both: sleep and pytest; all: those, straggler and trl (environment_factory)")
+    parser.add_argument("--straggler-factor", type=float, default=20.0,
+                        help="how many times longer the straggler's tool call sleeps")
     parser.add_argument("--gen-delay", type=float, default=0.0,
                         help="seconds per generation batch, a stand-in for model time (same in both modes)")
     parser.add_argument("--tool-timeout", type=float, default=120.0)
@@ -162,7 +288,8 @@ def main() -> None:
     run(warm_tasks, [0] * len(warm_tasks), [SUBMIT], "", len(warm_tasks), tok, args)
 
     result["profiles"] = {}
-    for name in PROFILES if args.profile == "both" else [args.profile]:
+    names = [*PROFILES] if args.profile in ("both", "all") else [args.profile] if args.profile in PROFILES else []
+    for name in names:
         commands, expect = PROFILES[name]
         turns = [bash(c) for c in commands] + [SUBMIT]
         sequential = run(tasks, samples, turns, expect, 1, tok, args)
@@ -176,6 +303,10 @@ def main() -> None:
         if "cpu_s" in sequential:  # the best ratio the cores allow: the sequential run's CPU work spread on all
             floor = sequential["cpu_s"] / (os.cpu_count() or 1)
             result["profiles"][name]["ratio_cpu_ceiling"] = round(sequential["wall_s"] / max(floor, 0.01), 2)
+    if args.profile in ("straggler", "all"):
+        result["straggler"] = straggler(tasks, samples, tok, args)
+    if args.profile in ("trl", "all"):
+        result["trl_environment_factory"] = trl_environment_factory(distinct, group, tok, args)
     emit(result, args.out)
 
 
