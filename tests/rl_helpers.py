@@ -59,3 +59,14 @@ class SlowEchoEnvironment(EchoEnvironment):
 
             time.sleep(30)
         return super().reset(task)
+
+
+class BrokenSetupEnvironment(EchoEnvironment):
+    """EchoEnvironment whose broken-* tasks cannot be set up (as a task whose install fails): sandbox_error."""
+
+    def reset(self, task):
+        if task.instance_id.startswith("broken"):
+            from swepost.envs.base import EnvironmentBroken
+
+            raise EnvironmentBroken("the task's install failed: the mirror is down")
+        return super().reset(task)

@@ -126,3 +126,88 @@ def score_batch(tok, tasks, rollouts, *, group: int, reward: str = "env"):
     out = func([t.instance_id for t in tasks], trainer)
     rows = [json.loads(line) for line in (folder / "rollouts.jsonl").read_text().splitlines()]
     return out, rows, trainer._metrics["train"]
+
+
+def test_quarantine_counts_steps_where_a_task_failed_and_skips_outages():
+    from swepost.train.rl import quarantine_from_rows
+
+    def rows(step, group, iid, failed, n=4, process=0):
+        return [{"step": step, "process": process, "group": group, "instance_id": iid,
+                 "exit_status": "sandbox_error" if k < failed else "submitted",
+                 "resolved": None if k < failed else "RESOLVED_NO", "error": f"install failed ({step})"}
+                for k in range(n)]
+
+    log = (rows(1, 0, "bad", 4) + rows(1, 1, "ok", 0)  # a failure of bad's
+           + rows(2, 0, "bad", 2) + rows(2, 1, "ok", 1)  # half its group: a failure; one in four of ok's: not
+           + rows(3, 0, "bad", 4) + rows(3, 1, "ok", 4)  # every group of the step: an outage, no one's fault
+           + rows(4, 0, "bad", 1, process=1) + rows(4, 1, "ok", 0, process=1))
+    assert quarantine_from_rows(log, 2) == {"bad": {"failures": 2, "last_cause": "install failed (2)"}}
+    assert quarantine_from_rows(log, 3) == {}
+    # a grader that could not judge counts as well (its cause is the grader's reason)
+    ungraded = [{**r, "exit_status": "submitted", "resolved": "UNGRADED", "error": "timed out"}
+                for r in rows(5, 0, "slow", 4)]
+    assert quarantine_from_rows(ungraded + rows(5, 1, "ok", 0), 1)["slow"]["last_cause"] == "timed out"
+
+
+def test_rl_quarantines_a_task_whose_setup_keeps_failing(swepost, store, tmp_path):
+    """A real (sandbox-free) GRPO run: broken-a cannot be set up. After its first failed group it is quarantined
+    (whenever the sampler draws it again a spare task runs instead: see the next test), and the artifact lists
+    it with its cause."""
+    rows = [{"instance_id": name, "problem_statement": f"Answer {name}.", "repo": "none/none",
+             "base_commit": "0" * 40, "patch": "", "test_patch": "", "FAIL_TO_PASS": [], "PASS_TO_PASS": []}
+            for name in ("broken-a", "mixed-b", "mixed-c")]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    swepost("tasks", "import", tmp_path / "t.jsonl", "--name", "t", check=0)
+    tiny = json.loads(swepost("model", "tiny", "--json", check=0).stdout)["id"]
+    r = swepost("rl", "t", "--model", tiny, "--max-steps", "3", "--tasks-per-step", "2", "-G", "2",
+                "--set", "environment=tests.rl_helpers:BrokenSetupEnvironment",
+                "--set", "reward=tests.rl_helpers:alternating_reward", "--set", "quarantine_after=1",
+                "--set", "max_turns=1", "--set", "max_completion_tokens=16", "--set", "truncated=keep",
+                "--set", "gradient_checkpointing=false", "--json", check=0)
+    assert "quarantined broken-a" in r.stderr
+    art = store.resolve(json.loads(r.stdout)["id"])
+    log = [json.loads(line) for line in (art.path / "rollouts.jsonl").read_text().splitlines()]
+    broken_steps = {row["step"] for row in log if row["instance_id"] == "broken-a"}
+    assert len(broken_steps) == 1
+    assert all(row["exit_status"] == "sandbox_error" and row["masked"] == "ungraded"
+               for row in log if row["instance_id"] == "broken-a")
+    assert len(log) == 3 * 2 * 2  # every step still trained on whole batches
+    listed = [json.loads(line) for line in (art.path / "quarantined.jsonl").read_text().splitlines()]
+    assert listed == [{"instance_id": "broken-a", "failures": 1, "last_cause": listed[0]["last_cause"]}]
+    assert "install failed" in listed[0]["last_cause"] and art.stats["quarantined"] == listed
+
+
+def test_a_quarantined_task_s_groups_run_on_spare_tasks(tmp_path):
+    """RolloutFunc over three steps whose batch always names broken-a: it fails once (quarantine_after=1), then
+    its group runs on a task outside the batch, whole; the other group is untouched; counts are logged."""
+    from test_episode_integrity import trainer_stand_in
+
+    from swepost.records import Task, Trajectory
+    from swepost.stages.rl import RlConfig
+    from swepost.train.rl import RolloutFunc, RolloutLog
+    from swepost.train.rollout import Rollout, RolloutStats
+
+    tasks = [Task(instance_id=i, problem_statement="") for i in ("broken-a", "mixed-b", "mixed-c", "mixed-d")]
+    cfg = RlConfig(tasks="x", model="m", reward="tests.rl_helpers:alternating_reward", quarantine_after=1,
+                   num_generations=2)
+    func = RolloutFunc(cfg, tasks, RolloutLog(tmp_path, False))
+    asked: list[list[str]] = []
+
+    def run(trainer, ids, seed):
+        asked.append(list(ids))
+        trajs = [Trajectory(episode_id=f"{i}#{k % 2}", instance_id=i, sample=k % 2,
+                            exit_status="sandbox_error" if i.startswith("broken") else "submitted",
+                            error="install failed" if i.startswith("broken") else None) for k, i in enumerate(ids)]
+        return [Rollout(t, [1], [2, 3], [1, 0], None) for t in trajs], RolloutStats()
+
+    func._run = run
+    trainer = trainer_stand_in(2)
+    for step in range(3):
+        trainer.state.global_step = step
+        func(["broken-a", "broken-a", "mixed-b", "mixed-b"], trainer)
+    assert asked[0] == ["broken-a", "broken-a", "mixed-b", "mixed-b"]
+    for ids in asked[1:]:  # a spare outside the batch, the same for the whole group
+        assert ids[0] == ids[1] and ids[0] in ("mixed-c", "mixed-d") and ids[2:] == ["mixed-b", "mixed-b"]
+    assert trainer._metrics["train"]["rl/quarantine_substituted"] == [0.0, 1.0, 1.0]
+    assert trainer._metrics["train"]["rl/quarantined"] == [1.0, 1.0, 1.0]
+    assert func.quarantined == {"broken-a": {"failures": 1, "last_cause": "install failed"}}

@@ -19,6 +19,7 @@ import hashlib
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,6 +100,9 @@ class RlConfig(StageConfig):
                                         "when it runs where no GPU is visible (default: the GPU's own)")
     max_seconds: float = Field(1800.0, gt=0, description="wall-clock limit of one episode")
     max_consecutive_errors: int = Field(5, ge=1)
+    quarantine_after: int = Field(3, ge=0, description="a task whose group failed for infrastructure reasons (its "
+                                  "sandbox or grader, not the model) in this many steps is not drawn again: its "
+                                  "groups run on spare tasks, and it is listed in the artifact (0: never)")
     rollout_deadline: float | None = Field(None, gt=0, description="seconds after a step's rollouts start when "
                                            "still-running episodes are cut and masked out of loss and baseline "
                                            "(logged: rl/cut, rl/lost_episode_fraction, time/gpu_idle); unset: "
@@ -216,6 +220,10 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
             shutil.copy2(work / "log_history.json", w.path / "log_history.json")
         # every process's rollout rows in one file, in step order
         (w.path / "rollouts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in read_rollout_rows(work)))
+        if stats.get("quarantined"):
+            (w.path / "quarantined.jsonl").write_text("".join(json.dumps(q) + "\n" for q in stats["quarantined"]))
+            print(f"rl: {len(stats['quarantined'])} task(s) quarantined (failed for infrastructure reasons in "
+                  f"{config.quarantine_after} steps), listed in quarantined.jsonl", file=sys.stderr)
         if config.save_trajectories and (work / "trajectories").is_dir():
             shutil.copytree(work / "trajectories", w.path / "trajectories")
         if (work / "runs").is_dir():

@@ -38,7 +38,7 @@ from typing import Any
 
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
-from swepost.rewards.filters import is_ungraded
+from swepost.rewards.filters import UNGRADED, is_ungraded
 from swepost.train.context import check_colocate_memory, fit_context, model_context  # noqa: F401 (re-exported)
 
 STATS_FILE = "rl_stats.json"
@@ -161,6 +161,7 @@ class RolloutFunc:
                                   max_consecutive_errors=cfg.max_consecutive_errors)
         self.generator = None
         self.seconds = {"rollout": 0.0, "generation": 0.0, "environment": 0.0}
+        self.quarantined: dict[str, dict] = {}  # instance_id -> {"failures", "last_cause"}: not drawn again
 
     # the generation backend is built on first use: it needs the trainer
     def _generator(self, trainer):
@@ -247,15 +248,15 @@ class RolloutFunc:
         acc = trainer.accelerator
         process = acc.process_index
         t0 = time.monotonic()
-        if cfg.dynamic_sampling == "resample":
-            # the whole batch's tasks, from every process (a collective: here, never inside the resample loop)
-            spare = self._spare_tasks(_gather(ids), process, acc.num_processes)
+        # the whole batch's tasks, from every process (a collective: every step, never inside the resample loop)
+        spare = self._spare_tasks(_gather(ids), process, acc.num_processes)
+        random.Random(f"{cfg.seed}:{step}:{process}").shuffle(spare)
+        ids, spare, substituted = self._replace_quarantined(ids, spare, G)
         rollouts, stats = self._run(trainer, ids, f"{cfg.seed}:{step}")
         totals = _stats_totals(stats)
         groups = [rollouts[g: g + G] for g in range(0, len(rollouts), G)]
         resampled: set[int] = set()
         if cfg.dynamic_sampling == "resample":
-            random.Random(f"{cfg.seed}:{step}:{process}").shuffle(spare)
             for round_ in range(1, cfg.max_resample_rounds + 1):
                 flat = [g for g, group in enumerate(groups)
                         if self._zero_variance([self._task_reward(r) for r in group])]
@@ -273,7 +274,7 @@ class RolloutFunc:
                                 "instance_id": [], **{f"rl_{p}": [] for p in REWARD_PARTS}}
         rows, trajectories = [], []
         counts = {"dropped_groups": 0, "resampled_groups": len(resampled), "masked_truncated": 0, "ungraded": 0,
-                  "masked_deadline": 0}
+                  "masked_deadline": 0, "quarantine_substituted": substituted}
         for g, group in enumerate(groups):
             scored = [self._task_reward(r) for r in group]
             drop = cfg.dynamic_sampling != "off" and self._zero_variance(scored)
@@ -313,21 +314,51 @@ class RolloutFunc:
                              "tool_errors": t.tool_errors, "prompt_tokens": len(r.prompt_ids),
                              "completion_tokens": len(r.completion_ids), "model_tokens": r.model_tokens,
                              "masked": why, "group_dropped": drop, "resampled": g in resampled,
-                             "error": t.error, "seconds": t.seconds})
+                             "error": t.error or (t.evidence.get("reason") if t.resolved == UNGRADED else None),
+                             "seconds": t.seconds})
                 trajectories.append(t)
         if not any(any(lp) for lp in out["logprobs"]) or cfg.generation == "transformers":
             out["logprobs"] = None  # transformers: TRL recomputes them (no importance-sampling correction)
         # TRL's completions table (log_completions) shows the prompt it sent: name the task each row really ran
         trainer._log_completion_extra("instance_id", list(out["instance_id"]))
         self.log.write(step, rows, trajectories, process)
+        self._update_quarantine()
+        counts["quarantined"] = len(self.quarantined)
         self._metrics(trainer, rows, counts, totals, time.monotonic() - t0)
         return out
 
+    def _replace_quarantined(self, ids: list[str], spare: list[str], G: int) -> tuple[list[str], list[str], int]:
+        """Groups of quarantined tasks run on spare tasks instead (whole groups; while spares last)."""
+        if not self.quarantined:
+            return ids, spare, 0
+        spare = [i for i in spare if i not in self.quarantined]
+        out, substituted = list(ids), 0
+        for g in range(0, len(ids), G):
+            if ids[g] in self.quarantined and spare:
+                out[g: g + G] = [spare.pop(0)] * G
+                substituted += 1
+        return out, spare, substituted
+
+    def _update_quarantine(self) -> None:
+        """Re-read every process's rollout rows (this step's included) and quarantine the tasks that failed for
+        infrastructure reasons in quarantine_after steps. Each process reads the shared log on its own, so the
+        processes agree up to the rows a neighbour has not written yet; no collective is needed."""
+        if not self.cfg.quarantine_after:
+            return
+        for instance_id, entry in quarantine_from_rows(read_rollout_rows(self.log.folder),
+                                                       self.cfg.quarantine_after).items():
+            if instance_id not in self.quarantined and instance_id in self.tasks:
+                print(f"rl: quarantined {instance_id}: failed for infrastructure reasons in {entry['failures']} "
+                      f"steps; last cause: {entry['last_cause']}", file=sys.stderr)
+            self.quarantined[instance_id] = entry
+
     def _spare_tasks(self, batch: list[str], process: int, processes: int) -> list[str]:
         """This process's share of the tasks outside the whole batch: every process computes the same list and
-        keeps every processes-th task from its own index on, so no two processes resample the same task."""
+        keeps every processes-th task from its own index on, so no two processes resample the same task. Tasks
+        this process knows to be quarantined are left out after the split (processes may know different ones)."""
         used = set(batch)
-        return [i for i in self.order if i not in used][process::processes]
+        share = [i for i in self.order if i not in used][process::processes]
+        return [i for i in share if i not in self.quarantined]
 
     def _metrics(self, trainer, rows: list[dict], counts: dict, totals: dict[str, float], wall: float) -> None:
         """Append this step's rl/* and time/* metrics, over all processes: raw sums are gathered (one collective,
@@ -346,8 +377,8 @@ class RolloutFunc:
         metrics["rl/resolved_rate"].append(total["resolved"] / max(total["graded"], 1))
         metrics["rl/mean_turns"].append(total["turns"] / max(total["rollouts"], 1))
         metrics["rl/trained_rollouts"].append(float(total["trained"]))
-        for key in counts:
-            metrics[f"rl/{key}"].append(float(total[key]))
+        for key in counts:  # quarantine is the run's (every process reads the same log): its largest count
+            metrics[f"rl/{key}"].append(float(max(p[key] for p in parts) if key == "quarantined" else total[key]))
         for status in EXIT_STATUSES:
             metrics[f"rl/exit_{status}"].append(total[f"exit_{status}"] / max(total["rollouts"], 1))
         metrics["rl/cut"].append(float(total["cut"]))
@@ -519,7 +550,7 @@ def _train(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
         trainer.save_model(str(out_dir / FINAL))
     trainer.accelerator.wait_for_everyone()
     if main:
-        stats = summarize(out_dir, trainer.state.log_history)
+        stats = summarize(out_dir, trainer.state.log_history, cfg.quarantine_after)
         stats.update(steps=trainer.state.global_step, resumed_from_step=resumed_from, seconds=round(seconds, 2),
                      world_size=trainer.args.world_size, bf16=trainer.args.bf16, lora=bool(cfg.lora),
                      time_split=_time_split(rollout.seconds, seconds))
@@ -538,9 +569,34 @@ def _time_split(rollout: dict[str, float], total: float) -> dict[str, float]:
             "training": round(max(total - rollout["rollout"], 0.0), 2)}
 
 
-def summarize(folder: Path, log_history: list[dict]) -> dict[str, Any]:
+def infra_failed(row: dict) -> bool:
+    """A rollout the task's own infrastructure failed: its sandbox (an install, a checkout) or its grader (a
+    timeout, the memory limit). Not policy errors: generation failing is the trainer's or the server's fault."""
+    return row.get("exit_status") == "sandbox_error" or row.get("resolved") == UNGRADED
+
+
+def quarantine_from_rows(rows: list[dict], after: int) -> dict[str, dict]:
+    """instance_id -> {"failures", "last_cause"} for the tasks whose group failed for infrastructure reasons
+    (at least half of its rollouts) in `after` or more steps. A step in which every group of a process failed
+    that way is an outage (docker down, a full disk), not the tasks' fault: it counts for none of them."""
+    batches: dict[tuple[int, int], dict[int, list[dict]]] = {}
+    for row in rows:
+        batches.setdefault((row["step"], row.get("process", 0)), {}).setdefault(row["group"], []).append(row)
+    failures: dict[str, list[str]] = {}
+    for groups in batches.values():
+        failed = {g: group for g, group in groups.items()
+                  if 2 * sum(infra_failed(r) for r in group) >= len(group)}
+        if len(failed) == len(groups) and len(groups) > 1:
+            continue  # every group of the batch: an outage
+        for group in failed.values():
+            cause = next((r.get("error") for r in reversed(group) if infra_failed(r) and r.get("error")), None)
+            failures.setdefault(group[0]["instance_id"], []).append(cause or "no cause recorded")
+    return {i: {"failures": len(c), "last_cause": str(c[-1])[:500]} for i, c in failures.items() if len(c) >= after}
+
+
+def summarize(folder: Path, log_history: list[dict], quarantine_after: int = 0) -> dict[str, Any]:
     """Run-level stats from every process's rollout log: rewards per step, how many groups were dropped, why
-    rollouts were masked, exit statuses."""
+    rollouts were masked, exit statuses, the quarantined tasks."""
     rows = read_rollout_rows(folder)
     per_step: dict[int, list[dict]] = {}
     for r in rows:
@@ -563,4 +619,6 @@ def summarize(folder: Path, log_history: list[dict]) -> dict[str, Any]:
     return {"rollouts": len(rows), "dropped_groups": dropped, "masked": masked, "exit_status": exits,
             "resolved": sum(r["resolved"] == "RESOLVED_FULL" for r in rows),
             "reward_by_step": reward_by_step, "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None}
+            "last_loss": losses[-1] if losses else None,
+            "quarantined": [{"instance_id": i, **e} for i, e in
+                            sorted(quarantine_from_rows(rows, quarantine_after).items())] if quarantine_after else []}
