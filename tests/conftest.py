@@ -78,3 +78,15 @@ def base_image(docker_client) -> str:
     except BadInput as e:
         require_or_skip(f"cannot build {DEFAULT_BASE_IMAGE}: {e}")
     return DEFAULT_BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def tok(tmp_path_factory):
+    """The embedded tiny model's tokenizer (its chat template, <|im_end|>), built once per session."""
+    from transformers import AutoTokenizer
+
+    from swepost.train.tiny_model import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny-tokenizer")
+    build_tiny_model(folder)
+    return AutoTokenizer.from_pretrained(folder)

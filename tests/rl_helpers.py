@@ -3,8 +3,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from swepost.envs.base import Observation
 from swepost.envs.swe import TOOLS
+
+
+def import_echo_tasks(swepost, folder: Path, names: list[str], name: str = "echo") -> str:
+    """Import sandbox-free tasks (one question each, nothing to check out) as tasks artifact `name`, and build
+    the tiny model: returns the model's artifact id."""
+    rows = [{"instance_id": n, "problem_statement": f"Answer {n}.", "repo": "none/none", "base_commit": "0" * 40,
+             "patch": "", "test_patch": "", "FAIL_TO_PASS": [], "PASS_TO_PASS": []} for n in names]
+    path = folder / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    swepost("tasks", "import", path, "--name", name, check=0)
+    return json.loads(swepost("model", "tiny", "--json", check=0).stdout)["id"]
 
 
 class EchoEnvironment:

@@ -158,12 +158,9 @@ def test_a_rope_scaled_model_folder_loads_with_yarn_and_leaves_the_original_alon
 def test_rl_trains_and_saves_with_the_rope_scaling_it_was_given(swepost, store, tmp_path):
     """A real (sandbox-free) GRPO step on the tiny model with YaRN x2: the checkpoint carries the setting, so
     whatever serves it next uses the context it was trained at."""
-    rows = [{"instance_id": f"mixed-{c}", "problem_statement": f"Answer {c}.", "repo": "none/none",
-             "base_commit": "0" * 40, "patch": "", "test_patch": "", "FAIL_TO_PASS": [], "PASS_TO_PASS": []}
-            for c in "ab"]
-    (tmp_path / "echo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    swepost("tasks", "import", tmp_path / "echo.jsonl", "--name", "echo", check=0)
-    tiny = json.loads(swepost("model", "tiny", "--json", check=0).stdout)["id"]
+    from tests.rl_helpers import import_echo_tasks
+
+    tiny = import_echo_tasks(swepost, tmp_path, ["mixed-a", "mixed-b"])
     r = swepost("rl", "echo", "--model", tiny, "--max-steps", "1", "--tasks-per-step", "2", "-G", "2",
                 "--set", "environment=tests.rl_helpers:EchoEnvironment",
                 "--set", "reward=tests.rl_helpers:alternating_reward", "--set", "max_turns=1",

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from swepost.artifacts import ArtifactStore, producer_record
+from tests.rl_helpers import import_echo_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = {"swepost__minicalc-3": [
@@ -249,19 +250,9 @@ def test_two_cpu_processes_through_accelerate_train_one_lora_model_in_real_sandb
     assert time.monotonic() - start < 240
 
 
-def _sandbox_free_tasks(tmp_path: Path) -> Path:
-    rows = [{"instance_id": name, "problem_statement": f"Answer {name}.", "repo": "none/none",
-             "base_commit": "0" * 40, "patch": "", "test_patch": "", "FAIL_TO_PASS": [], "PASS_TO_PASS": []}
-            for name in ("flat-a", "flat-b", "mixed-c", "mixed-d")]
-    path = tmp_path / "echo.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.mark.parametrize("mode", ["drop", "resample"])
 def test_dynamic_sampling_with_a_pluggable_reward(swepost, store, tmp_path, mode):
-    swepost("tasks", "import", _sandbox_free_tasks(tmp_path), "--name", "echo", check=0)
-    tiny = json.loads(swepost("model", "tiny", "--json", check=0).stdout)["id"]
+    tiny = import_echo_tasks(swepost, tmp_path, ["flat-a", "flat-b", "mixed-c", "mixed-d"])
     r = swepost("rl", "echo", "--model", tiny, "--max-steps", "2", "--tasks-per-step", "2", "-G", "2",
                 "--set", "environment=tests.rl_helpers:EchoEnvironment",
                 "--set", "reward=tests.rl_helpers:alternating_reward", "--set", f"dynamic_sampling={mode}",
@@ -505,11 +496,7 @@ def test_two_cpu_processes_resample_distinct_tasks_and_log_gathered_metrics(swep
     groups; a process whose group is flat resamples from its own share of the spare tasks, so no task runs twice
     in a step; the logged rl/* metrics count both processes' rollouts; one artifact holds every process's rows."""
     names = ["flat-a", "flat-b", "flat-c", "flat-d", "flat-e", "mixed-f", "mixed-g", "mixed-h"]
-    rows = [{"instance_id": n, "problem_statement": f"Answer {n}.", "repo": "none/none", "base_commit": "0" * 40,
-             "patch": "", "test_patch": "", "FAIL_TO_PASS": [], "PASS_TO_PASS": []} for n in names]
-    (tmp_path / "echo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    swepost("tasks", "import", tmp_path / "echo.jsonl", "--name", "echo", check=0)
-    tiny = json.loads(swepost("model", "tiny", "--json", check=0).stdout)["id"]
+    tiny = import_echo_tasks(swepost, tmp_path, names)
     start = time.monotonic()
     r = cli(home, "rl", "echo", "--model", tiny, "--max-steps", "3", "--tasks-per-step", "2", "-G", "2",
             "--set", "environment=tests.rl_helpers:EchoEnvironment",

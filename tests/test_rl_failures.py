@@ -13,20 +13,10 @@ import pytest
 
 from swepost.agent import AgentLimits
 from swepost.train.rollout import CompletionsGenerator, ScriptedGenerator, run_rollouts
+from tests.rl_helpers import import_echo_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT = '<tool_call>\n{"name": "submit", "arguments": {}}\n</tool_call>'
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from swepost.train.tiny_model import build_tiny_model
-
-    folder = tmp_path_factory.mktemp("tiny")
-    build_tiny_model(folder)
-    return AutoTokenizer.from_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
@@ -153,12 +143,7 @@ def test_rl_quarantines_a_task_whose_setup_keeps_failing(swepost, store, tmp_pat
     """A real (sandbox-free) GRPO run: broken-a cannot be set up. After its first failed group it is quarantined
     (whenever the sampler draws it again a spare task runs instead: see the next test), and the artifact lists
     it with its cause."""
-    rows = [{"instance_id": name, "problem_statement": f"Answer {name}.", "repo": "none/none",
-             "base_commit": "0" * 40, "patch": "", "test_patch": "", "FAIL_TO_PASS": [], "PASS_TO_PASS": []}
-            for name in ("broken-a", "mixed-b", "mixed-c")]
-    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    swepost("tasks", "import", tmp_path / "t.jsonl", "--name", "t", check=0)
-    tiny = json.loads(swepost("model", "tiny", "--json", check=0).stdout)["id"]
+    tiny = import_echo_tasks(swepost, tmp_path, ["broken-a", "mixed-b", "mixed-c"], name="t")
     r = swepost("rl", "t", "--model", tiny, "--max-steps", "3", "--tasks-per-step", "2", "-G", "2",
                 "--set", "environment=tests.rl_helpers:BrokenSetupEnvironment",
                 "--set", "reward=tests.rl_helpers:alternating_reward", "--set", "quarantine_after=1",
