@@ -25,7 +25,9 @@ Two more sections:
   slowest episode and the straggler's time in that first run. The ratio is the step's wall time without / with.
   Generation waits at most 1 s for other requests (rl's `max_batch_wait` default), not for every episode.
 - trl_environment_factory: TRL 1.16's own tool loop (a real GRPOTrainer with `environment_factory`, one
-  generation batch) beside `run_rollouts` on the same tasks, tools and model (bench/trl_tool_loop.py).
+  generation batch, bench/trl_tool_loop.py) beside `run_rollouts` (concurrency=rollouts, and 1) on the same
+  tasks, tools, sandboxes and model: the tiny model with its generate scripted (bench/scripted_model.py), so
+  both sides run `model.generate` and make the same tool calls, which the section checks call by call.
 """
 
 from __future__ import annotations
@@ -173,8 +175,14 @@ def straggler(tasks, samples, tok, args) -> dict:
             "only_the_straggler_cut": cut_is_straggler}
 
 
-def trl_environment_factory(distinct, group: int, tok, args) -> dict:
-    """TRL's own environment_factory tool loop and run_rollouts, same tasks, tools and (taught) tiny model."""
+def episode_calls(traj) -> list[tuple[str, dict]]:
+    """The tool calls an episode's model made, in order: (name, arguments)."""
+    return [(c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for m in traj.messages if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+
+
+def trl_environment_factory(distinct, group: int, args) -> dict:
+    """TRL's own environment_factory tool loop and run_rollouts: same tasks, tools, scripted model and sampling."""
     import contextlib
     from importlib.metadata import version
 
@@ -185,64 +193,113 @@ def trl_environment_factory(distinct, group: int, tok, args) -> dict:
         return {"skipped": f"TRL's environment_factory needs transformers >= 5.2; {have} is installed"}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    import torch
     import trl_tool_loop as tl
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from scripted_model import ScriptedQwen2ForCausalLM, write_script
+    from transformers import AutoTokenizer, GenerationConfig
 
     from swepost.agent import AgentLimits
     from swepost.train.rollout import TransformersGenerator, run_rollouts
     from swepost.train.tiny_model import build_tiny_model
 
-    torch.manual_seed(0)
-    out: dict = {"trl": version("trl"), "transformers": have, "tasks": len(distinct), "group": group,
-                 "commands": [tl.BASH, "submit"]}
+    tasks = [t for t in distinct for _ in range(group)]
+    max_turns, max_completion, temperature = 4, 1024, 1.0
+    out: dict = {
+        "trl": version("trl"), "transformers": have, "tasks": len(distinct), "group": group, "rollouts": len(tasks),
+        "model": "the tiny Qwen2 model, its generate scripted (bench/scripted_model.py): the same weights and "
+                 "generate on both sides, all logit mass on the script's next token",
+        "script": [bash(tl.BASH), SUBMIT, "Done."],
+        "settings": {
+            "generation": "model.generate, one batch per turn over every live rollout (swepost: max_wait 600 s, "
+                          "so the batcher waits for every live episode, as TRL's loop does)",
+            "sampling": f"do_sample, temperature {temperature:g}, top_p 1 on both",
+            "max_completion_tokens": max_completion, "max_turns": max_turns, "max_tool_calling_iterations": max_turns,
+            "sandbox_concurrency": {"swepost": len(tasks), "swepost_trl_like": 1,
+                                    "trl": "1: reset, each turn's tool calls and get_reward run one rollout after "
+                                           "another (TRL's only mode)"},
+            "sandboxes": "docker, one per rollout (reset) and one fresh per grading, on both"},
+        "not_comparable": [
+            "TRL generates one more turn per rollout ('Done.'): its loop ends only on a turn without a tool call, "
+            "swepost's episode ends at submit (its generate time is in generate_s)",
+            "tool schemas in the prompt: TRL renders SweTools' docstrings, swepost its own TOOLS (prompt_tokens)",
+            "TRL's wall is all of _generate_and_score_completions (also rewards, advantages and its bookkeeping); "
+            "swepost's ends when run_rollouts returns",
+            "swepost takes the final diff at the episode's end and again in score(); TRL's get_reward once"]}
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch) / "model"
         build_tiny_model(folder)
         tok = AutoTokenizer.from_pretrained(folder)
-        # the episodes to teach from: the same tool calls, scripted, through swepost's engine in real sandboxes
-        lessons: list = []
-        run(distinct, [0] * len(distinct), [bash(tl.BASH), SUBMIT], "README.md", len(distinct), tok, args,
-            keep=lessons)
-        print("trl: teaching the tiny model", file=sys.stderr, flush=True)
-        out["teach"] = tl.teach(folder, tl.conversations([r.trajectory for r in lessons], make_env(args).tools()))
+        write_script(folder, tok, out["script"])
+        # the prompts (system, user) as the swe environment writes them, and a warm-up: not timed
+        first: list = []
+        run(distinct, [0] * len(distinct), [SUBMIT], "", len(distinct), tok, args, keep=first)
+        prompts = {r.trajectory.instance_id: r.trajectory.messages[:2] for r in first}
 
-        print(f"trl: taught {out['teach']}; swepost run_rollouts", file=sys.stderr, flush=True)
-        tasks = [t for t in distinct for _ in range(group)]
-        model = AutoModelForCausalLM.from_pretrained(folder).eval()
-        config = GenerationConfig(do_sample=True, temperature=0.1, top_p=1.0, eos_token_id=[tok.eos_token_id],
-                                  pad_token_id=tok.pad_token_id)
-        generator = TransformersGenerator(lambda: contextlib.nullcontext(model), config, {tok.eos_token_id},
-                                          tok.pad_token_id)
-        rollouts, stats = run_rollouts(tasks, make_env=lambda: make_env(args), generator=generator, tokenizer=tok,
-                                       limits=AgentLimits(max_turns=4), max_prompt_tokens=3072,
-                                       max_completion_tokens=1024, concurrency=len(tasks), max_wait=600.0,
-                                       samples=[i % group for i in range(len(tasks))])
-        trajs = [r.trajectory for r in rollouts]
-        out["swepost_run_rollouts"] = {
-            "wall_s": round(stats.wall, 2), "generation_s": round(stats.generation, 2), "batches": stats.batches,
-            "exit_status": dict(Counter(t.exit_status for t in trajs)), "tool_calls": sum(t.tool_calls for t in trajs),
-            "graded": sum(t.reward is not None for t in trajs)}
+        def swepost(concurrency: int) -> tuple[dict, list]:
+            print(f"trl: swepost run_rollouts, concurrency {concurrency}", file=sys.stderr, flush=True)
+            model = ScriptedQwen2ForCausalLM.from_pretrained(folder).eval()
+            config = GenerationConfig(do_sample=True, temperature=temperature, top_p=1.0,
+                                      eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+            generator = TransformersGenerator(lambda: contextlib.nullcontext(model), config, {tok.eos_token_id},
+                                              tok.pad_token_id)
+            rollouts, stats = run_rollouts(tasks, make_env=lambda: make_env(args), generator=generator,
+                                           tokenizer=tok, limits=AgentLimits(max_turns=max_turns),
+                                           max_prompt_tokens=3072, max_completion_tokens=max_completion,
+                                           concurrency=concurrency, max_wait=600.0,
+                                           samples=[i % group for i in range(len(tasks))])
+            trajs = [r.trajectory for r in rollouts]
+            calls = [(t.instance_id, episode_calls(t)) for t in trajs]
+            results = [[m["content"] for m in t.messages if m["role"] == "tool"] for t in trajs]
+            return {"concurrency": concurrency, "wall_s": round(stats.wall, 2),
+                    "generate_s": round(model.generate_seconds, 2), "generate_batches": model.generate_rows,
+                    "exit_status": dict(Counter(t.exit_status for t in trajs)),
+                    "tool_calls": sum(len(c) for _, c in calls),
+                    "bash_ran": sum(bool(r) and "README.md" in r[0] for r in results),
+                    "prompt_tokens": round(statistics.mean(len(r.prompt_ids) for r in rollouts)),
+                    "graded": sum(t.reward is not None for t in trajs),
+                    "rewards": dict(Counter(str(t.reward) for t in trajs)),
+                    "rollout_s_median": {k: round(statistics.median(t.seconds.get(k, 0.0) for t in trajs), 2)
+                                         for k in ("reset", "env", "grading", "close", "total")}}, calls
 
-        print(f"trl: swepost {out['swepost_run_rollouts']}; TRL environment_factory", file=sys.stderr, flush=True)
+        mine, mine_calls = swepost(len(tasks))
+        one, one_calls = swepost(1)
+
+        print("trl: TRL GRPOTrainer(environment_factory=SweTools)", file=sys.stderr, flush=True)
         tl.SweTools.tasks = {t.instance_id: t for t in distinct}
         tl.SweTools._make_env = staticmethod(lambda: make_env(args))
-        prompts = {r.trajectory.instance_id: r.trajectory.messages[:2] for r in lessons}  # system, user
         rows = [{"prompt": [{"role": m["role"], "content": m["content"]} for m in prompts[t.instance_id]],
                  "instance_id": t.instance_id} for t in distinct]
+        model = ScriptedQwen2ForCausalLM.from_pretrained(folder).train()  # as in trainer.train(): "train" metrics
         try:
-            seconds, result, metrics, _ = tl.run_trl(folder, rows, group, 1024, Path(scratch) / "trl")
+            seconds, result, metrics = tl.run_trl(model, tok, rows, group, max_completion, temperature,
+                                                  Path(scratch) / "trl")
         finally:
             for env in tl.SweTools.instances:
                 env.env.close()
+        used = [e for e in tl.SweTools.instances if e.instance_id is not None]
+        trl_calls = [(e.instance_id, e.calls) for e in used]
+        out["swepost_run_rollouts"] = mine
+        out["swepost_run_rollouts_trl_like"] = one
         out["trl_environment_factory"] = {
-            "wall_s": round(seconds, 2), "parts_s": {k: round(v, 2) for k, v in tl.SweTools.seconds.items()},
-            "rollouts": int(result["completion_ids"].shape[0]), "metrics": {k: round(v, 3) for k, v in metrics.items()}}
-    # a fair comparison only if the taught model made the same calls on both sides: bash then submit, every rollout
-    trl_calls = out["trl_environment_factory"]["metrics"].get("tools/call_frequency", 0.0)
-    mine = out["swepost_run_rollouts"]
-    out["same_tool_calls"] = mine["exit_status"] == {"submitted": len(tasks)} and trl_calls >= 2.0
+            "wall_s": round(seconds, 2), "generate_s": round(model.generate_seconds, 2),
+            "generate_batches": model.generate_rows,
+            "parts_s": {k: round(v, 2) for k, v in tl.SweTools.seconds.items()},
+            "tool_calls": sum(len(c) for _, c in trl_calls),
+            "bash_ran": sum(bool(e.results) and "README.md" in e.results[0] for e in used),
+            "prompt_tokens": round(float(result["prompt_mask"].sum(dim=1).float().mean())),
+            "graded": sum(e.reward is not None for e in used),
+            "rewards": dict(Counter(str(e.reward) for e in used)),
+            "rollouts": int(result["completion_ids"].shape[0]),
+            "metrics": {k: round(v, 3) for k, v in metrics.items()}}
+
+    def canonical(calls: list) -> list:
+        return sorted((iid, json.dumps(c, sort_keys=True)) for iid, c in calls)
+
+    expected = [("bash", {"command": tl.BASH}), ("submit", {})]
+    out["same_tool_calls"] = (canonical(mine_calls) == canonical(trl_calls) == canonical(one_calls)
+                              == canonical([(t.instance_id, expected) for t in tasks]))
+    out["all_bash_ran"] = all(side["bash_ran"] == len(tasks) for side in (mine, one, out["trl_environment_factory"]))
     out["ratio"] = round(out["trl_environment_factory"]["wall_s"] / mine["wall_s"], 2)
+    out["ratio_trl_like"] = round(out["trl_environment_factory"]["wall_s"] / one["wall_s"], 2)
     return out
 
 
@@ -306,7 +363,7 @@ def main() -> None:
     if args.profile in ("straggler", "all"):
         result["straggler"] = straggler(tasks, samples, tok, args)
     if args.profile in ("trl", "all"):
-        result["trl_environment_factory"] = trl_environment_factory(distinct, group, tok, args)
+        result["trl_environment_factory"] = trl_environment_factory(distinct, group, args)
     emit(result, args.out)
 
 
