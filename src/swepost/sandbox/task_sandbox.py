@@ -58,6 +58,12 @@ def limits_for(task: Task, overrides: SandboxLimits | dict | None = None) -> Lim
     return Limits(network=task.env.network, **merged)
 
 
+def sandbox_kwargs(overrides: SandboxLimits) -> dict:
+    """An environment's `limits` argument from a stage's `sandbox_limits`, given only when the stage sets some
+    (custom environments need not take it otherwise)."""
+    return {"limits": overrides} if overrides.model_dump(exclude_none=True) else {}
+
+
 def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: str = "auto",
                       limits: Limits | SandboxLimits | dict | None = None) -> Sandbox:
     """Started and ready at `task.env.workdir`. `limits`: a stage's overrides merged by `limits_for`, or a

@@ -31,6 +31,7 @@ from swepost.config import ArtifactInput, PathInput, StageConfig
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import SandboxLimits, Task, Trajectory
 from swepost.rewards.filters import failure_cause, is_infra_failure, is_ungraded
+from swepost.sandbox.task_sandbox import sandbox_kwargs
 from swepost.stages.tasks import load_tasks
 
 TRAJECTORIES_FILE = "trajectories.jsonl"
@@ -71,12 +72,6 @@ class CollectConfig(StageConfig):
     quarantine_after: int = Field(3, ge=0, description="runs (of the same command, resumed) in which a task's "
                                   "episodes failed for infrastructure reasons before it is quarantined: not run "
                                   "again, listed in quarantined.jsonl, left out of max_infra_failure_rate; 0: never")
-
-
-def sandbox_kwargs(overrides: SandboxLimits) -> dict:
-    """The environment's `limits` argument, given only when the stage sets some (custom environments need not
-    take it otherwise)."""
-    return {"limits": overrides} if overrides.model_dump(exclude_none=True) else {}
 
 
 def work_key(config: CollectConfig, tasks_id: str, stage: str) -> str:

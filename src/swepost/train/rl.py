@@ -148,7 +148,7 @@ class RolloutFunc:
     def __init__(self, cfg: Any, tasks: list[Task], log: RolloutLog):
         from swepost.agent import AgentLimits
         from swepost.registry import ENVIRONMENTS, load_component
-        from swepost.stages.collect import sandbox_kwargs
+        from swepost.sandbox.task_sandbox import sandbox_kwargs
 
         self.cfg, self.log = cfg, log
         self.tasks = {t.instance_id: t for t in tasks}
