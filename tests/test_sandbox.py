@@ -341,3 +341,34 @@ def test_cli_shell_keeps_state_between_lines(swepost, tmp_path):
                 input="cd /tmp && export WHO=me\npwd; echo $WHO\ncat /testbed/hello.txt\nfalse\n")
     assert r.returncode == 0, r.stderr
     assert "/tmp\nme\nhi there\n" in r.stdout and "exit 1" in r.stderr
+
+
+def test_no_isolation_warning_is_printed_once_per_run(tmp_path):
+    """Neither docker nor bubblewrap: a run that opens many sandboxes warns once, not once per sandbox,
+    even when something in between touches the warning filters (which resets Python's own once-registry)."""
+    script = tmp_path / "many.py"
+    script.write_text(
+        "import warnings\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "import swepost.sandbox.bwrap as bwrap, swepost.sandbox.docker as docker\n"
+        "from swepost.cli import _show_warning\n"
+        "from swepost.sandbox import open_sandbox\n"
+        "docker.docker_available = lambda *a, **k: False\n"
+        "bwrap.bwrap_available = lambda *a, **k: False\n"
+        "warnings.showwarning = _show_warning\n"
+        "def one(i):\n"
+        "    with warnings.catch_warnings():\n"
+        "        warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "    with open_sandbox('auto') as box:\n"
+        "        return box.run(f'echo {i}').output.strip()\n"
+        "with ThreadPoolExecutor(4) as pool:\n"
+        "    print(sorted(pool.map(one, range(8))))\n"
+        "for _ in range(3):\n"
+        "    with open_sandbox('local'):\n"
+        "        warnings.resetwarnings()\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "'0', '1'" in r.stdout
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1, r.stderr
+    assert "isolates nothing" in warned[0]

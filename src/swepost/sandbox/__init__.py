@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 
 def pick_backend(name: str = "auto") -> str:
     """`auto`: docker if an engine answers, else bubblewrap, else local (with a warning)."""
@@ -26,8 +24,10 @@ def pick_backend(name: str = "auto") -> str:
 
     if bwrap_available():
         return "bwrap"
-    warnings.warn("no docker engine and no working bubblewrap: falling back to the local backend, "
-                  "which isolates nothing", stacklevel=2)
+    from swepost.sandbox.local import warn_no_isolation
+
+    warn_no_isolation("no docker engine and no working bubblewrap: falling back to the local backend, "
+                      "which isolates nothing")
     return "local"
 
 

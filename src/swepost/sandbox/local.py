@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -26,6 +27,16 @@ from swepost.sandbox.base import (
 )
 
 TEMP_PREFIX = "swepost-local-"
+_warned = threading.Event()
+
+
+def warn_no_isolation(message: str = "the local sandbox isolates nothing: commands run as you, with your "
+                      "network and files") -> None:
+    """Say once per process that commands run unisolated; a run opens hundreds of sandboxes."""
+    # not left to the warnings registry: anything that touches the warning filters resets it
+    if not _warned.is_set():
+        _warned.set()
+        warnings.warn(message, stacklevel=3)
 
 
 class LocalSandbox(Sandbox):
@@ -44,8 +55,7 @@ class LocalSandbox(Sandbox):
         self.proc: subprocess.Popen | None = None
 
     def _open(self) -> PipeChannel:
-        warnings.warn("the local sandbox isolates nothing: commands run as you, with your network and files",
-                      stacklevel=3)
+        warn_no_isolation()
         # no uid to switch to: the shell runs as you (info["shell_uid"]); the quota counts the working copy only
         opts = {"workdir": self.workdir, "env": self.env, "cmd_dir": str(self.scratch / "cmd"),
                 **agent_limits(self.limits)}
