@@ -47,3 +47,29 @@ def test_rl_bad_settings_exit_2_naming_the_key(swepost, home):
 def test_bad_reference_exits_2(swepost):
     r = swepost("artifacts", "show", "nothing-here")
     assert r.returncode == 2 and "no artifact named 'nothing-here'" in r.stderr and "Traceback" not in r.stderr
+
+
+# --- the newcomer's path (issue 13): bad input exits 2 naming what is wrong, never with a traceback ------------
+
+def test_missing_sandbox_dir_exits_2_naming_the_option(swepost, tmp_path):
+    for command in (["exec", "--backend", "local", "--dir", tmp_path / "nope", "--", "true"],
+                    ["shell", "--backend", "local", "--dir", tmp_path / "nope"]):
+        r = swepost("sandbox", *command, input="")
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert "--dir" in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_rl_print_config_without_tasks_exits_2_naming_the_field(swepost):
+    r = swepost("rl", "--print-config")
+    assert r.returncode == 2 and "tasks: required" in r.stderr and "Traceback" not in r.stderr
+    r = swepost("rl", "--print-config", "--model", "m")
+    assert r.returncode == 2 and "tasks: required" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_tool_mode_exits_2_naming_the_key_and_the_valid_values(swepost, repo_root):
+    swepost("tasks", "import", repo_root / "data" / "minicalc_tasks.jsonl", "-n", "mc", check=0)
+    for command in ("collect", "eval"):
+        r = swepost(command, "mc", "--policy", "openai", "--model", "m",
+                    "--set", "policy_args.base_url=http://127.0.0.1:9/v1", "--set", "policy_args.tool_mode=bogus")
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        assert "tool_mode" in r.stderr and "native, text, auto" in r.stderr and "Traceback" not in r.stderr

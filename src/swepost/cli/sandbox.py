@@ -17,7 +17,7 @@ ImageOpt = Annotated[str | None, typer.Option("--image", "-i", help="Docker imag
                                                  "base image].", show_default=False)]
 NetworkOpt = Annotated[bool, typer.Option("--network", help="Allow network access (off by default).")]
 DirOpt = Annotated[Path | None, typer.Option("--dir", "-d", help="Host folder copied in as the working "
-                                                "copy.", show_default=False)]
+                                                "copy.", show_default=False, exists=True, file_okay=False)]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", "-t", help="Seconds before the command is killed.")]
 MemoryOpt = Annotated[int, typer.Option("--memory-mb", help="Memory limit.")]
 
