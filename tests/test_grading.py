@@ -206,3 +206,17 @@ def test_cli_grade_patch_that_cannot_be_graded_says_so_and_exits_1(repo_root, sw
     r = swepost("grade", "patch", "mini", task.instance_id, str(gold), "--repos", str(repo_root / "data" / "repos"),
                 "--backend", "docker", "--timeout", "0.05", check=1)
     assert "UNGRADED (reward none: not a wrong answer)" in r.stdout and "timed out" in r.stdout, r.stdout
+
+
+def test_cli_grade_patch_says_why_a_diff_does_not_apply(repo_root, swepost, tmp_path, base_image):
+    from swepost.stages.tasks import read_task_file
+
+    task = read_task_file(repo_root / "data" / "minicalc_tasks.jsonl")[0]
+    swepost("tasks", "import", str(repo_root / "data" / "minicalc_tasks.jsonl"), "--name", "mini", check=0)
+    bad = tmp_path / "bad.diff"
+    bad.write_text("diff --git a/nothere.py b/nothere.py\n--- a/nothere.py\n+++ b/nothere.py\n"
+                   "@@ -1,1 +1,1 @@\n-x = 1\n+x = 2\n")
+    r = swepost("grade", "patch", "mini", task.instance_id, str(bad), "--repos", str(repo_root / "data" / "repos"),
+                "--backend", "docker", check=0)
+    assert "RESOLVED_NO" in r.stdout and "does not apply" in r.stdout
+    assert "apply log" in r.stdout and "nothere.py: No such file or directory" in r.stdout, r.stdout

@@ -113,6 +113,12 @@ def patch_cmd(
     print(f"{result.instance_id}: {result.resolved} (reward {reward})")
     if result.reason:
         print(f"  {result.reason}")
+    if result.apply.get("ok") is False:  # why it did not apply: git apply's and patch's own words
+        log = [ln for ln in str(result.apply.get("log", "")).splitlines() if ln.strip()]
+        shown = log if len(log) <= 30 else [*log[:10], f"... {len(log) - 20} lines ...", *log[-10:]]
+        print(f"  apply log ({result.apply.get('method', 'git apply')}):")
+        for ln in shown:
+            print(f"    {ln}")
     for test_id, status in result.tests.items():
         print(f"  {status:8} {test_id}")
     if result.neutralised:
