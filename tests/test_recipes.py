@@ -6,6 +6,9 @@ import json
 import shutil
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from swepost import recipes
 from swepost.errors import BadInput
@@ -137,3 +140,54 @@ def test_shipped_recipes_validate(repo_root, swepost):
     r = swepost("recipes", "validate", *map(str, shipped))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("✓") == len(shipped)
+
+
+def test_unknown_key_beside_name_stage_config_exits_2(tmp_path, swepost):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nstages:\n  - name: a\n    stage: tiny-model\n    extra: 1\n    config: {}\n")
+    for args in (["run", str(path), "--dry-run"], ["recipes", "validate", str(path)]):
+        r = swepost(*args)
+        assert r.returncode == 2, r.stderr
+        assert "r.yaml:5: stages[0].extra: unknown key (expected one of: config, name, stage)" in r.stderr
+        assert "Traceback" not in r.stderr
+
+
+_WORDS = ["name", "stage", "stages", "config", "model", "seed", "description", "source", "tasks", "limits",
+          "max_turns", "policy", "policy_args", "path", "tiny-model", "tasks-import", "collect", "x", "a.b"]
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**70), st.floats(allow_nan=True),
+                     st.sampled_from(_WORDS + ["${stages.a}", "${model}", "${seed}", "${", "${}", "${stages.}",
+                                               "../x.jsonl", "", "@", "a@b"]),
+                     st.text(max_size=8))
+_TREES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.sampled_from(_WORDS), st.integers(0, 3)), inner,
+                                                 max_size=5)), max_leaves=25)
+_RECIPES = st.fixed_dictionaries({"name": _SCALARS, "stages": st.lists(st.fixed_dictionaries(
+    {"name": st.sampled_from(["a", "b", "a b", ""]), "stage": st.sampled_from(["tiny-model", "tasks-import",
+                                                                            "collect", "nope"])},
+    optional={"config": _TREES, "extra": _SCALARS}), max_size=3) | _TREES}, optional={"model": _SCALARS,
+                                                                                       "seed": _SCALARS})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.one_of(_TREES, _RECIPES), sets=st.lists(st.sampled_from(
+    ["seed=2", "stages.a.seed=1", "stages.a=3", "stages=1", "x=1", "name.y=2", "stages.a.limits.max_turns=q"]),
+    max_size=2))
+def test_fuzzed_recipes_load_or_exit_2(tmp_path, doc, sets):
+    """Any YAML document gives a recipe or a BadInput naming the problem, never another exception."""
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    try:
+        recipes.load_recipe(path, sets)
+    except BadInput as e:
+        assert e.render().strip()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.sampled_from(list("abn:-[]{}&*!|>'\"%@`#,? \n\t0.$")), max_size=60))
+def test_fuzzed_recipe_text_loads_or_exit_2(tmp_path, text):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(text)
+    try:
+        recipes.load_recipe(path)
+    except BadInput as e:
+        assert e.render().strip()

@@ -201,6 +201,8 @@ def _allowed_keys(model: Any, loc: KeyPath) -> list[str]:
     """The field names valid at `loc` inside `model`, following nested models through lists and dicts."""
     target = model
     for part in loc:
+        if isinstance(part, int):  # a list index: the items' model is already unwrapped
+            continue
         target = _inner_model(target, part)
         if target is None:
             return []
@@ -218,10 +220,10 @@ def _inner_model(target: Any, part: Any) -> Any:
 
 def _unwrap(annotation: Any) -> Any:
     """list[X] / dict[str, X] / X | None -> X, when X is a model."""
-    for arg in (annotation, *typing.get_args(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-        inner = _unwrap(arg) if typing.get_args(arg) else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):  # the arguments only: list[X] itself would recurse for ever
+        inner = _unwrap(arg)
         if inner is not None:
             return inner
     return None

@@ -74,7 +74,8 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> LoadedRecipe
     layers.add_yaml(path)
     if not isinstance(layers.data, dict):
         raise BadInput("a recipe is a mapping with name, model and stages", file=str(path))
-    names = [s.get("name") if isinstance(s, dict) else None for s in layers.data.get("stages") or []]
+    stages = layers.data.get("stages")
+    names = [s.get("name") if isinstance(s, dict) else None for s in stages] if isinstance(stages, list) else []
     for expr in sets or []:
         parts, value = parse_set(expr)
         if parts[0] == "stages" and len(parts) >= 3:
@@ -227,9 +228,9 @@ def _stage_refs(config: dict, recipe: Recipe) -> list[str]:
 
 def _set_path(data: dict, parts: list, value: Any) -> None:
     node: Any = data
-    for p in parts[:-1]:
-        if not isinstance(p, int) and not isinstance(node.get(p), (dict, list)):
-            node[p] = {}
+    for p, after in zip(parts[:-1], parts[1:], strict=True):
+        if not isinstance(node[p] if isinstance(p, int) else node.get(p), list if isinstance(after, int) else dict):
+            node[p] = {}  # a --set replaces whatever non-mapping stood in its way, as ConfigLayers.set does
         node = node[p]
     node[parts[-1]] = value
 
