@@ -276,8 +276,9 @@ def test_dynamic_sampling_with_a_pluggable_reward(swepost, store, tmp_path, mode
 
 def test_accelerate_launch_runs_the_rl_stage_in_every_process(tmp_path, monkeypatch):
     from swepost.stages.rl import RlConfig
-    from swepost.stages.sft import CHILD_ENV, launch_command
+    from swepost.stages.rl import run_rl
     from swepost.train.entry import main
+    from swepost.train.launch import CHILD_ENV, launch_command, write_launch_file
 
     monkeypatch.setenv(CHILD_ENV, "0")  # the entry marks this process a launched child: undone after the test
 
@@ -286,8 +287,13 @@ def test_accelerate_launch_runs_the_rl_stage_in_every_process(tmp_path, monkeypa
     cmd = launch_command(cfg, tmp_path / "c.json", "rl")
     assert cmd[-4:] == ["-m", "swepost.train.entry", "rl", str(tmp_path / "c.json")]
     assert cmd[cmd.index("--num_processes") + 1] == "8" and cmd[cmd.index("--config_file") + 1].endswith("zero3.yaml")
-    assert main(["collect", str(tmp_path / "c.json")]) == 2  # only training stages are launched this way
-    (tmp_path / "c.json").write_text('{"config": {"tasks": "t", "model": "m", "tasks_per_step": 0}}')
+    assert main(["rl", str(tmp_path / "c.json")]) == 2  # no launch file: bad input, not a traceback
+    write_launch_file(tmp_path / "c.json", cfg, tmp_path, run_rl)
+    spec = json.loads((tmp_path / "c.json").read_text())
+    # the child finds the stage by import path: train/ never imports stages/
+    assert spec["run"] == "swepost.stages.rl:run_rl" and spec["config_model"] == "swepost.stages.rl:RlConfig"
+    spec["config"]["tasks_per_step"] = 0
+    (tmp_path / "c.json").write_text(json.dumps(spec))
     assert main(["rl", str(tmp_path / "c.json")]) == 2  # a bad config is bad input, in the child too
 
 

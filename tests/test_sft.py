@@ -19,7 +19,8 @@ import pytest  # noqa: E402
 
 from swepost.artifacts import producer_record  # noqa: E402
 from swepost.errors import BadInput  # noqa: E402
-from swepost.stages.sft import SftConfig, launch_command, machine_rank, run_sft  # noqa: E402
+from swepost.stages.sft import SftConfig, run_sft  # noqa: E402
+from swepost.train.launch import launch_command, machine_rank  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

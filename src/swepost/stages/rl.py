@@ -29,7 +29,8 @@ from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_
 from swepost.config import ArtifactInput, PathInput, StageConfig
 from swepost.errors import BadInput
 from swepost.records import SandboxLimits
-from swepost.stages.sft import check_launch, resolve_model, train_or_launch
+from swepost.stages.sft import resolve_model
+from swepost.train.launch import check_launch, train_or_launch
 
 # fields that do not change what is trained: a run killed under one value resumes under another
 _NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args", "save_steps", "max_batch_wait"}
@@ -207,7 +208,7 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
     check_colocate_memory(fit_context(config, model_path), model_path)  # refuse what cannot fit, before launching
     resolved = config.model_copy(update={"tasks": source.id, "model": model_ref})
     if not train_or_launch("rl", resolved, store, work, STATS_FILE, FINAL,
-                           lambda: train_rl(tasks, model_path, work, config)):
+                           lambda: train_rl(tasks, model_path, work, config), run=run_rl):
         return None
 
     stats = json.loads((work / STATS_FILE).read_text())

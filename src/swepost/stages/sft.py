@@ -15,17 +15,14 @@ Multi-GPU / multi-node: `launch: accelerate` re-runs the training through
 sft <resolved config JSON>`; every process trains, and this process publishes the artifact when they are done. On a
 multi-node run give every machine the same command plus its own launch_args, e.g.
 `--num-machines 2 --machine-rank 1 --main-process-ip 10.0.0.1 --main-process-port 29500` (num_processes counts
-the processes of all machines); machine rank 0 publishes, the others stop after training.
+the processes of all machines); machine rank 0 publishes, the others stop after training (`swepost.train.launch`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -33,9 +30,9 @@ from pydantic import Field
 
 from swepost.artifacts import MANIFEST, Artifact, ArtifactStore, canonical_json, producer_record
 from swepost.config import ArtifactInput, StageConfig
-from swepost.errors import BadInput, WorkFailed
+from swepost.errors import BadInput
+from swepost.train.launch import check_launch, train_or_launch
 
-CHILD_ENV = "SWEPOST_LAUNCH_CHILD"  # set in the processes `accelerate launch` starts: train, do not publish
 # fields that do not change the trained weights: a run killed under one value resumes under another
 _NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args"}
 
@@ -109,81 +106,6 @@ def work_key(config: SftConfig, data_id: str, model: str) -> str:
     return hashlib.sha256(canonical_json(body)).hexdigest()[:20]
 
 
-def machine_rank(launch_args: list[str]) -> int:
-    """The --machine_rank (or --machine-rank) among accelerate flags; 0 when absent."""
-    for i, arg in enumerate(launch_args):
-        flag, eq, value = arg.partition("=")
-        if flag in ("--machine_rank", "--machine-rank"):
-            value = value if eq else (launch_args[i + 1] if i + 1 < len(launch_args) else "")
-            try:
-                return int(value)
-            except ValueError:
-                raise BadInput(f"launch_args: --machine_rank needs an integer, got {value!r}",
-                               key="launch_args") from None
-    return 0
-
-
-def launch_command(config, config_json: Path, stage: str = "sft") -> list[str]:
-    """`accelerate launch --config_file YAML [--num_processes N] [launch_args] -m swepost.train.entry STAGE JSON`
-    (run with this interpreter: `python -m accelerate.commands.launch` is `accelerate launch`)."""
-    from swepost.train.sft import accelerate_config_path
-
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
-           "--config_file", accelerate_config_path(config.accelerate_config)]
-    if config.num_processes:
-        cmd += ["--num_processes", str(config.num_processes)]
-    cmd += [str(a) for a in config.launch_args]
-    cmd += ["-m", "swepost.train.entry", stage, str(config_json)]
-    return cmd
-
-
-def train_or_launch(stage: str, resolved, store: ArtifactStore, work: Path, stats_file: str, final: str,
-                    train) -> bool:
-    """Train in the work folder (resuming there), here or through `accelerate launch` (config.launch). Returns
-    whether this process should publish the artifact: not the launched children, not machines of rank > 0.
-    `resolved` is the stage config with its inputs resolved to artifact ids or paths."""
-    child = os.environ.get(CHILD_ENV) == "1"
-    done = (work / stats_file).is_file() and (work / final).is_dir()
-    if not done and resolved.launch == "accelerate" and not child:
-        work.mkdir(parents=True, exist_ok=True)
-        config_json = work / "launch-config.json"
-        config_json.write_text(json.dumps({"config": resolved.model_dump(mode="json"),
-                                           "home": str(store.root)}, indent=2) + "\n")
-        cmd = launch_command(resolved, config_json, stage)
-        print(f"{stage}: {' '.join(cmd)}", file=sys.stderr)
-        from swepost.train.sft import LAUNCH_ENV
-
-        env = {**os.environ, CHILD_ENV: "1", **LAUNCH_ENV.get(resolved.accelerate_config, {})}
-        rc = subprocess.run(cmd, env=env).returncode
-        if rc != 0:
-            raise WorkFailed(f"{stage}: `accelerate launch` exited with {rc}; run the same command again to resume "
-                             f"from the last checkpoint in {work}")
-        rank = machine_rank(resolved.launch_args)
-        if rank != 0:
-            print(f"{stage}: machine rank {rank} done; machine rank 0 publishes", file=sys.stderr)
-            return False
-        if not (work / stats_file).is_file():
-            raise WorkFailed(f"{stage}: training ended without {stats_file} in {work}")
-        return True
-    if not done:
-        train()
-    return not child
-
-
-def check_launch(config) -> None:
-    """The DeepSpeed and accelerate settings of a training stage (sft, rl) name configs that exist and agree."""
-    from swepost.train.sft import accelerate_config_path, deepspeed_config_path
-
-    if config.deepspeed:
-        deepspeed_config_path(config.deepspeed)
-    if config.launch == "accelerate":
-        accelerate_config_path(config.accelerate_config)
-        if config.deepspeed and config.accelerate_config in ("zero2", "zero3", "fsdp"):
-            raise BadInput(f"accelerate config {config.accelerate_config!r} already sets up "
-                           f"{'FSDP' if config.accelerate_config == 'fsdp' else 'DeepSpeed'}: leave out deepspeed "
-                           "(or use accelerate_config multi_gpu with deepspeed)", key="deepspeed")
-
-
 def run_sft(config: SftConfig, store: ArtifactStore) -> Artifact | None:
     """Train (or resume) in the work folder, then publish the checkpoint artifact. Returns None only in the
     processes started by `accelerate launch` and on machines of rank > 0 (they train, rank 0 publishes)."""
@@ -200,7 +122,7 @@ def run_sft(config: SftConfig, store: ArtifactStore) -> Artifact | None:
     work = store.root / "work" / f"sft-{work_key(config, data.id, base.id if base else model_path)}"
     resolved = config.model_copy(update={"data": data.id, "model": base.id if base else model_path})
     if not train_or_launch("sft", resolved, store, work, STATS_FILE, FINAL,
-                           lambda: train_sft(train_file, model_path, work, config)):
+                           lambda: train_sft(train_file, model_path, work, config), run=run_sft):
         return None
 
     stats = json.loads((work / STATS_FILE).read_text())

@@ -33,9 +33,6 @@ from swepost.errors import BadInput, WorkFailed
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEEPSPEED_CONFIGS = ("zero2", "zero3")
 ACCELERATE_CONFIGS = ("single_gpu", "multi_gpu", "zero2", "zero3", "fsdp", "cpu")
-# accelerate's own MULTI_CPU type starts one process per machine (it expects mpirun), so the shipped `cpu` config
-# starts its processes the way multi_gpu does (torchrun) and these variables put them on the CPUs, over gloo
-LAUNCH_ENV = {"cpu": {"ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}}
 STATS_FILE = "sft_stats.json"
 FINAL = "final"
 
