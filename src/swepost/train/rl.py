@@ -40,6 +40,7 @@ from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
 from swepost.rewards.filters import UNGRADED, is_ungraded
 from swepost.train.context import check_colocate_memory, fit_context, model_context  # noqa: F401 (re-exported)
+from swepost.train.trl_compat import log_completion_column, log_metric
 
 STATS_FILE = "rl_stats.json"
 FINAL = "final"
@@ -320,11 +321,11 @@ class RolloutFunc:
         if not any(any(lp) for lp in out["logprobs"]) or cfg.generation == "transformers":
             out["logprobs"] = None  # transformers: TRL recomputes them (no importance-sampling correction)
         # TRL's completions table (log_completions) shows the prompt it sent: name the task each row really ran
-        trainer._log_completion_extra("instance_id", list(out["instance_id"]))
+        log_completion_column(trainer, "instance_id", list(out["instance_id"]))
         self.log.write(step, rows, trajectories, process)
         self._update_quarantine()
         counts["quarantined"] = len(self.quarantined)
-        self._metrics(trainer, rows, counts, totals, time.monotonic() - t0)
+        self._log_step_metrics(trainer, rows, counts, totals, time.monotonic() - t0)
         return out
 
     def _replace_quarantined(self, ids: list[str], spare: list[str], G: int) -> tuple[list[str], list[str], int]:
@@ -360,7 +361,8 @@ class RolloutFunc:
         share = [i for i in self.order if i not in used][process::processes]
         return [i for i in share if i not in self.quarantined]
 
-    def _metrics(self, trainer, rows: list[dict], counts: dict, totals: dict[str, float], wall: float) -> None:
+    def _log_step_metrics(self, trainer, rows: list[dict], counts: dict, totals: dict[str, float],
+                          wall: float) -> None:
         """Append this step's rl/* and time/* metrics, over all processes: raw sums are gathered (one collective,
         every process, once per step), then the rates are computed from them."""
         local = {
@@ -372,24 +374,24 @@ class RolloutFunc:
         }
         parts = _gather([local])
         total = {key: sum(p[key] for p in parts) for key in local}
-        n, metrics = len(parts), trainer._metrics["train"]  # TRL averages these per logging step
-        metrics["rl/task_reward"].append(total["reward"] / total["graded"] if total["graded"] else 0.0)
-        metrics["rl/resolved_rate"].append(total["resolved"] / max(total["graded"], 1))
-        metrics["rl/mean_turns"].append(total["turns"] / max(total["rollouts"], 1))
-        metrics["rl/trained_rollouts"].append(float(total["trained"]))
+        n = len(parts)  # TRL averages each metric over the logging step
+        log_metric(trainer, "rl/task_reward", total["reward"] / total["graded"] if total["graded"] else 0.0)
+        log_metric(trainer, "rl/resolved_rate", total["resolved"] / max(total["graded"], 1))
+        log_metric(trainer, "rl/mean_turns", total["turns"] / max(total["rollouts"], 1))
+        log_metric(trainer, "rl/trained_rollouts", float(total["trained"]))
         for key in counts:  # quarantine is the run's (every process reads the same log): its largest count
-            metrics[f"rl/{key}"].append(float(max(p[key] for p in parts) if key == "quarantined" else total[key]))
+            log_metric(trainer, f"rl/{key}", float(max(p[key] for p in parts) if key == "quarantined" else total[key]))
         for status in EXIT_STATUSES:
-            metrics[f"rl/exit_{status}"].append(total[f"exit_{status}"] / max(total["rollouts"], 1))
-        metrics["rl/cut"].append(float(total["cut"]))
-        metrics["rl/lost_episode_fraction"].append(total["lost_seconds"] / total["episode_seconds"]
-                                                   if total["episode_seconds"] else 0.0)
+            log_metric(trainer, f"rl/exit_{status}", total[f"exit_{status}"] / max(total["rollouts"], 1))
+        log_metric(trainer, "rl/cut", float(total["cut"]))
+        log_metric(trainer, "rl/lost_episode_fraction",
+                   total["lost_seconds"] / total["episode_seconds"] if total["episode_seconds"] else 0.0)
         # a process that finished its rollouts first waits for the slowest one: that wait is idle time too
         slowest = max(p["wall"] for p in parts)
-        metrics["time/rollout"].append(slowest)
-        metrics["time/generation"].append(total["generation"] / n)
-        metrics["time/environment"].append(total["environment"] / n)
-        metrics["time/gpu_idle"].append(sum(p["idle_seconds"] + slowest - p["wall"] for p in parts) / n)
+        log_metric(trainer, "time/rollout", slowest)
+        log_metric(trainer, "time/generation", total["generation"] / n)
+        log_metric(trainer, "time/environment", total["environment"] / n)
+        log_metric(trainer, "time/gpu_idle", sum(p["idle_seconds"] + slowest - p["wall"] for p in parts) / n)
 
 
 EXIT_STATUSES = ("submitted", *TRUNCATED_STATUSES, DEADLINE, "format_error", "sandbox_error", "policy_error")
