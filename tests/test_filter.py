@@ -1,6 +1,7 @@
 """`swepost filter`: every rule, format-error masking, the Arrow round-trip of tool arguments, and TRL rendering.
 
-Trajectories are built by hand (no docker) in the exact shape the agent loop writes them.
+Trajectories are built by hand (no docker) in the exact shape the agent loop writes them (format 2: an error
+answer carries its TurnError mark); `old_format` turns one into a format 1 record, which has no marks.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import json
 
 import pytest
 
-from swepost.agent import NO_TOOL_CALL
 from swepost.envs.swe import TOOLS
 from swepost.errors import BadInput, WorkFailed
-from swepost.records import Trajectory
+from swepost.records import ERROR_KEY, NO_TOOL_CALL, Trajectory
 from swepost.rewards import filters
 from swepost.stages.collect import TRAJECTORIES_FILE, write_trajectories
 from swepost.stages.filter import REPORT_FILE, TRAIN_FILE, FilterConfig, run_filter, select
@@ -29,10 +29,14 @@ def _call(name: str, args) -> dict:
             "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}}
 
 
-def _turn(*calls: dict, content: str = "", results: list[str] | None = None) -> list[dict]:
+def _turn(*calls: dict, content: str = "", results: list[str | tuple[str, str]] | None = None) -> list[dict]:
+    """An assistant turn and its tool results; a result given as (text, kind) is an error marked `kind`."""
     out = [{"role": "assistant", "content": content, "tool_calls": list(calls)}]
     for call, result in zip(calls, results or ["ok"] * len(calls), strict=True):
-        out.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"], "content": result})
+        text, kind = result if isinstance(result, tuple) else (result, None)
+        out.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"], "content": text})
+        if kind:
+            out[-1][ERROR_KEY] = kind
     return out
 
 
@@ -40,17 +44,28 @@ def bash(command: str = "pytest -q tests/test_calc.py", out: str = "1 passed") -
     return _turn(_call("bash", {"command": command}), results=[out])
 
 
-def edit(out: str = "The file src/calc.py has been edited.") -> list[dict]:
+def edit(out: str | tuple[str, str] = "The file src/calc.py has been edited.") -> list[dict]:
     return _turn(_call("str_replace_editor", EDIT_ARGS), results=[out])
 
 
+def failed_edit() -> list[dict]:
+    return edit(out=("Error: No replacement was performed: old_str did not appear in src/calc.py.", "tool"))
+
+
 def bad_json() -> list[dict]:
-    return _turn(_call("bash", '{"command": "ls'), results=["Error: Tool arguments are not valid JSON "
-                                                          "(Unterminated string starting at at column 13)."])
+    return _turn(_call("bash", '{"command": "ls'), results=[("Error: Tool arguments are not valid JSON "
+                                                           "(Unterminated string starting at at column 13).",
+                                                           "format")])
 
 
 def no_call(text: str = "I think the bug is in calc.") -> list[dict]:
-    return [{"role": "assistant", "content": text}, {"role": "user", "content": NO_TOOL_CALL}]
+    return [{"role": "assistant", "content": text}, {"role": "user", "content": NO_TOOL_CALL, ERROR_KEY: "format"}]
+
+
+def old_format(traj: Trajectory) -> Trajectory:
+    """The same episode as a format 1 record: written before errors were marked on the turn."""
+    messages = [{k: v for k, v in m.items() if k != ERROR_KEY} for m in traj.messages]
+    return traj.model_copy(update={"format": 1, "messages": messages})
 
 
 def submit() -> list[dict]:
@@ -136,17 +151,28 @@ def test_per_task_cap_keeps_shortest_first_ties_in_order():
 
 
 def test_format_error_turns():
-    failed_edit = edit(out="Error: No replacement was performed: old_str did not appear in src/calc.py.")
     mixed = _turn(_call("bash", {"command": "ls"}), _call("bash", '{"bad'),
-                  results=["calc.py", "Error: Tool arguments are not valid JSON."])
-    t = episode("a", 0, bash(), bad_json(), no_call(), failed_edit, mixed, edit(), submit())
+                  results=["calc.py", ("Error: Tool arguments are not valid JSON.", "format")])
+    t = episode("a", 0, bash(), bad_json(), no_call(), failed_edit(), mixed, edit(), submit())
     kinds = [(i, t.messages[i].get("content") or t.messages[i]["tool_calls"][0]["function"]["name"])
-             for i in filters.format_error_turns(t.messages)]
+             for i in filters.format_error_turns(t)]
     assert [i for i, _ in kinds] == [4, 6, 8]  # bad JSON, no tool call, str_replace not found; not `mixed`
     assert kinds[1][1] == "I think the bug is in calc."
+    assert filters.format_error_turns(old_format(t)) == [4, 6, 8]  # read by the text: the same turns
     # an assistant message the episode ended on (no answer yet) is not an error turn
-    last = episode("a", 1, bash(), exit_status="context_overflow").messages[:3]
+    last = episode("a", 1, bash(), exit_status="context_overflow")
+    last.messages = last.messages[:3]
     assert filters.format_error_turns(last) == []
+
+
+def test_format_errors_are_read_from_the_marks_not_the_text():
+    """A command whose output starts with "Error: " is no error of the loop's; a broken sandbox's answer is
+    no format error (format 1 records counted both, by their text)."""
+    printed = bash("python -c 'print(\"Error: no config\")'", out="Error: no config")
+    broken = bash("ls", out=("Error: the sandbox failed: container gone", "sandbox"))
+    t = episode("a", 0, bash(), printed, edit(), broken, exit_status="sandbox_error", resolved=None)
+    assert filters.format_error_turns(t) == []
+    assert filters.format_error_turns(old_format(t)) == [4, 8]
 
 
 # --- the stage ----------------------------------------------------------------------------------------------------
@@ -209,6 +235,7 @@ def test_format_errors_mask_vs_drop(store):
     assert flags == [("assistant", None), ("assistant", False), ("assistant", False), ("assistant", None),
                      ("assistant", None)]
     assert masked[7]["content"] == NO_TOOL_CALL  # the nudge stays in context
+    assert not any(ERROR_KEY in m for m in masked)  # the marks are swepost's, not the chat format's
     assert masked[4]["tool_calls"][0]["function"]["arguments"] == '{"command": "ls'  # unparseable: as it was
 
     dropped_art = run_filter(FilterConfig(trajectories=source, name="dropped", format_errors="drop"), store)
@@ -224,6 +251,22 @@ def test_format_errors_mask_vs_drop(store):
     for i, m in enumerate(dropped):
         if m["role"] == "tool":
             assert m["tool_call_id"] in [c["id"] for c in dropped[i - 1]["tool_calls"]]
+
+
+def test_old_format_file_is_read_by_the_text(store):
+    """A trajectories.jsonl written before the marks ("format": 1, no `error` keys) loads, and its error turns
+    are masked and dropped exactly as a marked record's."""
+    t = episode("a", 0, bash(), bad_json(), no_call(), failed_edit(), edit(), submit())
+    with store.write("old", "trajectories", producer={"stage": "test"}) as w:
+        line = json.loads(old_format(t).model_dump_json())
+        assert line["format"] == 1 and not any(ERROR_KEY in m for m in line["messages"])
+        (w.path / TRAJECTORIES_FILE).write_text(json.dumps(line) + "\n")
+    new = write_trajs(store, [t], name="new")
+    for mode in ("mask", "drop"):
+        old_art = run_filter(FilterConfig(trajectories="old", name=f"old-{mode}", format_errors=mode), store)
+        new_art = run_filter(FilterConfig(trajectories=new, name=f"new-{mode}", format_errors=mode), store)
+        assert rows(old_art)[0]["messages"] == rows(new_art)[0]["messages"]
+        assert old_art.stats[f"{'masked' if mode == 'mask' else 'dropped'}_turns"] == 3
 
 
 def test_episode_with_only_error_turns_has_nothing_to_train(store):

@@ -1,11 +1,12 @@
 """The multi-turn loop: a policy talks to an environment through tools until it submits or a limit ends it.
 
-Every episode ends with an exit status (submitted, max_turns, context_overflow, timeout, format_error,
+Every episode ends with an ExitStatus (submitted, max_turns, context_overflow, timeout, format_error,
 sandbox_error, policy_error; the last two are infrastructure failures and never graded; rl's rollout engine adds
 `deadline`, an episode it cut at the step's deadline, also never graded). A malformed tool call
 (bad JSON, unknown tool, missing or wrong arguments) is answered with an error observation and counted; too
-many in a row end the episode as format_error. The trajectory is handed to `on_step` after every step, so a
-crash leaves a usable partial record.
+many in a row end the episode as format_error. Every error observation carries its TurnError under ERROR_KEY
+(format, tool, sandbox), which the policy never sees. The trajectory is handed to `on_step` after every step, so
+a crash leaves a usable partial record.
 """
 
 from __future__ import annotations
@@ -17,13 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from swepost.envs.base import Environment, EnvironmentBroken, ToolError
+from swepost.envs.base import Environment, EnvironmentBroken, MalformedCall, ToolError
 from swepost.errors import WorkFailed
 from swepost.policies.base import ContextOverflow, Policy, PolicyError
-from swepost.records import Task, Trajectory
-
-NO_TOOL_CALL = ("Your reply had no tool call. Use one of the tools to work on the repository, "
-                "or call `submit` when you are done.")
+from swepost.records import ERROR_KEY, ERROR_PREFIX, NO_TOOL_CALL, ExitStatus, Task, Trajectory, TurnError
 
 
 @dataclass
@@ -40,25 +38,31 @@ def now() -> str:
 
 
 def parse_call(call: Any, tool_names: set[str], limit: int) -> tuple[str, dict[str, Any]]:
-    """A tool call from the model -> (name, arguments); ToolError says what is wrong with it."""
+    """A tool call from the model -> (name, arguments); MalformedCall says what is wrong with it."""
     if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
-        raise ToolError("Malformed tool call: expected {\"function\": {\"name\": ..., \"arguments\": ...}}.")
+        raise MalformedCall("Malformed tool call: expected {\"function\": {\"name\": ..., \"arguments\": ...}}.")
     name, raw = call["function"].get("name"), call["function"].get("arguments", "{}")
     if not isinstance(name, str) or name not in tool_names:
-        raise ToolError(f"Unknown tool {str(name)[:100]!r}. Available tools: {', '.join(sorted(tool_names))}.")
+        raise MalformedCall(f"Unknown tool {str(name)[:100]!r}. Available tools: {', '.join(sorted(tool_names))}.")
     if isinstance(raw, dict):
         return name, raw
     if not isinstance(raw, str):
-        raise ToolError("Tool arguments must be a JSON object.")
+        raise MalformedCall("Tool arguments must be a JSON object.")
     if len(raw) > limit:
-        raise ToolError(f"Tool arguments are {len(raw)} characters long; the limit is {limit}.")
+        raise MalformedCall(f"Tool arguments are {len(raw)} characters long; the limit is {limit}.")
     try:
         args = json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError as e:
-        raise ToolError(f"Tool arguments are not valid JSON ({e.msg} at column {e.colno}).") from None
+        raise MalformedCall(f"Tool arguments are not valid JSON ({e.msg} at column {e.colno}).") from None
     if not isinstance(args, dict):
-        raise ToolError("Tool arguments must be a JSON object.")
+        raise MalformedCall("Tool arguments must be a JSON object.")
     return name, args
+
+
+def policy_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation as the policy sees it: plain OpenAI chat messages, without the ERROR_KEY marks (an API
+    may reject a key it does not know). Unmarked messages are passed as they are."""
+    return [{k: v for k, v in m.items() if k != ERROR_KEY} if ERROR_KEY in m else m for m in messages]
 
 
 def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0,
@@ -76,10 +80,10 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
             traj.messages = env.reset(task)
             traj.tools = env.tools()
         except EnvironmentBroken as e:
-            traj.exit_status, traj.error = "sandbox_error", str(e)
+            traj.exit_status, traj.error = ExitStatus.SANDBOX_ERROR, str(e)
             return traj
         except WorkFailed as e:  # one task that cannot be set up (its install or checkout failed): not the run's end
-            traj.exit_status, traj.error = "sandbox_error", f"the task could not be set up: {e}"
+            traj.exit_status, traj.error = ExitStatus.SANDBOX_ERROR, f"the task could not be set up: {e}"
             return traj
         finally:
             traj.seconds["reset"] = round(time.monotonic() - t0, 3)
@@ -89,19 +93,19 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
         on_step(traj)
         while traj.exit_status is None:
             if traj.turns >= limits.max_turns:
-                traj.exit_status = "max_turns"
+                traj.exit_status = ExitStatus.MAX_TURNS
                 break
             if time.monotonic() - started > limits.max_seconds:
-                traj.exit_status = "timeout"
+                traj.exit_status = ExitStatus.TIMEOUT
                 break
             t0 = time.monotonic()
             try:
-                reply = policy.reply(traj.messages, traj.tools)
+                reply = policy.reply(policy_messages(traj.messages), traj.tools)
             except ContextOverflow as e:
-                traj.exit_status, traj.error = "context_overflow", str(e)
+                traj.exit_status, traj.error = ExitStatus.CONTEXT_OVERFLOW, str(e)
                 break
             except PolicyError as e:
-                traj.exit_status, traj.error = "policy_error", str(e)
+                traj.exit_status, traj.error = ExitStatus.POLICY_ERROR, str(e)
                 break
             finally:
                 policy_s += time.monotonic() - t0
@@ -114,54 +118,59 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
                 message["tool_calls"] = calls
             traj.messages.append(message)
             if reply.prompt_tokens > limits.max_context_tokens:
-                traj.exit_status = "context_overflow"
+                traj.exit_status = ExitStatus.CONTEXT_OVERFLOW
                 break
             if not calls:
                 errors_in_row += 1
                 traj.tool_errors += 1
-                traj.messages.append({"role": "user", "content": NO_TOOL_CALL})
+                traj.messages.append({"role": "user", "content": NO_TOOL_CALL, ERROR_KEY: TurnError.FORMAT.value})
             for call in calls:
                 traj.tool_calls += 1
                 call_id = call.get("id") if isinstance(call, dict) else None
                 t0 = time.monotonic()
+                error: TurnError | None = None
                 try:
                     name, args = parse_call(call, names, limits.max_argument_chars)
                     observation = env.step(name, args)
                     content, errors_in_row = observation.content, 0
                     if observation.done:
-                        traj.exit_status, traj.answer = "submitted", observation.answer
+                        traj.exit_status, traj.answer = ExitStatus.SUBMITTED, observation.answer
                 except ToolError as e:
-                    content = f"Error: {e}"
+                    error = TurnError.FORMAT if isinstance(e, MalformedCall) else TurnError.TOOL
+                    content = f"{ERROR_PREFIX}{e}"
                     errors_in_row += 1
                     traj.tool_errors += 1
                 except EnvironmentBroken as e:
-                    traj.exit_status, traj.error = "sandbox_error", str(e)
-                    content = f"Error: the sandbox failed: {e}"
+                    traj.exit_status, traj.error = ExitStatus.SANDBOX_ERROR, str(e)
+                    error, content = TurnError.SANDBOX, f"{ERROR_PREFIX}the sandbox failed: {e}"
                 except Exception as e:  # noqa: BLE001 - an environment's own bug ends this episode, not the run
-                    traj.exit_status = "sandbox_error"
+                    traj.exit_status = ExitStatus.SANDBOX_ERROR
                     traj.error = f"the environment raised {type(e).__name__}: {e}"[:2000]
-                    content = f"Error: the environment failed: {type(e).__name__}"
+                    error, content = TurnError.SANDBOX, f"{ERROR_PREFIX}the environment failed: {type(e).__name__}"
                 finally:
                     env_s += time.monotonic() - t0
-                traj.messages.append({"role": "tool", "tool_call_id": call_id or f"call_{traj.tool_calls}",
-                                      "name": _call_name(call), "content": content})
+                answer = {"role": "tool", "tool_call_id": call_id or f"call_{traj.tool_calls}",
+                          "name": _call_name(call), "content": content}
+                if error is not None:
+                    answer[ERROR_KEY] = error.value
+                traj.messages.append(answer)
                 if traj.exit_status is not None:
                     break
             if traj.exit_status is None and errors_in_row >= limits.max_consecutive_errors:
-                traj.exit_status = "format_error"
+                traj.exit_status = ExitStatus.FORMAT_ERROR
             on_step(traj)
-        if traj.exit_status != "sandbox_error":
+        if traj.exit_status != ExitStatus.SANDBOX_ERROR:
             try:
                 traj.final_diff = env.final_diff()
                 # a policy error is the server's failure, not the model's answer: kept, never graded
-                if grade and traj.exit_status != "policy_error":
+                if grade and traj.exit_status != ExitStatus.POLICY_ERROR:
                     t0 = time.monotonic()
                     scored = env.score()
                     traj.seconds["grading"] = round(time.monotonic() - t0, 3)
                     traj.reward, traj.resolved = scored.get("reward"), scored.get("resolved")
                     traj.evidence = scored.get("evidence") or {}
             except EnvironmentBroken as e:
-                traj.exit_status, traj.error = "sandbox_error", str(e)
+                traj.exit_status, traj.error = ExitStatus.SANDBOX_ERROR, str(e)
             except WorkFailed as e:  # the grader's own sandbox failed: the episode stands, ungraded
                 traj.error = f"grading failed: {e}"
                 traj.resolved, traj.reward = "UNGRADED", None

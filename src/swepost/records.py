@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 TaskKind = Literal["swe", "codeqa", "search"]
 
@@ -88,8 +89,41 @@ class Task(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, description="source columns swepost has no field for")
 
 
-ExitStatus = Literal["submitted", "max_turns", "context_overflow", "timeout", "format_error", "sandbox_error",
-                     "policy_error", "deadline"]
+class ExitStatus(str, Enum):
+    """How an episode ended. A str enum: written to JSON as its value and equal to it (`== "submitted"` holds)."""
+
+    SUBMITTED = "submitted"
+    MAX_TURNS = "max_turns"
+    CONTEXT_OVERFLOW = "context_overflow"
+    TIMEOUT = "timeout"
+    FORMAT_ERROR = "format_error"
+    SANDBOX_ERROR = "sandbox_error"
+    POLICY_ERROR = "policy_error"
+    DEADLINE = "deadline"  # rl's rollout engine cut the episode at the step's deadline
+
+    def __str__(self) -> str:  # the value in f-strings and messages, on every Python (StrEnum is 3.11+)
+        return self.value
+
+
+class TurnError(str, Enum):
+    """Why the agent loop answered a tool call (or a reply without one) with an error; marked on the answering
+    message under ERROR_KEY, so readers never guess it from the text."""
+
+    FORMAT = "format"  # the call was malformed (bad JSON, unknown tool, bad arguments), or the reply had none
+    TOOL = "tool"  # a well-formed call the tool could not carry out (old_str not found, no such file)
+    SANDBOX = "sandbox"  # the environment itself broke: the episode ends as sandbox_error
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Format 2 marks per-turn errors: the tool message (or the no-tool-call nudge) the loop answered with carries
+# ERROR_KEY. Format 1 records have no mark; their errors are read from the text (ERROR_PREFIX, NO_TOOL_CALL).
+TRAJECTORY_FORMAT = 2
+ERROR_KEY = "error"
+ERROR_PREFIX = "Error: "  # how the agent loop begins every error observation
+NO_TOOL_CALL = ("Your reply had no tool call. Use one of the tools to work on the repository, "
+                "or call `submit` when you are done.")
 
 
 class Trajectory(BaseModel):
@@ -97,14 +131,15 @@ class Trajectory(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: int = 1
+    format: int = Field(TRAJECTORY_FORMAT, description="record version: 2 marks per-turn errors, 1 did not")
     episode_id: str = Field(description="instance_id#sample: unique within a collection")
     instance_id: str
     sample: int = 0
     policy: dict[str, Any] = Field(default_factory=dict, description="name, model, sampling parameters")
     environment: str = "swe"
     tools: list[dict[str, Any]] = Field(default_factory=list, description="tool schemas offered (OpenAI format)")
-    messages: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI chat format, tool turns too")
+    messages: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI chat format, tool turns too; the "
+                                          "answer to a failed call carries ERROR_KEY (format 2)")
     exit_status: ExitStatus | None = None
     final_diff: str = ""
     answer: str | None = None
@@ -120,3 +155,8 @@ class Trajectory(BaseModel):
     error: str | None = None
     started: str | None = None
     finished: str | None = None
+
+    @field_serializer("exit_status")
+    def _exit_status_value(self, status: ExitStatus | str | None) -> str | None:
+        # written as its value, also where a plain string was assigned after validation (no validate_assignment)
+        return None if status is None else str(status)

@@ -10,7 +10,12 @@ from swepost.records import Task
 
 class ToolError(Exception):
     """A tool call the environment cannot carry out as asked (bad arguments, missing file): the message is
-    returned to the model as the observation, and the episode goes on."""
+    returned to the model as the observation, and the episode goes on. Marked as a `tool` error on the turn."""
+
+
+class MalformedCall(ToolError):
+    """A tool call that is not a call at all (bad JSON, unknown tool, arguments of the wrong shape): marked as a
+    `format` error on the turn. An environment may raise it from `step` for arguments its schema rejects."""
 
 
 class EnvironmentBroken(Exception):

@@ -3,7 +3,8 @@
 A per-trajectory rule takes a Trajectory (and its settings) and returns None to keep it, or a short reason
 string to drop it. A list rule (`dedupe`, `per_task_cap`) takes the whole list and returns one such
 decision per trajectory, in order. The format-error helpers find the assistant turns the agent loop answered
-with an error, so that the training data can mask them out of the loss or drop them.
+with an error, so that the training data can mask them out of the loss or drop them: from the TurnError marks
+(format 2 records), or from the text of format 1 records, which have none.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from swepost.agent import NO_TOOL_CALL
-from swepost.records import Trajectory
+from swepost.records import ERROR_KEY, ERROR_PREFIX, NO_TOOL_CALL, ExitStatus, Trajectory, TurnError
 
 RESOLVED_FULL = "RESOLVED_FULL"
 UNGRADED = "UNGRADED"  # the grader could not judge (timeout, memory, sandbox failure): reward None, no verdict
 # the server or the sandbox failed, or rl cut the episode at its step deadline: the infrastructure, not the model
-INFRA_EXIT_STATUSES = ("policy_error", "sandbox_error", "deadline")
-ERROR_PREFIX = "Error: "  # how the agent loop answers a malformed or failing tool call
+INFRA_EXIT_STATUSES = (ExitStatus.POLICY_ERROR, ExitStatus.SANDBOX_ERROR, ExitStatus.DEADLINE)
+# the marks that make a format-error turn: a malformed call, or a well-formed one the tool refused (a str_replace
+# whose old_str is not in the file); never a broken sandbox, the infrastructure's failure
+FORMAT_ERROR_MARKS = (TurnError.FORMAT.value, TurnError.TOOL.value)
+MARKED_FORMAT = 2  # the first Trajectory.format whose errors are marked on the turn
 CHARS_PER_TOKEN = 4  # the estimate used when a trajectory has no token counts
 
 
@@ -66,7 +69,7 @@ def require_resolved(traj: Trajectory, min_reward: float | None = None) -> str |
 
 def require_submitted(traj: Trajectory) -> str | None:
     """Keep episodes the agent ended itself (`submit`), not ones a limit or a failure ended."""
-    if traj.exit_status == "submitted":
+    if traj.exit_status == ExitStatus.SUBMITTED:
         return None
     return f"not_submitted:{traj.exit_status or 'unfinished'}"
 
@@ -162,20 +165,36 @@ def turn_answers(messages: Sequence[dict[str, Any]], index: int) -> list[dict[st
     return out
 
 
-def is_format_error_turn(messages: Sequence[dict[str, Any]], index: int) -> bool:
-    """An assistant turn the agent loop answered only with errors: every tool result starts with "Error: ", or,
-    with no tool call, the loop's NO_TOOL_CALL nudge. (A legitimate call that failed, e.g. a str_replace whose
-    old_str is not in the file, is answered with "Error: " too and counts.)"""
+def errors_marked(traj: Trajectory) -> bool:
+    """Whether the trajectory marks its per-turn errors (format 2 on), or they must be read from the text."""
+    return traj.format >= MARKED_FORMAT
+
+
+def is_no_tool_call_nudge(message: dict[str, Any], marked: bool = True) -> bool:
+    """The message the agent loop answers a reply without a tool call with."""
+    if message.get("role") != "user":
+        return False
+    return message.get(ERROR_KEY) == TurnError.FORMAT if marked else message.get("content") == NO_TOOL_CALL
+
+
+def is_format_error_turn(messages: Sequence[dict[str, Any]], index: int, marked: bool = True) -> bool:
+    """An assistant turn the agent loop answered only with errors: every tool result is marked a `format` or
+    `tool` error (a legitimate call that failed, e.g. a str_replace whose old_str is not in the file, counts; a
+    broken sandbox does not), or, with no tool call, the loop's no-tool-call nudge. `marked=False` reads a
+    format 1 record instead, by the text: every tool result starts with "Error: ", or the nudge's text."""
     message = messages[index]
     if message.get("role") != "assistant":
         return False
     answers = turn_answers(messages, index)
     if not message.get("tool_calls"):
-        return any(m.get("role") == "user" and m.get("content") == NO_TOOL_CALL for m in answers)
+        return any(is_no_tool_call_nudge(m, marked) for m in answers)
     results = [m for m in answers if m.get("role") == "tool"]
+    if marked:
+        return bool(results) and all(m.get(ERROR_KEY) in FORMAT_ERROR_MARKS for m in results)
     return bool(results) and all(str(m.get("content") or "").startswith(ERROR_PREFIX) for m in results)
 
 
-def format_error_turns(messages: Sequence[dict[str, Any]]) -> list[int]:
-    """Indices of the assistant messages that are format-error turns."""
-    return [i for i in range(len(messages)) if is_format_error_turn(messages, i)]
+def format_error_turns(traj: Trajectory) -> list[int]:
+    """Indices of the trajectory's assistant messages that are format-error turns."""
+    marked = errors_marked(traj)
+    return [i for i in range(len(traj.messages)) if is_format_error_turn(traj.messages, i, marked)]

@@ -11,10 +11,12 @@ is left. Writes an `sft-data` artifact:
   the trajectory is parsed; chat templates such as Qwen2.5's render it with `tojson`; an unparseable string,
   from a malformed call, is kept as it was). `load_dataset("json", data_files=...)` reads `messages` (and
   the tools' `parameters`) as Json columns, so every call's arguments come back exactly, with no null keys.
-* Format-error turns (an assistant message whose every tool result starts with "Error: ", or that the loop
-  answered with its no-tool-call nudge): with `format_errors: mask` the message stays in the context and
-  carries `"train": false`, which tells the SFT stage to leave it out of the loss (no key, or any other
-  value, means train on it); with `drop` the message and its answers are removed from the conversation.
+* Format-error turns (an assistant message whose every tool result the agent loop marked a `format` or `tool`
+  error, or that the loop answered with its no-tool-call nudge; a broken sandbox is no format error; format 1
+  trajectories, which have no marks, are read by the text: "Error: " results): with `format_errors: mask` the
+  message stays in the context and carries `"train": false`, which tells the SFT stage to leave it out of the
+  loss (no key, or any other value, means train on it); with `drop` the message and its answers are removed
+  from the conversation. The marks themselves (`error`) are not written: rows are plain OpenAI messages.
 * `report.json`: the stats below, the config, and every episode's decision (kept, or the drop reason).
 """
 
@@ -30,7 +32,7 @@ from pydantic import Field
 from swepost.artifacts import Artifact, ArtifactStore, producer_record
 from swepost.config import ArtifactInput, StageConfig
 from swepost.errors import BadInput, BadInputs, WorkFailed
-from swepost.records import Trajectory
+from swepost.records import ERROR_KEY, Trajectory
 from swepost.rewards import filters
 from swepost.stages.collect import TRAJECTORIES_FILE
 
@@ -104,12 +106,13 @@ def token_counter(ref: str, store: ArtifactStore):
 def training_messages(traj: Trajectory, format_errors: str) -> tuple[list[dict[str, Any]], int]:
     """The trajectory's messages ready for SFT, and how many format-error turns were masked or dropped."""
     messages = copy.deepcopy(traj.messages)
-    bad = set(filters.format_error_turns(messages))
+    bad, marked = set(filters.format_error_turns(traj)), filters.errors_marked(traj)
     out: list[dict[str, Any]] = []
     skip: set[int] = set()
     for i, m in enumerate(messages):
         if i in skip:
             continue
+        m.pop(ERROR_KEY, None)  # swepost's mark, not part of the chat format
         if m.get("content") is None:
             m["content"] = ""  # chat templates concatenate content
         for call in m.get("tool_calls") or []:
@@ -117,8 +120,8 @@ def training_messages(traj: Trajectory, format_errors: str) -> tuple[list[dict[s
                 call["function"]["arguments"] = filters.parse_arguments(call["function"].get("arguments"))
         if i in bad:
             if format_errors == "drop":
-                skip.update(i + 1 + j for j, a in enumerate(filters.turn_answers(messages, i))
-                            if a.get("role") == "tool" or a.get("content") == filters.NO_TOOL_CALL)
+                skip.update(i + 1 + j for j, a in enumerate(filters.turn_answers(traj.messages, i))
+                            if a.get("role") == "tool" or filters.is_no_tool_call_nudge(a, marked))
                 continue
             m["train"] = False
         out.append(m)

@@ -1,0 +1,149 @@
+"""The agent loop marks every error answer with its kind (format, tool, sandbox), the policy never sees the
+marks, and exit statuses are ExitStatus members that read and write as the strings they were."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from swepost.agent import AgentLimits, policy_messages, run_episode
+from swepost.envs.base import EnvironmentBroken, MalformedCall, Observation, ToolError
+from swepost.policies.base import PolicyReply
+from swepost.policies.scripted import ScriptedPolicy
+from swepost.records import ERROR_KEY, NO_TOOL_CALL, ExitStatus, Task, Trajectory, TurnError
+from swepost.rewards import filters
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TASK = Task(instance_id="t", problem_statement="Fix it.")
+TOOLS = [{"type": "function", "function": {"name": n, "description": n, "parameters": {"type": "object"}}}
+         for n in ("bash", "edit", "submit")]
+
+
+class FakeEnvironment:
+    """bash answers, `edit` refuses (ToolError) or rejects its arguments (MalformedCall), `bash` with
+    command "crash" breaks the sandbox, `bash` with "bug" raises a plain exception."""
+
+    name = "fake"
+
+    def reset(self, task):
+        return [{"role": "system", "content": "sys"}, {"role": "user", "content": task.problem_statement}]
+
+    def tools(self):
+        return TOOLS
+
+    def step(self, name, arguments):
+        if name == "submit":
+            return Observation("Submitted.", done=True)
+        if name == "edit":
+            if "path" not in arguments:
+                raise MalformedCall("Parameter `path` is required")
+            raise ToolError("No replacement was performed: old_str did not appear in the file.")
+        if arguments.get("command") == "crash":
+            raise EnvironmentBroken("the container is gone")
+        if arguments.get("command") == "bug":
+            raise KeyError("oops")
+        return Observation("Error: printed by the command, not an error of the loop")
+
+    def final_diff(self):
+        return ""
+
+    def score(self):
+        return {"reward": 0.0, "resolved": "RESOLVED_NO"}
+
+    def close(self):
+        pass
+
+
+class Recording(ScriptedPolicy):
+    """A scripted policy that keeps every conversation it was shown."""
+
+    def __init__(self, turns):
+        super().__init__(turns=turns)
+        self.seen: list[list[dict]] = []
+
+    def reply(self, messages, tools) -> PolicyReply:
+        self.seen.append(json.loads(json.dumps(messages)))
+        return super().reply(messages, tools)
+
+
+def call(name: str, arguments) -> dict:
+    return {"tool_calls": [{"name": name, "arguments": arguments}]}
+
+
+def answers(traj: Trajectory) -> list[tuple[str, str | None]]:
+    return [(m["role"], m.get(ERROR_KEY)) for m in traj.messages[2:] if m["role"] != "assistant"]
+
+
+def test_each_error_is_marked_with_its_kind():
+    policy = Recording([call("bash", '{"command": "ls'),  # bad JSON
+                        call("nope", {}),  # unknown tool
+                        call("edit", {}),  # arguments the environment rejects
+                        call("edit", {"path": "a.py"}),  # a well-formed call the tool cannot carry out
+                        "no call, just thinking",
+                        call("bash", {"command": "ls"}),  # output that merely starts with "Error: "
+                        call("bash", {"command": "crash"})])
+    traj = run_episode(policy, FakeEnvironment(), TASK, limits=AgentLimits(max_consecutive_errors=10))
+    assert answers(traj) == [("tool", "format"), ("tool", "format"), ("tool", "format"), ("tool", "tool"),
+                             ("user", "format"), ("tool", None), ("tool", "sandbox")]
+    nudge = traj.messages[2 + 9]
+    assert nudge["content"] == NO_TOOL_CALL
+    assert traj.exit_status is ExitStatus.SANDBOX_ERROR and traj.exit_status == "sandbox_error"
+    assert traj.tool_errors == 5
+    # the policy saw every error's text, never a mark
+    assert "Error: Tool arguments are not valid JSON" in policy.seen[1][-1]["content"]
+    assert not any(ERROR_KEY in m for conversation in policy.seen for m in conversation)
+    # format-error turns: the four malformed or refused calls and the reply without a call; not the command
+    # whose output starts with "Error: ", not the broken sandbox (format 1 reading counted both)
+    assert filters.format_error_turns(traj) == [2, 4, 6, 8, 10]
+    unmarked = traj.model_copy(update={"format": 1, "messages": policy_messages(traj.messages)})
+    assert filters.format_error_turns(unmarked) == [2, 4, 6, 8, 10, 12, 14]
+
+
+def test_an_environment_bug_is_marked_sandbox_and_the_record_round_trips():
+    traj = run_episode(ScriptedPolicy(turns=[call("bash", {"command": "bug"})]), FakeEnvironment(), TASK)
+    assert traj.exit_status == ExitStatus.SANDBOX_ERROR and "KeyError" in traj.error
+    assert answers(traj) == [("tool", "sandbox")] and filters.format_error_turns(traj) == []
+    line = traj.model_dump_json()
+    data = json.loads(line)
+    assert data["exit_status"] == "sandbox_error" and data["format"] == 2
+    assert data["messages"][-1][ERROR_KEY] == "sandbox"
+    assert Trajectory.model_validate_json(line) == traj
+
+
+@pytest.mark.parametrize("status", list(ExitStatus))
+def test_exit_status_reads_and_writes_as_its_string(status):
+    assert status == status.value and str(status) == status.value and f"{status}" == status.value
+    assert json.dumps({"s": status}) == json.dumps({"s": status.value})
+    traj = Trajectory(episode_id="t#0", instance_id="t", exit_status=status.value)
+    assert traj.exit_status is status
+    assert json.loads(traj.model_dump_json())["exit_status"] == status.value
+    assert filters.require_submitted(traj) == (None if status is ExitStatus.SUBMITTED
+                                               else f"not_submitted:{status.value}")
+    assert filters.is_infra_failure(traj) == (status in filters.INFRA_EXIT_STATUSES)
+
+
+def test_an_old_format_record_loads_and_is_read_by_its_text():
+    """A line written before marks and enums: "format": 1, plain strings, errors only in the text."""
+    line = json.dumps({
+        "format": 1, "episode_id": "t#0", "instance_id": "t", "exit_status": "format_error",
+        "messages": [{"role": "system", "content": "sys"}, {"role": "user", "content": "Fix it."},
+                     {"role": "assistant", "content": "", "tool_calls": [
+                         {"id": "c0", "type": "function", "function": {"name": "bash", "arguments": "{bad"}}]},
+                     {"role": "tool", "tool_call_id": "c0", "name": "bash",
+                      "content": "Error: Tool arguments are not valid JSON (Expecting value at column 2)."},
+                     {"role": "assistant", "content": "hmm"},
+                     {"role": "user", "content": NO_TOOL_CALL}]})
+    traj = Trajectory.model_validate_json(line)
+    assert traj.format == 1 and traj.exit_status is ExitStatus.FORMAT_ERROR
+    assert not filters.errors_marked(traj)
+    assert filters.format_error_turns(traj) == [2, 4]
+    written = json.loads(traj.model_dump_json())  # written back as it was read: still format 1, plain strings
+    assert {k: written[k] for k in json.loads(line)} == json.loads(line)
+    assert TurnError.FORMAT == "format"
+
+
+def test_rewards_do_not_import_the_agent():
+    source = (REPO_ROOT / "src" / "swepost" / "rewards" / "filters.py").read_text()
+    assert "swepost.agent" not in source
