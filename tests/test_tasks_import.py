@@ -54,7 +54,8 @@ def test_import_bundled_file_cli(swepost, store, tiny):
     art = store.resolve("tiny")
     assert out["id"] == art.id and out["id"].startswith("tiny@")
     assert out["kind"] == "tasks" and out["path"] == str(art.path)
-    assert out["stats"] == {"tasks": 3, "repos": 2, "with_image": 1}
+    assert out["stats"] == {"tasks": 3, "repos": 2, "with_image": 1, "unusable": 2}  # calc-2, textkit-1: no patches
+    assert "warning: 2 of 3 rows no stage can use" in r.stderr and f"{tiny}:2: patch: missing" in r.stderr
     assert store.verify(art) == [] and list(art.manifest["files"]) == [TASKS_FILE]
     assert art.manifest["producer"]["stage"] == "tasks-import"
     assert art.manifest["producer"]["config"]["name"] == "tiny"
@@ -322,3 +323,56 @@ def test_repo_specs_fill_install_and_test_cmd(tiny, tmp_path, swepost, store):
     specs.write_text("swepost/calc:\n  instal: [x]\n")
     r = swepost("tasks", "import", str(tiny), "--specs", str(specs), check=2)
     assert f"{specs}:2: swepost/calc.instal: unknown key" in r.stderr
+
+
+# --- rows no stage can use, every problem at once, splits (issue 13) --------------------------------------------
+
+def test_invalid_json_line_does_not_hide_the_field_errors_of_other_lines(swepost, rows, tmp_path):
+    rows[2]["test_cmd"] = 3
+    path = write_jsonl(tmp_path / "t.jsonl", [rows[0], '{"instance_id": "x",', rows[2], {"instance_id": "y"}])
+    lines = import_error(swepost, path).removeprefix("error: ").splitlines()
+    assert lines[0].startswith(f"{path}:2: invalid JSON")
+    assert lines[1] == f"{path}:3: test_cmd: expected a string, got int"
+    assert lines[2] == f"{path}:4: problem_statement: required field missing"
+    assert len(lines) == 3
+
+
+def test_rows_no_stage_can_use_warn_or_fail_with_strict(swepost, store, rows, tmp_path):
+    rows[0]["patch"] = ""
+    rows[1]["FAIL_TO_PASS"] = []
+    rows[1]["patch"], rows[1]["test_patch"] = "fix", "tests"
+    rows[2]["patch"], rows[2]["test_patch"] = "fix", "tests"
+    codeqa = {"instance_id": "q1", "kind": "codeqa", "problem_statement": "What?", "repo": "o/r",
+              "base_commit": "abc"}  # other kinds need no patches or tests
+    path = write_jsonl(tmp_path / "t.jsonl", [*rows, codeqa])
+    r = swepost("tasks", "import", path, "--json", check=0)
+    assert json.loads(r.stdout)["stats"]["unusable"] == 2
+    assert "warning: 2 of 4 rows no stage can use" in r.stderr and "--strict" in r.stderr
+    assert f"{path}:1: patch: missing" in r.stderr and f"{path}:2: FAIL_TO_PASS: empty" in r.stderr
+    assert f"{path}:3" not in r.stderr and f"{path}:4" not in r.stderr
+    assert len(load_tasks(store.resolve("tasks"))) == 4
+    r = swepost("tasks", "import", path, "--name", "strict", "--strict", check=2)
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert r.stderr.startswith(f"error: {path}:1: patch: missing")
+    assert f"{path}:2: FAIL_TO_PASS: empty" in r.stderr
+    assert swepost("artifacts", "ls", "--json", check=0).stdout.count('"strict"') == 0
+    rows[0]["test_patch"] = ""
+    with pytest.raises(BadInput) as e:
+        run_import(TasksImportConfig(source=write_jsonl(tmp_path / "u.jsonl", rows), strict=True), store)
+    assert [p.key for p in e.value.problems] == ["patch", "test_patch", "FAIL_TO_PASS"]
+
+
+def test_saved_dataset_with_several_splits_needs_split(rows, tmp_path, swepost):
+    import datasets
+
+    common = sorted(set.intersection(*(set(r) for r in rows)))
+    table = datasets.Dataset.from_list([{k: json.dumps(r[k]) if isinstance(r[k], list) else r[k] for k in common}
+                                        for r in rows])
+    datasets.DatasetDict({"train": table, "test": table, "dev": table}).save_to_disk(str(tmp_path / "saved"))
+    r = swepost("tasks", "import", str(tmp_path / "saved"), check=2)
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip() == (f"error: {tmp_path / 'saved'}: this DatasetDict has 3 splits (train, test, dev): "
+                                "choose a split with --split")
+    out = json.loads(swepost("tasks", "import", str(tmp_path / "saved"), "--split", "dev", "--json",
+                             check=0).stdout)
+    assert out["stats"]["tasks"] == len(rows)

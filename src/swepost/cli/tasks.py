@@ -37,17 +37,21 @@ def import_cmd(
     split: Annotated[str | None, typer.Option(help="Split of a saved DatasetDict.", show_default=False)] = None,
     specs: Annotated[Path | None, typer.Option(help="YAML of per-repo specs: install, test_cmd, network, "
                                                     "per-version overrides.", show_default=False)] = None,
+    strict: Annotated[bool | None, typer.Option("--strict", help="Fail (exit 2) on rows no stage can use "
+                                                "(no patch or test_patch, empty FAIL_TO_PASS) instead of "
+                                                "warning.", show_default=False)] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     print_config_: PrintConfigOpt = False,
     as_json: JsonOpt = False,
 ):
-    """Import a task file (FAIL_TO_PASS / PASS_TO_PASS as lists or JSON strings) as a `tasks` artifact."""
+    """Import a task file (FAIL_TO_PASS / PASS_TO_PASS as lists or JSON strings) as a `tasks` artifact.
+    Every problem of the file is listed at once, by line and field."""
     from swepost.stages.tasks import TasksImportConfig
 
     cfg = resolve_config(TasksImportConfig, config, set_,
                          {"source": source, "name": name, "format": format, "kind": kind,
-                          "split": split, "specs": specs})
+                          "split": split, "specs": specs, "strict": strict})
     if print_config_:
         return print_config(cfg)
     run_stage("tasks-import", cfg, as_json)

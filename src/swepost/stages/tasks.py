@@ -1,12 +1,15 @@
 """Stage `tasks-import`: SWE-bench-format rows (JSONL or a JSON list) -> a `tasks` artifact.
 
 Public datasets ship FAIL_TO_PASS / PASS_TO_PASS either as lists or as JSON strings of lists; both import.
-Columns swepost has no field for are kept in `metadata`. Every problem names the file, line and field.
+Columns swepost has no field for are kept in `metadata`. Every problem names the file, line and field; all of a
+file's problems are reported together. Rows no stage can use (a bug-fixing task without its patches or with no
+FAIL_TO_PASS test) import with a warning, or fail the import with `strict`.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,10 +33,13 @@ class TasksImportConfig(StageConfig):
     format: Literal["auto", "jsonl", "json", "parquet", "hf-disk"] = Field(
         "auto", description="auto: a folder is a saved dataset, *.parquet is Parquet, a file starting with '[' "
         "is a JSON list, anything else JSONL")
-    split: str | None = Field(None, description="split of a saved DatasetDict (default: its only split, or test)")
+    split: str | None = Field(None, description="split of a saved DatasetDict (default: its only split; with "
+                              "several, naming one is required)")
     kind: Literal["swe", "codeqa", "search"] = Field("swe", description="task kind of rows that do not say")
     specs: Path | None = FileInput(None, description="YAML of per-repo specs (install, test_cmd, network, and "
                                    "per-version overrides) for rows that do not carry their own")
+    strict: bool = Field(False, description="fail (exit 2) on rows no stage can use instead of warning: a swe row "
+                         "without patch or test_patch, or with an empty FAIL_TO_PASS")
 
 
 class RepoSpec(BaseModel):
@@ -79,7 +85,15 @@ def apply_specs(task: Task, specs: dict[str, RepoSpec]) -> Task:
 
 
 def run_import(config: TasksImportConfig, store: ArtifactStore) -> Artifact:
-    tasks = read_task_file(config.source, fmt=config.format, kind=config.kind, split=config.split)
+    located = read_located_tasks(config.source, fmt=config.format, kind=config.kind, split=config.split)
+    unusable = unusable_rows(located, str(config.source))
+    if unusable and config.strict:
+        raise BadInputs(unusable)
+    if unusable:
+        rows = len({p.line for p in unusable})
+        warnings.warn(f"{rows} of {len(located)} rows no stage can use (imported anyway; --strict refuses them):\n"
+                      + BadInputs(unusable).render(), stacklevel=2)
+    tasks = [task for _, task in located]
     if config.specs is not None:
         specs = load_specs(config.specs)
         tasks = [apply_specs(t, specs) for t in tasks]
@@ -90,7 +104,8 @@ def run_import(config: TasksImportConfig, store: ArtifactStore) -> Artifact:
             for task in tasks:
                 f.write(json.dumps(task.model_dump(mode="json"), ensure_ascii=False) + "\n")
         w.stats.update({"tasks": len(tasks), "repos": len({t.repo for t in tasks if t.repo}),
-                        "with_image": sum(1 for t in tasks if t.env.image)})
+                        "with_image": sum(1 for t in tasks if t.env.image),
+                        "unusable": len({p.line for p in unusable})})
     return w.artifact
 
 
@@ -103,11 +118,37 @@ def load_tasks(art: Artifact) -> list[Task]:
 
 # --- reading rows ---------------------------------------------------------------------------------------------
 
+def unusable_rows(located: list[tuple[int, Task]], file: str) -> list[BadInput]:
+    """What makes a bug-fixing row useless to every stage: no hidden tests to grade with (test_patch), no gold
+    fix for the oracle and `tasks validate` (patch), nothing that tells a fix from no fix (FAIL_TO_PASS)."""
+    problems = []
+    for line, task in located:
+        if task.kind != "swe":
+            continue
+        if not task.patch.strip():
+            problems.append(BadInput("missing: the gold fix the oracle and tasks validate need", file=file,
+                                     line=line, key="patch"))
+        if not task.test_patch.strip():
+            problems.append(BadInput("missing: the hidden tests graders apply", file=file, line=line,
+                                     key="test_patch"))
+        if not task.verify.fail_to_pass:
+            problems.append(BadInput("empty: no test tells a fix from no fix", file=file, line=line,
+                                     key="FAIL_TO_PASS"))
+    return problems
+
+
 def read_task_file(path: str | Path, *, fmt: str = "auto", kind: str = "swe", split: str | None = None) -> list[Task]:
     """Rows of any supported format -> tasks; problems are reported by file and line (or row number)."""
+    return [task for _, task in read_located_tasks(path, fmt=fmt, kind=kind, split=split)]
+
+
+def read_located_tasks(path: str | Path, *, fmt: str = "auto", kind: str = "swe",
+                       split: str | None = None) -> list[tuple[int, Task]]:
+    """(line or row number, task) for every row; every problem of the file is raised together."""
     path = Path(path)
     if not path.exists():
         raise BadInput("file not found", file=str(path))
+    problems: list[BadInput] = []
     if fmt == "hf-disk" or (fmt == "auto" and path.is_dir()):
         rows = _dataset_rows(path, split)
     elif fmt == "parquet" or (fmt == "auto" and path.suffix == ".parquet"):
@@ -120,8 +161,8 @@ def read_task_file(path: str | Path, *, fmt: str = "auto", kind: str = "swe", sp
         if fmt == "json" or (fmt == "auto" and text.lstrip().startswith("[")):
             rows = _json_list_rows(text, str(path))
         else:
-            rows = _jsonl_rows(text, str(path))
-    tasks, problems, first_line = [], [], {}
+            rows, problems = _jsonl_rows(text, str(path))
+    tasks, first_line = [], {}
     for line, row in rows:
         try:
             task = row_to_task(row, default_kind=kind)
@@ -134,9 +175,9 @@ def read_task_file(path: str | Path, *, fmt: str = "auto", kind: str = "swe", sp
                                      key="instance_id"))
             continue
         first_line[task.instance_id] = line
-        tasks.append(task)
+        tasks.append((line, task))
     if problems:
-        raise BadInputs(problems)
+        raise BadInputs(sorted(problems, key=lambda p: p.line or 0))
     if not tasks:
         raise BadInput("no task rows found", file=str(path))
     return tasks
@@ -162,16 +203,20 @@ def _dataset_rows(path: Path, split: str | None) -> list[tuple[int, Any]]:
         raise BadInput(f"not a dataset saved with save_to_disk: {e}", file=str(path)) from None
     if isinstance(data, DatasetDict):
         names = list(data)
-        chosen = split or (names[0] if len(names) == 1 else "test" if "test" in names else None)
+        chosen = split or (names[0] if len(names) == 1 else None)
+        if chosen is None:
+            raise BadInput(f"this DatasetDict has {len(names)} splits ({', '.join(names)}): choose a split with "
+                           f"--split", file=str(path))
         if chosen not in data:
-            raise BadInput(f"choose a split with --split ({', '.join(names)})", file=str(path))
+            raise BadInput(f"no split {chosen!r}: choose a split with --split ({', '.join(names)})", file=str(path))
         data = data[chosen]
     elif split is not None:
         raise BadInput(f"--split {split}: this dataset has no splits", file=str(path))
     return [(n, row) for n, row in enumerate(data.to_list(), start=1)]
 
 
-def _jsonl_rows(text: str, file: str) -> list[tuple[int, Any]]:
+def _jsonl_rows(text: str, file: str) -> tuple[list[tuple[int, Any]], list[BadInput]]:
+    """The rows that decode, and a problem for each line that does not (the other rows are still checked)."""
     rows, problems = [], []
     for n, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
@@ -180,9 +225,7 @@ def _jsonl_rows(text: str, file: str) -> list[tuple[int, Any]]:
             rows.append((n, json.loads(raw)))
         except json.JSONDecodeError as e:
             problems.append(BadInput(f"invalid JSON: {e.msg} (column {e.colno})", file=file, line=n))
-    if problems:
-        raise BadInputs(problems)
-    return rows
+    return rows, problems
 
 
 def _json_list_rows(text: str, file: str) -> list[tuple[int, Any]]:
