@@ -112,6 +112,23 @@ def test_an_environment_bug_is_marked_sandbox_and_the_record_round_trips():
     assert Trajectory.model_validate_json(line) == traj
 
 
+class ParsedText(ScriptedPolicy):
+    """Replies with one call as a text parser gives it when it could not read the block: carrying "error"."""
+
+    def reply(self, messages, tools) -> PolicyReply:
+        reply = super().reply(messages, tools)
+        for call in reply.message["tool_calls"]:
+            call["error"] = "The block is not JSON. Write each call as <tool_call>...</tool_call>."
+        return reply
+
+
+def test_a_call_the_parser_could_not_read_is_a_format_error():
+    traj = run_episode(ParsedText(turns=[call("bash", '{"command": "ls"')]), FakeEnvironment(), TASK)
+    assert answers(traj)[0] == ("tool", "format")
+    assert traj.messages[3]["content"] == "Error: The block is not JSON. Write each call as <tool_call>...</tool_call>."
+    assert filters.format_error_turns(traj)[0] == 2
+
+
 @pytest.mark.parametrize("status", list(ExitStatus))
 def test_exit_status_reads_and_writes_as_its_string(status):
     assert status == status.value and str(status) == status.value and f"{status}" == status.value

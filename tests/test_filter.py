@@ -53,9 +53,8 @@ def failed_edit() -> list[dict]:
 
 
 def bad_json() -> list[dict]:
-    return _turn(_call("bash", '{"command": "ls'), results=[("Error: Tool arguments are not valid JSON "
-                                                           "(Unterminated string starting at at column 13).",
-                                                           "format")])
+    call = {**_call("bash", '{"command": "ls'), "error": "The arguments are not valid JSON."}  # as parsed from text
+    return _turn(call, results=[("Error: The arguments are not valid JSON.", "format")])
 
 
 def no_call(text: str = "I think the bug is in calc.") -> list[dict]:
@@ -236,6 +235,7 @@ def test_format_errors_mask_vs_drop(store):
                      ("assistant", None)]
     assert masked[7]["content"] == NO_TOOL_CALL  # the nudge stays in context
     assert not any(ERROR_KEY in m for m in masked)  # the marks are swepost's, not the chat format's
+    assert "error" not in masked[4]["tool_calls"][0]  # nor a text parser's note on the call
     assert masked[4]["tool_calls"][0]["function"]["arguments"] == '{"command": "ls'  # unparseable: as it was
 
     dropped_art = run_filter(FilterConfig(trajectories=source, name="dropped", format_errors="drop"), store)

@@ -38,9 +38,12 @@ def now() -> str:
 
 
 def parse_call(call: Any, tool_names: set[str], limit: int) -> tuple[str, dict[str, Any]]:
-    """A tool call from the model -> (name, arguments); MalformedCall says what is wrong with it."""
+    """A tool call from the model -> (name, arguments); MalformedCall says what is wrong with it (a text parser
+    that could not read a call says why in the call's "error")."""
     if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
         raise MalformedCall("Malformed tool call: expected {\"function\": {\"name\": ..., \"arguments\": ...}}.")
+    if isinstance(call.get("error"), str) and call["error"]:
+        raise MalformedCall(call["error"])
     name, raw = call["function"].get("name"), call["function"].get("arguments", "{}")
     if not isinstance(name, str) or name not in tool_names:
         raise MalformedCall(f"Unknown tool {str(name)[:100]!r}. Available tools: {', '.join(sorted(tool_names))}.")

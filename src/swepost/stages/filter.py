@@ -116,6 +116,8 @@ def training_messages(traj: Trajectory, format_errors: str) -> tuple[list[dict[s
         if m.get("content") is None:
             m["content"] = ""  # chat templates concatenate content
         for call in m.get("tool_calls") or []:
+            if isinstance(call, dict):
+                call.pop("error", None)  # a text parser's note on a malformed call: not part of the format
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
                 call["function"]["arguments"] = filters.parse_arguments(call["function"].get("arguments"))
         if i in bad:
