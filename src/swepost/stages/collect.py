@@ -8,6 +8,10 @@ run again by that re-run; wrong answers are not. A task that failed so in `quara
 not run again, and listed in the artifact's quarantined.jsonl. When most episodes of a run have no verdict
 (infrastructure failures or UNGRADED; quarantined tasks apart), the stage fails (exit 1) with the causes counted
 and writes no artifact, so a dead model server is never stored as a score. The `eval` stage runs the same engine.
+
+Public: the stage (`CollectConfig`, `EpisodeLimits`, `run_collect`, run through the registry by other stages),
+the engine `eval` shares (`run_episodes`, `check_verdicts`, `episode_stats`, `input_parents`, `publish_quarantine`,
+`write_trajectories`) and the artifact's file names. The rest is this stage's own.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ class EpisodeLimits(BaseModel):
 
 
 class CollectConfig(StageConfig):
+    NOT_IN_KEY = frozenset({"concurrency"})  # -j changes the speed, not the episodes: resume under another -j
+
     tasks: str = ArtifactInput(description="the tasks artifact to run on")
     name: str = Field("trajectories", description="output artifact name")
     policy: str = Field("oracle", description="openai | hf | scripted | oracle | module:Class")
@@ -75,8 +81,8 @@ class CollectConfig(StageConfig):
 
 
 def work_key(config: CollectConfig, tasks_id: str, stage: str) -> str:
-    body = config.model_dump(mode="json", exclude={"repos", "name", "max_infra_failure_rate",
-                                                          "quarantine_after"})
+    body = config.model_dump(mode="json", exclude=set(config.NOT_IN_KEY) | {"repos", "name", "max_infra_failure_rate",
+                                                                             "quarantine_after"})
     body.update(tasks=tasks_id, stage=stage)
     return hashlib.sha256(canonical_json(body)).hexdigest()[:20]
 

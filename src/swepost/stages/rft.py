@@ -19,7 +19,7 @@ from swepost.artifacts import Artifact, ArtifactStore
 from swepost.config import ArtifactInput, PathInput, StageConfig, validate
 from swepost.errors import WorkFailed
 from swepost.stages import get_stage
-from swepost.stages.collect import CollectConfig, EpisodeLimits, run_collect
+from swepost.stages.collect import EpisodeLimits  # collect's config vocabulary, shared by rft's `limits`
 
 
 class RftConfig(StageConfig):
@@ -42,15 +42,16 @@ class RftConfig(StageConfig):
 
 
 def run_rft(config: RftConfig, store: ArtifactStore) -> Artifact:
-    filter_stage, sft_stage = get_stage("filter"), get_stage("sft")
+    # every round runs the stages through the registry, like `swepost run`: their configs and run functions
+    collect_stage, filter_stage, sft_stage = get_stage("collect"), get_stage("filter"), get_stage("sft")
     current, last, solved = config.model, None, set()
     rounds: list[dict] = []
     for r in range(1, config.rounds + 1):
-        collected = run_collect(CollectConfig(
-            tasks=config.tasks, name=f"{config.name}-r{r}-trajectories", policy=config.policy,
-            policy_args={**config.policy_args, "model": current}, repos=config.repos, backend=config.backend,
-            samples=config.samples, concurrency=config.concurrency, limits=config.limits, limit=config.limit,
-            seed=config.seed + r), store)
+        collected = collect_stage.runner()(validate(collect_stage.config_model(), {
+            "tasks": config.tasks, "name": f"{config.name}-r{r}-trajectories", "policy": config.policy,
+            "policy_args": {**config.policy_args, "model": current}, "repos": config.repos,
+            "backend": config.backend, "samples": config.samples, "concurrency": config.concurrency,
+            "limits": config.limits, "limit": config.limit, "seed": config.seed + r}, prefix=("collect",)), store)
         resolved = _resolved_tasks(collected)
         new = resolved - solved
         rounds.append({"round": r, "trajectories": collected.id, "resolved_tasks": len(resolved),
