@@ -14,6 +14,7 @@ from swepost.errors import BadInput
 from swepost.policies.base import ContextOverflow, PolicyError
 from swepost.policies.oracle import OraclePolicy, parse_patch, patch_to_calls
 from swepost.policies.scripted import SCRIPT_ENDED, ScriptedPolicy
+from swepost.policies.toolcalls import parse_tool_calls
 from swepost.records import Task
 from swepost.stages.tasks import read_task_file
 
@@ -268,25 +269,6 @@ def test_oracle_conversion_edge_cases(tmp_path, unified):
 
 # --- hf --------------------------------------------------------------------------------------------------------
 
-def test_parse_tool_calls():
-    from swepost.policies.hf import parse_tool_calls
-
-    text = ('I will look first.\n<tool_call>\n{"name": "bash", "arguments": {"command": "ls -la"}}\n</tool_call>\n'
-            '<tool_call>\n{"name": "bash", "arguments": {"command": \n</tool_call>\nthen done')
-    content, calls = parse_tool_calls(text)
-    assert content == "I will look first.\n\nthen done"
-    assert calls[0] == {"id": "call_0", "type": "function",
-                        "function": {"name": "bash", "arguments": '{"command": "ls -la"}'}}
-    assert calls[1]["function"] == {"name": "", "arguments": '{"name": "bash", "arguments": {"command":'}
-    assert parse_tool_calls("plain answer") == ("plain answer", [])
-    # no arguments, string arguments, an unclosed block at the end (a truncated generation)
-    _, calls = parse_tool_calls('<tool_call>{"name": "submit"}</tool_call><tool_call>{"name": "bash", '
-                                '"arguments": "{\\"command\\": \\"ls\\"}"}</tool_call><tool_call>{"name": "ba')
-    assert [c["function"] for c in calls] == [{"name": "submit", "arguments": "{}"},
-                                              {"name": "bash", "arguments": '{"command": "ls"}'},
-                                              {"name": "", "arguments": '{"name": "ba'}]
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     from swepost.train.tiny_model import build_tiny_model
@@ -325,6 +307,8 @@ def test_hf_reply_is_well_formed_and_reproducible(tiny_dir, monkeypatch):
         assert isinstance(r.message["tool_calls"], list)
         assert r.prompt_tokens > 20 and 1 <= r.completion_tokens <= 12
         assert r.finish_reason in ("stop", "length", "tool_calls")
+        # read by the one parser every policy uses; ids count the conversation's assistant turns
+        assert (r.message["content"], r.message["tool_calls"]) == parse_tool_calls(r.extra["raw"], turn=2)
     assert [r.extra["raw"] for r in ra] == [r.extra["raw"] for r in rb]
     assert ra[0].extra["raw"] != ra[1].extra["raw"]  # seed + call index: each call draws afresh
     d = a.describe()

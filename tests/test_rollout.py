@@ -15,7 +15,7 @@ from swepost.agent import AgentLimits  # noqa: E402
 from swepost.envs.base import Observation  # noqa: E402
 from swepost.envs.swe import TOOLS  # noqa: E402
 from swepost.policies.base import ContextOverflow  # noqa: E402
-from swepost.policies.hf import _template_messages  # noqa: E402
+from swepost.policies.chat import template_messages  # noqa: E402
 from swepost.records import Task  # noqa: E402
 from swepost.train.rl import soft_overlong_penalty  # noqa: E402
 from swepost.train.rollout import (  # noqa: E402
@@ -95,7 +95,7 @@ def test_generated_ids_are_kept_as_sampled_and_environment_tokens_carry_no_mask(
     model_part = [t for t, m in zip(ids, mask, strict=True) if m == 1]
     assert tok.decode(model_part) == CALL + "<|im_end|>" + SUBMIT + "<|im_end|>"
     # prompt + completion is the whole conversation as the template renders it (the model's token choices aside)
-    full = tok.apply_chat_template(_template_messages(messages + [{"role": "assistant", **second.message}]),
+    full = tok.apply_chat_template(template_messages(messages + [{"role": "assistant", **second.message}]),
                                    tools=TOOLS, tokenize=False)
     assert tok.decode(policy.prompt_ids + ids) + "\n" == full
 

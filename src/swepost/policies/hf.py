@@ -2,85 +2,25 @@
 
 The conversation is rendered with the tokenizer's chat template (Qwen2.5 style: tool calls are
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks) and the reply is parsed back into
-OpenAI tool calls. Sampling draws from a torch.Generator seeded from `seed + call index`, so a run is
-reproducible without touching the global RNG.
+OpenAI tool calls by `toolcalls.parse_tool_calls`, as every policy does. Sampling draws from a torch.Generator
+seeded from `seed + call index`, so a run is reproducible without touching the global RNG.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from swepost.errors import BadInput
 from swepost.policies.base import MIN_TURN_TOKENS, PolicyError, PolicyReply, one_name, turn_budget
+from swepost.policies.chat import template_messages
+from swepost.policies.sampling import SeededSampler
+from swepost.policies.toolcalls import assistant_turn, parse_tool_calls
 from swepost.records import Task
 
-_TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
-
-
-def parse_tool_calls(text: str, *, id_prefix: str = "call") -> tuple[str, list[dict[str, Any]]]:
-    """Split generated text into (content, OpenAI tool calls).
-
-    Each `<tool_call>...</tool_call>` block (an unclosed one at the end too: a truncated generation) becomes
-    one call. A block holding a JSON object with a string "name" gives that name and its "arguments" as a
-    JSON string (a string value is passed through as written; no "arguments" gives "{}"). Anything else gives
-    a call named "" whose arguments are the block's raw text, so the agent loop answers with a format error.
-    The text outside the blocks (stripped, the gaps they leave closed to one blank line) is the content.
-    """
-    calls: list[dict[str, Any]] = []
-    for i, match in enumerate(_TOOL_CALL_RE.finditer(text)):
-        raw = match.group(1).strip()
-        name, arguments = "", raw
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict) and isinstance(obj.get("name"), str) and obj["name"]:
-            args = obj.get("arguments", obj.get("parameters", {}))
-            name = obj["name"]
-            arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-        calls.append({"id": f"{id_prefix}_{i}", "type": "function",
-                      "function": {"name": name, "arguments": arguments}})
-    content = re.sub(r"\n{3,}", "\n\n", _TOOL_CALL_RE.sub("", text)).strip()
-    return content, calls
-
-
-def _template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI messages -> what the Qwen2.5 template expects.
-
-    The template writes `tool_call.arguments | tojson`: a JSON string would come out quoted a second time,
-    so arguments that parse as JSON are turned back into objects. None content becomes "" (the template
-    concatenates it).
-    """
-    out = []
-    for m in messages:
-        m = dict(m)
-        content = m.get("content")
-        if content is None:
-            m["content"] = ""
-        elif isinstance(content, list):  # OpenAI content parts: keep the text
-            m["content"] = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-        if m.get("tool_calls"):
-            calls = []
-            for call in m["tool_calls"]:
-                call = dict(call)
-                fn = dict(call.get("function") or {})
-                args = fn.get("arguments")
-                if isinstance(args, str):
-                    try:
-                        fn["arguments"] = json.loads(args) if args.strip() else {}
-                    except ValueError:
-                        pass  # malformed: rendered as the string the model wrote
-                call["function"] = fn
-                calls.append(call)
-            m["tool_calls"] = calls
-        out.append(m)
-    return out
 
 
 def _resolve_model(model: str) -> tuple[str, str | None]:
@@ -182,7 +122,7 @@ class HFPolicy:
         pass
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-        return self.tokenizer.apply_chat_template(_template_messages(messages), tools=tools or None,
+        return self.tokenizer.apply_chat_template(template_messages(messages), tools=tools or None,
                                                   add_generation_prompt=True, tokenize=False)
 
     def reply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PolicyReply:
@@ -220,37 +160,9 @@ class HFPolicy:
                 new, finish = new[: i + 1], "stop"
                 break
         text = self.tokenizer.decode([t for t in new if t not in self.stop_ids], skip_special_tokens=True)
-        content, calls = parse_tool_calls(text, id_prefix=f"call_{index}")
+        content, calls = parse_tool_calls(text, turn=assistant_turn(messages))
         if calls and finish == "stop":
             finish = "tool_calls"
         return PolicyReply(message={"role": "assistant", "content": content, "tool_calls": calls},
                            prompt_tokens=n_prompt, completion_tokens=len(new), finish_reason=finish,
                            extra={"call_index": index, "raw": text, "max_tokens": budget})
-
-
-class SeededSampler:
-    """A logits processor that samples each row's next token with that row's own generator and leaves only that
-    token possible, so greedy decoding picks it: sampling reproducible per request whatever else shares the
-    batch, global RNG untouched."""
-
-    def __init__(self, temperature: float, top_p: float, generators: list, top_k: int | None = None):
-        self.temperature, self.top_p, self.top_k, self.generators = temperature, top_p, top_k, generators
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        logits = scores.float() / self.temperature
-        if self.top_k:
-            kth = torch.topk(logits, min(self.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if self.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            drop = cum - sorted_logits.softmax(dim=-1) >= self.top_p  # keep the smallest set reaching top_p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-        probs = logits.softmax(dim=-1)
-        chosen = torch.cat([torch.multinomial(probs[row: row + 1], 1, generator=gen)
-                            for row, gen in enumerate(self.generators)])
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter(-1, chosen, 0.0)

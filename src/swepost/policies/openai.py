@@ -3,7 +3,8 @@
 Tool calls go either natively (`tools=` in the request, the server's tool parser fills `tool_calls`) or as
 text in the Hermes/Qwen format (`<tools>` in the system message, `<tool_call>` blocks in the reply) for
 servers started without a tool parser. `auto` starts native and switches to text for good the first time
-the server says it cannot take tools.
+the server says it cannot take tools, or takes them but answers with `<tool_call>` text and no native calls;
+`describe()` then says `tool_mode_active: text`. Text is read by `toolcalls.parse_tool_calls`, as in every policy.
 
 Each turn's `max_tokens` is the per-turn cap `max_turn_tokens`, at most what `max_model_len` leaves after the
 prompt (as RL's rollouts do). The prompt is counted by the server's `/tokenize` (vLLM) where it answers, else
@@ -21,10 +22,10 @@ import os
 import random
 import re
 import time
-import uuid
 from typing import Any
 
 from swepost.policies.base import MIN_TURN_TOKENS, ContextOverflow, PolicyError, PolicyReply, one_name, turn_budget
+from swepost.policies.toolcalls import OPEN, assistant_turn, call_id, parse_tool_calls, render_tool_call
 from swepost.records import Task
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,6 @@ TOOLS_PROMPT_HEAD = ("# Tools\n\nYou may call one or more functions to assist wi
 TOOLS_PROMPT_TAIL = ("\n</tools>\n\nFor each function call, return a json object with function name and arguments "
                      "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
                      '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
-_TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
-_NAME_IN_BROKEN_JSON = re.compile(r'"name"\s*:\s*"([^"\\]*)"')
 
 
 class OpenAIPolicy:
@@ -190,7 +189,7 @@ class OpenAIPolicy:
                                   f"{e}") from e
             else:
                 try:
-                    reply = self._to_reply(response, mode, attempt + 1)
+                    reply = self._to_reply(response, mode, attempt + 1, assistant_turn(messages))
                 except (AttributeError, TypeError, IndexError) as e:  # JSON, but no chat completion
                     raise PolicyError(f"{self.model} at {self.base_url} answered with a malformed chat "
                                       f"completion: {type(e).__name__}: {e}") from e
@@ -304,7 +303,7 @@ class OpenAIPolicy:
             kwargs["timeout"] = self._openai.Timeout(remaining, connect=min(self.connect_timeout, remaining))
         return self.client.chat.completions.create(**kwargs)
 
-    def _to_reply(self, response: Any, mode: str, attempts: int) -> PolicyReply:
+    def _to_reply(self, response: Any, mode: str, attempts: int, turn: int) -> PolicyReply:
         if isinstance(response, str):  # the client hands back the text of a reply that is not JSON
             snippet = " ".join(response.split())[:200]
             raise PolicyError(f"{self.model} at {self.base_url} answered with something that is not a JSON "
@@ -314,10 +313,14 @@ class OpenAIPolicy:
         choice = response.choices[0]
         message = choice.message
         content = message.content
-        if mode == "native":
-            tool_calls = [_plain_tool_call(tc) for tc in (message.tool_calls or [])]
-        else:
-            content, tool_calls = parse_tool_calls(content)
+        tool_calls = [_plain_tool_call(tc, turn, i) for i, tc in enumerate(message.tool_calls or [])]
+        if mode == "native" and not tool_calls and self.tool_mode == "auto" and OPEN in (content or ""):
+            log.warning("%s at %s takes tools but answered a tool call as text; using text tool calls from now on",
+                        self.model, self.base_url)
+            self.active_tool_mode = mode = "text"
+        if mode == "text":
+            content, tool_calls = parse_tool_calls(content, turn=turn)
+            content = content or None
         out: dict[str, Any] = {"role": "assistant", "content": content}
         if tool_calls:
             out["tool_calls"] = tool_calls
@@ -356,14 +359,7 @@ def to_text_mode(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) ->
             parts = [_text(m.get("content"))] if m.get("content") else []
             for tc in m["tool_calls"]:
                 fn = tc.get("function") or {}
-                args = fn.get("arguments")
-                if isinstance(args, str):
-                    try:
-                        args = json.loads(args)
-                    except ValueError:
-                        pass  # sent back as the string the model wrote
-                call = json.dumps({"name": fn.get("name", ""), "arguments": args}, ensure_ascii=False)
-                parts.append(f"<tool_call>\n{call}\n</tool_call>")
+                parts.append(render_tool_call(fn.get("name", ""), fn.get("arguments")))
             out.append({"role": "assistant", "content": "\n".join(parts)})
         else:
             out.append(_clean_message(m))
@@ -377,30 +373,6 @@ def to_text_mode(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) ->
         else:
             out.insert(0, {"role": "system", "content": block})
     return out
-
-
-def parse_tool_calls(content: str | None) -> tuple[str | None, list[dict[str, Any]]]:
-    """Split `<tool_call>{json}</tool_call>` blocks out of a reply; malformed ones stay calls, raw text as args."""
-    if not content or "<tool_call>" not in content:
-        return content, []
-    calls = []
-    for match in _TOOL_CALL_BLOCK.finditer(content):
-        raw = match.group(1).strip()
-        name, arguments = "", raw
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            obj = None
-            found = _NAME_IN_BROKEN_JSON.search(raw)
-            name = found.group(1) if found else ""
-        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
-            name = obj["name"]
-            args = obj.get("arguments", obj.get("parameters", {}))
-            arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": name, "arguments": arguments}})
-    rest = _TOOL_CALL_BLOCK.sub("", content).strip()
-    return (rest or None), calls
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -434,12 +406,15 @@ def _clean_message(m: dict[str, Any]) -> dict[str, Any]:
     m = dict(m)
     if "tool_calls" in m and not m["tool_calls"]:
         del m["tool_calls"]  # OpenAI rejects an empty tool_calls array
+    elif m.get("tool_calls"):  # a malformed call's "error" is swepost's, not the API's: an API may reject it
+        m["tool_calls"] = [{k: v for k, v in c.items() if k != "error"} if isinstance(c, dict) else c
+                           for c in m["tool_calls"]]
     return m
 
 
-def _plain_tool_call(tc: Any) -> dict[str, Any]:
+def _plain_tool_call(tc: Any, turn: int, index: int) -> dict[str, Any]:
     fn = getattr(tc, "function", None)
-    return {"id": getattr(tc, "id", None) or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+    return {"id": getattr(tc, "id", None) or call_id(turn, index), "type": "function",
             "function": {"name": getattr(fn, "name", None) or "",
                          "arguments": getattr(fn, "arguments", None) or ""}}
 

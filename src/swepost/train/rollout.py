@@ -44,7 +44,8 @@ from typing import Any, Protocol
 from swepost.agent import AgentLimits, now, run_episode
 from swepost.envs.base import Environment, EnvironmentBroken, Observation
 from swepost.policies.base import ContextOverflow, PolicyError, PolicyReply
-from swepost.policies.hf import _template_messages, parse_tool_calls
+from swepost.policies.chat import template_messages
+from swepost.policies.toolcalls import parse_tool_calls
 from swepost.records import Task, Trajectory
 
 CUT = "cut at the rollout deadline"
@@ -234,7 +235,7 @@ class TokenPolicy:
 
     def _render(self, messages: list[dict[str, Any]], tools, generation_prompt: bool) -> str:
         try:
-            return self.tokenizer.apply_chat_template(_template_messages(messages), tools=tools or None,
+            return self.tokenizer.apply_chat_template(template_messages(messages), tools=tools or None,
                                                       add_generation_prompt=generation_prompt, tokenize=False)
         except Exception as e:  # a message the template cannot render
             raise PolicyError(f"cannot render the conversation with the chat template: {e}") from None
@@ -303,7 +304,7 @@ class TokenPolicy:
                 raise ContextOverflow(f"one turn ran past max_turn_tokens ({self.max_turn_tokens} tokens)")
             raise ContextOverflow(f"the completion budget of {self.max_completion_tokens} tokens ran out mid-turn")
         text = self.tokenizer.decode([t for t in out.ids if t not in self.stop_ids], skip_special_tokens=True)
-        content, calls = parse_tool_calls(text, id_prefix=f"call_{self._turns}")
+        content, calls = parse_tool_calls(text, turn=self._turns)
         return PolicyReply(message={"role": "assistant", "content": content, "tool_calls": calls},
                            prompt_tokens=len(self.prompt_ids) + len(self.completion_ids) - len(out.ids),
                            completion_tokens=len(out.ids), finish_reason="tool_calls" if calls else "stop")
@@ -569,7 +570,7 @@ class TransformersGenerator:
         import torch
         from transformers import LogitsProcessorList
 
-        from swepost.policies.hf import SeededSampler
+        from swepost.policies.sampling import SeededSampler
 
         width = max(len(ids) for ids, _, _ in requests)
         input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
