@@ -101,3 +101,50 @@ def test_a_task_that_cannot_be_graded_is_dropped_without_blaming_its_tests(tmp_p
     kept, report = validate_task(task, TasksValidateConfig(tasks="unused", repos=tmp_path / "repos",
                                                            backend="docker", timeout=3))
     assert kept is None and report["reason"].startswith("could not be graded") and report["removed"] == [], report
+
+
+def _validate_in_a_terminal(args: list[str], home) -> tuple[str, str]:
+    """Run `swepost tasks validate ARGS` with stderr on a pseudo-terminal (stdout a pipe); (stdout, stderr)."""
+    import os
+    import sys
+
+    from conftest import REPO_ROOT
+
+    master, slave = os.openpty()
+    env = {**os.environ, "SWEPOST_HOME": str(home), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "swepost", "tasks", "validate", *args], stdout=subprocess.PIPE,
+                            stderr=slave, env=env, cwd=REPO_ROOT, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    out = proc.stdout.read()
+    assert proc.wait(timeout=300) == 0, b"".join(chunks).decode(errors="replace")
+    return out, b"".join(chunks).decode(errors="replace")
+
+
+def test_cli_progress_jobs_and_why_tasks_were_dropped(repo_root, swepost, home, tmp_path, base_image):
+    rows = [json.loads(line) for line in (repo_root / "data" / "minicalc_tasks.jsonl").read_text().splitlines()][:3]
+    rows[1]["patch"] = ""  # a gold patch that fixes nothing: the task is dropped, its tests removed
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    swepost("tasks", "import", tmp_path / "t.jsonl", "--name", "three", check=0)
+    args = ["three", "--repos", str(repo_root / "data" / "repos"), "--backend", "docker", "--jobs", "3"]
+    r = swepost("tasks", "validate", *args, "--json", check=0)  # not a terminal, --json: no bar
+    out = json.loads(r.stdout)
+    assert out["stats"] == {"tasks": 2, "dropped": 1, "tests_removed": 2}
+    assert "tasks-validate" not in r.stderr and "━" not in r.stderr
+    assert "dropped swepost__minicalc-2: no FAIL_TO_PASS test left" in r.stderr
+    assert ("removed FAIL_TO_PASS tests/test_stats.py::test_median_even of swepost__minicalc-2: does not pass "
+            "with the gold patch (FAILED)") in r.stderr
+    assert swepost("tasks", "validate", *args, "--print-config", check=0).stdout.count("jobs: 3") == 1
+
+    stdout, stderr = _validate_in_a_terminal([*args, "--name", "in-a-terminal"], home)
+    assert "tasks-validate" in stderr and "3/3" in stderr and "kept 2 · dropped 1" in stderr
+    assert "dropped swepost__minicalc-2" in stderr and "wrote in-a-terminal@" in stdout and "━" not in stdout

@@ -13,7 +13,9 @@ from swepost.cli.common import (
     PrintConfigOpt,
     SetOpt,
     console,
+    err_console,
     print_config,
+    report,
     resolve_config,
     run_stage,
     store,
@@ -88,6 +90,8 @@ def validate_cmd(
                                                   show_default=False)] = None,
     runs: Annotated[int | None, typer.Option(help="Repeats of each check; tests that flip are flaky "
                                                 "[default: 1].", show_default=False)] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Tasks validated at once [default: 2].",
+                                             show_default=False)] = None,
     backend: Annotated[str | None, typer.Option(help="auto | docker | bwrap | local [default: auto].",
                                                    show_default=False)] = None,
     name: Annotated[str | None, typer.Option("--name", "-n", help="Output artifact name "
@@ -98,14 +102,21 @@ def validate_cmd(
     as_json: JsonOpt = False,
 ):
     """Check each task in fresh sandboxes: FAIL_TO_PASS fails without the fix, everything passes with the
-    gold patch, nothing flips over --runs repeats. Writes a validated tasks artifact and its report."""
-    from swepost.stages.validate import TasksValidateConfig
+    gold patch, nothing flips over --runs repeats. Writes a validated tasks artifact and its report; says on
+    stderr why each dropped task was dropped and each removed test removed."""
+    import json
+    import sys
+
+    from swepost.stages.validate import REPORT_FILE, TasksValidateConfig, dropped_lines, run_validate
 
     cfg = resolve_config(TasksValidateConfig, config, set_, {"tasks": tasks, "repos": repos, "runs": runs,
-                                                             "backend": backend, "name": name})
+                                                             "jobs": jobs, "backend": backend, "name": name})
     if print_config_:
         return print_config(cfg)
-    run_stage("tasks-validate", cfg, as_json)
+    art = run_validate(cfg, store(), progress=not as_json and sys.stderr.isatty())
+    for line in dropped_lines(json.loads((art.path / REPORT_FILE).read_text())):
+        err_console.print(line, markup=False)
+    report(art, as_json)
 
 
 @app.command("select")

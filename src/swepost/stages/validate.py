@@ -9,7 +9,8 @@ Writes a validated `tasks` artifact whose `validation.json` reports every remova
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from pydantic import Field
@@ -95,11 +96,17 @@ def validate_task(task: Task, config: TasksValidateConfig) -> tuple[Task | None,
     return task.model_copy(update={"verify": verify}), report
 
 
-def run_validate(config: TasksValidateConfig, store: ArtifactStore) -> Artifact:
+def run_validate(config: TasksValidateConfig, store: ArtifactStore, progress: bool | None = None) -> Artifact:
+    """`progress`: a live bar on stderr (default: when stderr is a terminal)."""
     source = store.resolve(config.tasks)
     tasks = load_tasks(source)
-    with ThreadPoolExecutor(config.jobs) as pool:
-        results = list(pool.map(lambda t: validate_task(t, config), tasks))
+    results: list = [None] * len(tasks)
+    with _Progress(len(tasks), sys.stderr.isatty() if progress is None else progress) as bar, \
+            ThreadPoolExecutor(config.jobs) as pool:
+        futures = {pool.submit(validate_task, t, config): n for n, t in enumerate(tasks)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            bar.update(kept=results[futures[future]][0] is not None)
     kept = [t for t, _ in results if t is not None]
     reports = [r for _, r in results]
     data = config.model_dump(mode="json")
@@ -113,3 +120,44 @@ def run_validate(config: TasksValidateConfig, store: ArtifactStore) -> Artifact:
         w.stats.update({"tasks": len(kept), "dropped": len(tasks) - len(kept),
                         "tests_removed": sum(len(r["removed"]) for r in reports)})
     return w.artifact
+
+
+def dropped_lines(reports: list[dict]) -> list[str]:
+    """One line per dropped task and per removed test, with the reason: what a user reads after a run."""
+    lines = []
+    for r in reports:
+        if not r.get("kept"):
+            lines.append(f"dropped {r['instance_id']}: {r['reason']}")
+        for removed in r.get("removed", []):
+            lines.append(f"  removed {removed['list']} {removed['test']} of {r['instance_id']}: {removed['reason']}")
+    return lines
+
+
+class _Progress:
+    """A bar on stderr (stdout stays clean for --json): tasks done, kept, dropped."""
+
+    def __init__(self, total: int, show: bool):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.kept = self.dropped = 0
+        self.bar = Progress(TextColumn("[bold]tasks-validate[/]"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not show,
+                            console=Console(stderr=True))
+        self.task = self.bar.add_task("validate", total=total, info=self._info())
+
+    def _info(self) -> str:
+        return f"kept {self.kept} · dropped {self.dropped}"
+
+    def update(self, kept: bool) -> None:
+        self.kept += kept
+        self.dropped += not kept
+        self.bar.update(self.task, advance=1, info=self._info())
+
+    def __enter__(self) -> _Progress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.bar.stop()
+        return False
