@@ -161,6 +161,51 @@ def test_auto_falls_back_to_text_mode_on_vllm_tool_choice_error():
             policy(server, tool_mode="native").reply(MESSAGES, TOOLS)
 
 
+def test_auto_switches_to_text_when_a_server_that_takes_tools_answers_with_tool_call_text():
+    """A server that accepts `tools=` but has no (or a failing) tool parser hands the model's `<tool_call>` text
+    back as content: auto reads it with the text parser and stays in text mode; native takes the server's word."""
+    ls = 'Let me look.\n<tool_call>\n{"name": "bash", "arguments": {"command": "ls"}}\n</tool_call>'
+    submit = '<tool_call>\n{"name": "submit", "arguments": {}}\n</tool_call>'
+    with ScriptedChatServer([{"content": ls}, {"content": submit}]) as server:
+        p = policy(server)
+        r = p.reply(MESSAGES, TOOLS)
+        assert server.requests[0]["tools"] == TOOLS  # the server took the tools ...
+        assert r.message == {"role": "assistant", "content": "Let me look.", "tool_calls": [  # ... and wrote text
+            {"id": "call_1_0", "type": "function", "function": {"name": "bash", "arguments": '{"command": "ls"}'}}]}
+        assert r.extra["tool_mode"] == "text" and r.finish_reason == "stop"
+        assert p.describe()["tool_mode"] == "auto" and p.describe()["tool_mode_active"] == "text"
+
+        history = [*MESSAGES, r.message, {"role": "tool", "tool_call_id": "call_1_0", "content": "a.py"}]
+        r2 = p.reply(history, TOOLS)
+        sent = server.requests[1]
+        assert "tools" not in sent and "<tools>" in sent["messages"][0]["content"]
+        assert sent["messages"][2] == {"role": "assistant", "content": ls}  # the call as the model wrote it
+        assert r2.message["tool_calls"][0]["id"] == "call_2_0" and r2.extra["tool_mode"] == "text"
+
+    with ScriptedChatServer([{"content": ls}]) as server:
+        p = policy(server, tool_mode="native")
+        r = p.reply(MESSAGES, TOOLS)
+        assert r.message == {"role": "assistant", "content": ls} and p.describe()["tool_mode_active"] == "native"
+
+
+def test_the_trajectory_records_the_tool_mode_used():
+    from rl_helpers import EchoEnvironment
+
+    from swepost.agent import run_episode
+    from swepost.records import Task
+
+    submit = 'Done.\n<tool_call>\n{"name": "submit", "arguments": {}}\n</tool_call>'
+    with ScriptedChatServer([], default={"content": submit}) as server:
+        p = policy(server)
+        first = run_episode(p, EchoEnvironment(), Task(instance_id="t-1", problem_statement="p"), grade=False)
+        assert first.exit_status == "submitted" and first.messages[1]["tool_calls"][0]["function"]["name"] == "submit"
+        # the loop takes describe() as the episode starts, before the switch: the switching episode's own record
+        # says "text" once the loop also records describe() as the episode ends
+        assert p.describe()["tool_mode_active"] == "text"
+        second = run_episode(p, EchoEnvironment(), Task(instance_id="t-2", problem_statement="p"), grade=False)
+        assert second.policy["tool_mode_active"] == "text" and "tools" not in server.requests[-1]
+
+
 def test_sampling_parameters_in_describe_and_in_every_request():
     extra = {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.05}
     with ScriptedChatServer([{"content": "a", "usage": None}, {"content": "b"}]) as server:

@@ -100,6 +100,29 @@ def test_generated_ids_are_kept_as_sampled_and_environment_tokens_carry_no_mask(
     assert tok.decode(policy.prompt_ids + ids) + "\n" == full
 
 
+def test_token_policy_reads_tool_calls_as_the_served_policy_does(tok):
+    """RL and collect/eval through a server see one model output as the same calls, malformed ones included."""
+    from openai_server import ScriptedChatServer
+
+    from swepost.policies.openai import OpenAIPolicy
+
+    text = ("Trying.\n" + CALL + '\n<tool_call>\n{"name": "bash", "arguments": {"command": "ls"</tool_call>\n'
+            "<tool_call>oops")
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    policy = TokenPolicy(tok, Batcher(ReplayIds([ids])), max_prompt_tokens=4096, max_completion_tokens=4096)
+    policy.start(None)
+    messages = [{"role": "user", "content": "Fix the bug."}]
+    with Served(policy.batcher):
+        rl = policy.reply(messages, TOOLS)
+    with ScriptedChatServer([{"content": text}]) as server:
+        served = OpenAIPolicy(model="m", base_url=server.base_url, api_key="test", tool_mode="text").reply(messages,
+                                                                                                          TOOLS)
+    assert rl.message["content"] == served.message["content"] == "Trying."
+    assert rl.message["tool_calls"] == served.message["tool_calls"]
+    assert [(c["id"], c["function"]["name"], "error" in c) for c in rl.message["tool_calls"]] == [
+        ("call_1_0", "bash", False), ("call_1_1", "bash", True), ("call_1_2", "", True)]
+
+
 def test_the_completion_budget_ends_the_episode_mid_turn(tok):
     eos = tok.eos_token_id
     long_turn = tok(CALL * 5, add_special_tokens=False)["input_ids"] + [eos]
