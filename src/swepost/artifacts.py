@@ -43,16 +43,38 @@ def default_home() -> Path:
     return Path(base) / "swepost"
 
 
+REDACTED = "<redacted>"
+# Config keys whose values are credentials: api_key, hf_token, client_secret, password, ... (not max_tokens or
+# a tokenizer's pad_token, which are settings)
+_SECRET_KEY = re.compile(r"(api[_-]?key|secret|passw(or)?d|credential|authorization|^token$|"
+                         r"(^|[_-])(hf|hub|auth|access|api|bearer|refresh|github|gh|wandb|openai)[_-]?token$)", re.I)
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key))
+
+
+def redact_secrets(obj: Any) -> Any:
+    """A copy with the value of every credential-named key replaced by REDACTED, at any depth: configs are
+    written into manifests, summaries and logs, and secrets must never reach an artifact."""
+    if isinstance(obj, dict):
+        return {k: REDACTED if isinstance(k, str) and is_secret_key(k) and v not in (None, "")
+                else redact_secrets(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_secrets(v) for v in obj]
+    return obj
+
+
 def producer_record(stage: str, config: dict, *, seed: int | None = None, **extra: Any) -> dict:
-    """What made an artifact: the stage, its resolved config, the code and the libraries."""
+    """What made an artifact: the stage, its resolved config (secrets redacted), the code and the libraries."""
     libs = {}
     for lib in KEY_LIBRARIES:
         try:
             libs[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             pass
-    return {"stage": stage, "config": config, "seed": seed, "swepost_version": __version__,
-            "git_commit": _code_commit(), "libraries": libs, **extra}
+    return {"stage": stage, "config": redact_secrets(config), "seed": seed, "swepost_version": __version__,
+            "git_commit": _code_commit(), "libraries": libs, **redact_secrets(extra)}
 
 
 def _code_commit() -> str | None:
@@ -204,7 +226,7 @@ class ArtifactWriter:
                 files[rel] = {"sha256": sha256_file(f), "size": f.stat().st_size}
                 _fsync(f)
         manifest = {"format": FORMAT, "name": self.name, "kind": self.kind, "parents": self.parents,
-                    "producer": self.producer, "stats": self.stats, "files": files}
+                    "producer": redact_secrets(self.producer), "stats": redact_secrets(self.stats), "files": files}
         version = version_of(manifest)
         manifest = {"id": f"{self.name}@{version}", "version": version,
                     "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"), **manifest}

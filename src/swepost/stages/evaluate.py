@@ -14,7 +14,7 @@ from math import comb
 
 from pydantic import Field
 
-from swepost.artifacts import Artifact, ArtifactStore, producer_record
+from swepost.artifacts import Artifact, ArtifactStore, producer_record, redact_secrets
 from swepost.records import Trajectory
 from swepost.rewards.filters import is_ungraded
 from swepost.stages.collect import (
@@ -62,8 +62,9 @@ def metrics(trajectories: list[Trajectory], samples: int) -> dict:
 def summary_markdown(name: str, config: EvalConfig, m: dict) -> str:
     rows = "\n".join(f"| {status} | {count} |" for status, count in sorted(m["exit_status"].items()))
     passes = ", ".join(f"pass@{k} = {v:.3f}" for k, v in m["pass_at_k"].items())
-    return (f"# {name}\n\npolicy `{config.policy}` {json.dumps(config.policy_args)} on {m['tasks']} tasks x "
-            f"{config.samples} samples\n\n- resolved: {m['resolved']} / {m['episodes'] - m['ungraded']} graded "
+    policy_args = json.dumps(redact_secrets(config.policy_args))
+    return (f"# {name}\n\npolicy `{config.policy}` {policy_args} on {m['tasks']} tasks x {config.samples} samples"
+            f"\n\n- resolved: {m['resolved']} / {m['episodes'] - m['ungraded']} graded "
             f"episodes ({m['resolved_rate']:.1%})\n- ungraded: {m['ungraded']} / {m['episodes']} episodes "
             f"({m['ungraded_rate']:.1%}; the grader could not judge them: not counted as wrong)\n- {passes}"
             f"\n- mean turns: {m['mean_turns']}, tokens: {m['tokens']}, "
