@@ -7,7 +7,7 @@ import json
 import pytest
 
 from swepost.agent import parse_call
-from swepost.envs.base import ToolError
+from swepost.envs.base import MalformedCall
 from swepost.policies.toolcalls import assistant_turn, parse_tool_calls, render_tool_call
 
 
@@ -85,14 +85,17 @@ BAD_ARGUMENTS = {"arguments as a plain string", "arguments an array", "arguments
 
 @pytest.mark.parametrize("row", [row for row in TABLE if row[3]], ids=[row[0] for row in TABLE if row[3]])
 def test_the_agent_loop_refuses_every_malformed_call(row):
-    """A call the parser marks malformed never reaches a tool: the loop's own check refuses it too (today by its
-    name or its arguments; the parser's `error` says more precisely why). Arguments that are no JSON object are
-    refused by the loop alone, as a native call's would be."""
+    """A call the parser marks malformed never reaches a tool: the loop answers with the parser's `error`, a
+    format error. Arguments that are no JSON object are refused by the loop alone, as a native call's would be."""
     label, text, _, want = row
     _, calls = parse_tool_calls(text, turn=1)
     for call, (_, _, error) in zip(calls, want, strict=True):
-        if error is not None or label in BAD_ARGUMENTS:
-            with pytest.raises(ToolError):
+        if error is not None:
+            with pytest.raises(MalformedCall) as refused:
+                parse_call(call, TOOL_NAMES, 10_000)
+            assert str(refused.value) == call["error"]
+        elif label in BAD_ARGUMENTS:
+            with pytest.raises(MalformedCall, match="Tool arguments"):
                 parse_call(call, TOOL_NAMES, 10_000)
         else:
             parse_call(call, TOOL_NAMES, 10_000)
@@ -103,12 +106,58 @@ def test_rendered_calls_parse_back_to_themselves():
                             ("str_replace_editor", json.dumps({"new_str": "</tool_call> été {", "n": [1, {}]},
                                                               ensure_ascii=False)),
                             ("bash", "not json")]:
-        content, calls = parse_tool_calls("ok\n" + render_tool_call(name, arguments), turn=1)
-        assert content == "ok" and calls == [{"id": "call_1_0", "type": "function",
-                                              "function": {"name": name, "arguments": arguments}}]
+        call = {"id": "call_1_0", "type": "function", "function": {"name": name, "arguments": arguments}}
+        assert parse_tool_calls("ok\n" + render_tool_call(call), turn=1) == ("ok", [call])
+    for row in TABLE:  # a malformed call is written back as the model wrote it, and reads back the same
+        _, calls = parse_tool_calls(row[1], turn=1)
+        assert parse_tool_calls("".join(render_tool_call(c) for c in calls), turn=1) == ("", calls)
 
 
 def test_the_turn_number_counts_the_assistant_turns_answered():
     assert assistant_turn([{"role": "system"}, {"role": "user"}]) == 1
     assert assistant_turn([{"role": "user"}, {"role": "assistant"}, {"role": "tool"}, {"role": "assistant"},
                            {"role": "user"}]) == 3
+
+
+def test_a_malformed_call_from_a_served_model_is_answered_with_its_format_error():
+    """The whole path: a model behind a real HTTP server writes a broken call, the loop answers with the parser's
+    error marked as a format error, and the next turn's call goes through."""
+    from openai_server import ScriptedChatServer
+    from rl_helpers import EchoEnvironment
+
+    from swepost.agent import run_episode
+    from swepost.policies.openai import OpenAIPolicy
+    from swepost.records import ERROR_KEY, ERROR_PREFIX, Task, TurnError
+
+    broken = 'Let me look.\n<tool_call>\n{"name": "bash", "arguments": {"command": "ls"}\n</tool_call>'
+    submit = block('{"name": "submit", "arguments": {}}')
+    with ScriptedChatServer([{"content": broken}, {"content": submit}]) as server:
+        policy = OpenAIPolicy(model="m", base_url=server.base_url, api_key="test", tool_mode="text")
+        traj = run_episode(policy, EchoEnvironment(), Task(instance_id="t", problem_statement="p"), grade=False)
+    assert traj.exit_status == "submitted" and traj.tool_errors == 1
+    call = traj.messages[1]["tool_calls"][0]
+    assert call["id"] == "call_1_0" and call["error"].startswith("Malformed tool call: not valid JSON")
+    answer = traj.messages[2]
+    assert answer["tool_call_id"] == "call_1_0" and answer["content"] == ERROR_PREFIX + call["error"]
+    assert answer[ERROR_KEY] == TurnError.FORMAT.value
+    # the next request carries the broken call as the model wrote it, and no swepost mark
+    sent = server.requests[1]["messages"]
+    assert sent[2] == {"role": "assistant", "content": broken}
+    assert all(ERROR_KEY not in m for m in sent)
+
+
+def test_a_chat_template_shows_a_malformed_turn_as_the_model_wrote_it(tok):
+    """The hf policy's (and RL's) rendering: a turn with a call that could not be read is the model's own text,
+    laid out as the template lays out well-formed calls."""
+    from swepost.policies.chat import template_messages
+
+    def rendered_turn(text: str) -> str:
+        content, calls = parse_tool_calls(text, turn=1)
+        messages = [{"role": "user", "content": "Fix it."}, {"role": "assistant", "content": content,
+                                                             "tool_calls": calls}]
+        return tok.apply_chat_template(template_messages(messages), tokenize=False)
+
+    good = "Let me look.\n" + block(LS)
+    bad = good + "\n" + block('{"name": "bash", "arguments": {"command": "ls"}')
+    assert f"<|im_start|>assistant\n{good}<|im_end|>" in rendered_turn(good)  # the template's own layout
+    assert f"<|im_start|>assistant\n{bad}<|im_end|>" in rendered_turn(bad)

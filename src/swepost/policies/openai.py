@@ -357,9 +357,7 @@ def to_text_mode(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) ->
                 out.append({"role": "user", "content": block, "_tool_responses": True})
         elif role == "assistant" and m.get("tool_calls"):
             parts = [_text(m.get("content"))] if m.get("content") else []
-            for tc in m["tool_calls"]:
-                fn = tc.get("function") or {}
-                parts.append(render_tool_call(fn.get("name", ""), fn.get("arguments")))
+            parts += [render_tool_call(tc) for tc in m["tool_calls"]]
             out.append({"role": "assistant", "content": "\n".join(parts)})
         else:
             out.append(_clean_message(m))

@@ -17,6 +17,9 @@ an OpenAI-compatible server in text mode, RL's sampled tokens), so one model out
 * Call ids are deterministic: `call_{turn}_{i}` for the i-th call (from 0) of the conversation's `turn`-th
   assistant turn (from 1, see `assistant_turn`).
 * The content is the text outside the blocks, each piece stripped, joined by one blank line ("" when none).
+
+`render_tool_call` writes a call back in this format (a malformed one as the model wrote it), for text-mode
+requests and chat templates.
 """
 
 from __future__ import annotations
@@ -61,8 +64,13 @@ def parse_tool_calls(text: str | None, *, turn: int) -> tuple[str, list[dict[str
     return content, calls
 
 
-def render_tool_call(name: str, arguments: Any) -> str:
-    """One call as the model writes it; arguments that are a JSON string are written as the object they hold."""
+def render_tool_call(call: dict[str, Any]) -> str:
+    """An OpenAI tool call as the model writes it: arguments that are a JSON string are written as the object they
+    hold; a malformed call (one with an "error") is written back as the model wrote it, its raw text."""
+    fn = call.get("function") or {}
+    name, arguments = fn.get("name", ""), fn.get("arguments")
+    if call.get("error"):
+        return f"{OPEN}\n{arguments}\n{CLOSE}"
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
