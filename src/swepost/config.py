@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +23,9 @@ class StageConfig(BaseModel):
     """Base of every stage's config: unknown keys are rejected, defaults are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
+    # fields that do not change the result (parallelism, logging, checkpoint frequency): left out of recipe
+    # cache keys and of work-folder keys, so a run interrupted under one value resumes under another
+    NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset()
 
 
 def ArtifactInput(default: Any = ..., *, description: str) -> Any:
@@ -35,6 +38,12 @@ def FileInput(default: Any = ..., *, description: str) -> Any:
     return Field(default, description=description, json_schema_extra={"swepost_input": "file"})
 
 
+def ModelInput(default: Any = ..., *, description: str) -> Any:
+    """A field that names a model: a checkpoint artifact (by id), a local folder (by content) or a hub id (by the
+    revision it resolves to) in cache keys."""
+    return Field(default, description=description, json_schema_extra={"swepost_input": "model"})
+
+
 def PathInput(default: Any = None, *, description: str) -> Any:
     """A folder outside the store whose location does not change the result (e.g. a repo mirror: the tasks'
     commit hashes pin the code). Relative to the recipe in recipes; left out of cache keys."""
@@ -42,7 +51,8 @@ def PathInput(default: Any = None, *, description: str) -> Any:
 
 
 def input_fields(model: type[BaseModel], kind: str) -> list[str]:
-    """Fields of `model` declared with ArtifactInput ("artifact"), FileInput ("file") or PathInput ("path")."""
+    """Fields of `model` declared with ArtifactInput ("artifact"), FileInput ("file"), ModelInput ("model")
+    or PathInput ("path")."""
     out = []
     for name, field in model.model_fields.items():
         extra = field.json_schema_extra

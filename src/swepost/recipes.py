@@ -8,6 +8,7 @@ key is reused, so a finished recipe runs again without doing any work.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable
@@ -17,8 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from swepost import __version__
-from swepost.artifacts import Artifact, ArtifactStore, canonical_json, sha256_path
+from swepost.artifacts import Artifact, ArtifactStore, canonical_json
 from swepost.config import ConfigLayers, KeyPath, dotted, input_fields, parse_set, validate
 from swepost.errors import BadInput
 from swepost.stages import STAGES, StageSpec, get_stage
@@ -65,6 +65,7 @@ class Step:
     action: str  # "reuse" | "run"
     artifact: Artifact | None = None
     waits_on: str | None = None
+    reasons: list[str] = dataclasses.field(default_factory=list)  # why it runs (empty when reused)
 
 
 def load_recipe(path: str | Path, sets: list[str] | None = None) -> LoadedRecipe:
@@ -112,6 +113,7 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> LoadedRecipe
         seen.add(st.name)
         # check the stage's config now, with references standing in as text
         _stage_config(loaded, i, {n: f"<{n}>" for n in seen}, check_only=True)
+        _check_inputs(loaded, i)
     return loaded
 
 
@@ -138,17 +140,23 @@ def _walk(loaded: LoadedRecipe, store: ArtifactStore, from_stage: str | None, ex
         forced = forced or st.name == from_stage
         waits_on = next((n for n in _stage_refs(st.config, recipe) if n not in outputs), None)
         if waits_on:
-            yield Step(i, st.name, spec, None, None, "run", waits_on=waits_on)
+            yield Step(i, st.name, spec, None, None, "run", waits_on=waits_on,
+                       reasons=[f"its input {waits_on} runs first"])
             continue
         config = _stage_config(loaded, i, outputs)
-        key = cache_key(spec, config, store)
+        parts = key_parts(spec, config, store)
+        key = parts.key
         cached = None if forced else store.cached(key)
         step = Step(i, st.name, spec, config, key, "reuse" if cached else "run", cached)
+        if cached is None:
+            step.reasons = ([f"--from {from_stage}"] if forced
+                            else why_rerun(parts, store.last_run(recipe.name, st.name)))
         if execute is not None:
             if cached is None:
                 execute(step, "start")
                 step.artifact = spec.runner()(config, store)
-                store.remember(key, step.artifact)
+                store.remember(key, step.artifact, recipe=recipe.name, step=st.name,
+                               parts={"values": parts.values, "about": parts.about})
             execute(step, "done")
         if step.artifact is not None:
             outputs[st.name] = step.artifact.id
@@ -156,24 +164,135 @@ def _walk(loaded: LoadedRecipe, store: ArtifactStore, from_stage: str | None, ex
 
 
 def cache_key(spec: StageSpec, config: BaseModel, store: ArtifactStore) -> str:
-    """hash(stage, resolved config, input artifact ids, input file contents, swepost version)."""
+    return key_parts(spec, config, store).key
+
+
+@dataclass
+class KeyParts:
+    """What a stage's result depends on: label -> fingerprint (the key hashes these), and label -> what the
+    fingerprint is of (a path, a commit), to say why a stage reruns."""
+
+    values: dict[str, str]
+    about: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(canonical_json(self.values)).hexdigest()[:20]
+
+
+def key_parts(spec: StageSpec, config: BaseModel, store: ArtifactStore) -> KeyParts:
+    """The stage, its resolved config (less what does not change results), input artifacts by id, input files
+    and local models by content, hub models by revision, plugged-in modules by source, the sandbox base image
+    by id, and swepost's own code."""
+    from swepost.fingerprint import code_fingerprint, docker_image_id, module_fingerprint
+    from swepost.registry import COMPONENT_FIELDS, POLICY_INPUTS, check_component
+    from swepost.sandbox.images import DEFAULT_BASE_IMAGE
+
     model = type(config)
-    data = config.model_dump(mode="json")
-    inputs = {}
+    data = config.model_dump(mode="json", exclude=set(getattr(model, "NOT_IN_KEY", ())))
+    values: dict[str, str] = {"stage": spec.name}
+    about: dict[str, str] = {}
+    memo = store.root / "cache" / "hashes"
     for field in input_fields(model, "artifact"):
         if data.get(field) is not None:
-            inputs[field] = data[field] = store.resolve(data[field]).id
-    files = {}
+            values[f"input {field}"] = store.resolve(data.pop(field)).id
     for field in input_fields(model, "file"):
         if data.get(field) is not None:
-            path = Path(data.pop(field))
-            if not path.exists():
-                raise BadInput(f"{field}: file not found: {path}")
-            files[field] = sha256_path(path)
+            _file_part(values, about, f"file {field}", Path(data.pop(field)), memo, field)
     for field in input_fields(model, "path"):
         data.pop(field, None)
-    body = {"stage": spec.name, "config": data, "inputs": inputs, "files": files, "swepost": __version__}
-    return hashlib.sha256(canonical_json(body)).hexdigest()[:20]
+    for field in input_fields(model, "model"):
+        if isinstance(data.get(field), str):
+            _model_part(values, about, f"model {field}", data.pop(field), store, memo)
+    for field, (registry, what) in COMPONENT_FIELDS.items():
+        name = data.get(field)
+        if isinstance(name, str) and check_component(name, registry, what):
+            values[f"{what} module"], about[f"{what} module"] = module_fingerprint(name)
+    args = data.get("policy_args")
+    if isinstance(args, dict):
+        for arg, kind in POLICY_INPUTS.get(data.get("policy"), {}).items():
+            if isinstance(args.get(arg), str):
+                label = f"policy_args.{arg}"
+                if kind == "file":
+                    _file_part(values, about, label, Path(args.pop(arg)), memo, label)
+                else:
+                    _model_part(values, about, label, args.pop(arg), store, memo)
+    if data.get("backend") in ("auto", "docker"):
+        image = docker_image_id(DEFAULT_BASE_IMAGE)  # None without an engine: the stage runs without one too
+        if image:
+            values["sandbox image"], about["sandbox image"] = image, DEFAULT_BASE_IMAGE
+    code = code_fingerprint()
+    values["swepost code"], about["swepost code"] = code["hash"], code["commit"]
+    for loc, value in _leaves(data):
+        values[f"config {loc}"] = canonical_json(value).decode()
+    return KeyParts(values, about)
+
+
+def _file_part(values: dict, about: dict, label: str, path: Path, memo: Path, field: str) -> None:
+    from swepost.fingerprint import path_fingerprint
+
+    if not path.exists():
+        raise BadInput(f"{field}: file not found: {path}")
+    values[label], about[label] = path_fingerprint(path, memo), str(path)
+
+
+def _model_part(values: dict, about: dict, label: str, ref: str, store: ArtifactStore, memo: Path) -> None:
+    """A checkpoint artifact by id, a local folder by content, else a hub id by its resolved revision."""
+    from swepost.fingerprint import hub_revision, path_fingerprint
+
+    path = Path(ref).expanduser()
+    if path.is_dir() and not (path / "manifest.json").is_file():
+        values[label], about[label] = path_fingerprint(path, memo), str(path)
+        return
+    try:
+        values[label] = "artifact:" + store.resolve(ref).id
+    except BadInput:
+        values[label], about[label] = f"hub:{ref}@{hub_revision(ref)}", ref
+
+
+def _leaves(data: Any, at: str = "") -> list[tuple[str, Any]]:
+    if isinstance(data, dict) and data:
+        return [leaf for k, v in data.items() for leaf in _leaves(v, f"{at}.{k}" if at else str(k))]
+    return [(at, data)]
+
+
+def why_rerun(new: KeyParts, old: dict | None) -> list[str]:
+    """Why a stage runs although the recipe ran before: the parts of its key that changed since the last run
+    of the same recipe step, in words."""
+    if old is None:
+        return ["no stored run"]
+    before, about_before = old.get("values", {}), old.get("about", {})
+    reasons = []
+    for label in sorted(set(new.values) | set(before), key=_label_order):
+        a, b = before.get(label), new.values.get(label)
+        if a == b:
+            continue
+        where = new.about.get(label) or about_before.get(label) or ""
+        if label == "swepost code":
+            was, now = about_before.get(label) or "?", new.about.get(label) or "?"
+            how = f"commit {was} → {now}" if was.split("+")[0] != now.split("+")[0] else "uncommitted changes"
+            reasons.append(f"swepost code changed ({how})")
+        elif label.startswith("config "):
+            reasons.append(f"config {label[7:]} changed ({_short(a)} → {_short(b)})")
+        elif label.startswith("input "):
+            reasons.append(f"input artifact {label[6:]} changed ({a or 'none'} → {b or 'none'})")
+        elif label.endswith(" module"):
+            reasons.append(f"{label} {where} changed")
+        elif label == "sandbox image":
+            reasons.append(f"sandbox image {where} changed ({_short(a)} → {_short(b)})")
+        else:
+            reasons.append(f"{label} {where} changed".replace("  ", " "))
+    return reasons or ["the stored artifact is gone"]
+
+
+def _label_order(label: str) -> tuple[int, str]:
+    return (label.startswith("config "), label)
+
+
+def _short(value: str | None) -> str:
+    if value is None:
+        return "unset"
+    return value if len(value) <= 40 else value[:37] + "..."
 
 
 def _stage_config(loaded: LoadedRecipe, i: int, outputs: dict[str, str], check_only: bool = False):
@@ -189,10 +308,60 @@ def _stage_config(loaded: LoadedRecipe, i: int, outputs: dict[str, str], check_o
     if "seed" in model.model_fields and "seed" not in data:
         data["seed"] = recipe.seed
     # input files in a recipe are relative to the recipe's folder, so a recipe runs from anywhere
+    base = loaded.path.parent
     for field in input_fields(model, "file") + input_fields(model, "path"):
         if isinstance(data.get(field), str) and not check_only:
-            data[field] = str((loaded.path.parent / data[field]).resolve())
+            data[field] = str((base / data[field]).resolve())
+    for field in input_fields(model, "model"):
+        if not check_only:
+            data[field] = _local_model(base, data.get(field))
+    for arg, kind, value in _policy_inputs(model, data):
+        if not check_only:
+            data["policy_args"][arg] = str((base / value).resolve()) if kind == "file" else _local_model(base, value)
     return validate(model, data, loaded.where, prefix=("stages", i, "config"))
+
+
+def _policy_inputs(model: type[BaseModel], data: dict) -> list[tuple[str, str, str]]:
+    """(arg, kind, value) of the policy_args that name local inputs (registry.POLICY_INPUTS), e.g. a scripted
+    policy's file."""
+    from swepost.registry import POLICY_INPUTS
+
+    args = data.get("policy_args")
+    field = model.model_fields.get("policy")
+    policy = data.get("policy", field.default if field else None)
+    if not isinstance(args, dict) or not isinstance(policy, str):
+        return []
+    return [(arg, kind, args[arg]) for arg, kind in POLICY_INPUTS.get(policy, {}).items()
+            if isinstance(args.get(arg), str)]
+
+
+def _local_model(base: Path, ref: Any) -> Any:
+    """A model reference that names a folder next to the recipe becomes its absolute path; artifact references
+    and hub ids stay as they are."""
+    if isinstance(ref, str) and ref and not Path(ref).expanduser().is_absolute() and (base / ref).is_dir():
+        return str((base / ref).resolve())
+    return ref
+
+
+def _check_inputs(loaded: LoadedRecipe, i: int) -> None:
+    """Component names (policy, environment, backend, reward) are known short names or importable modules,
+    and files named in policy_args exist, relative to the recipe. References to stages are checked at run."""
+    from swepost.registry import COMPONENT_FIELDS, check_component
+
+    st = loaded.recipe.stages[i]
+    model = get_stage(st.stage).config_model()
+    at = ("stages", i, "config")
+    for field, (registry, what) in COMPONENT_FIELDS.items():
+        name = st.config.get(field)
+        if field in model.model_fields and isinstance(name, str) and not _REF.search(name):
+            try:
+                check_component(name, registry, what)
+            except BadInput as e:
+                _fail(loaded, (*at, field), e.detail)
+    for arg, kind, value in _policy_inputs(model, st.config):
+        if kind == "file" and not _REF.search(value) and not (loaded.path.parent / value).exists():
+            _fail(loaded, (*at, "policy_args", arg), f"file not found: {loaded.path.parent / value} "
+                  "(paths in a recipe are relative to the recipe)")
 
 
 def _interpolate(value: Any, values: dict[str, Any]) -> Any:

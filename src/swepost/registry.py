@@ -21,6 +21,36 @@ SANDBOXES = {
     "local": "swepost.sandbox.local:LocalSandbox",
 }
 
+REWARDS = {
+    "env": "",  # the environment's own grade (rl): no module
+}
+# Config fields that name a component, wherever a stage has them: (the registry of short names, what it is)
+COMPONENT_FIELDS = {
+    "policy": (POLICIES, "policy"),
+    "environment": (ENVIRONMENTS, "environment"),
+    "backend": ({"auto": "", **SANDBOXES}, "sandbox backend"),
+    "reward": (REWARDS, "reward"),
+}
+# policy_args that name local inputs: files and folders are relative to the recipe and enter cache keys by
+# content; "model" args may also be artifacts or hub ids
+POLICY_INPUTS = {
+    "scripted": {"path": "file"},
+    "hf": {"model": "model"},
+}
+
+
+def check_component(name: str, registry: dict[str, str], what: str) -> str | None:
+    """None for a short name of `registry`; the module path for `module:name` / `module.name` when that module
+    can be found (without importing it); else BadInput listing the known names."""
+    from swepost.fingerprint import module_origin
+
+    if name in registry:
+        return None
+    if (":" in name or "." in name) and module_origin(name) is not None:
+        return name
+    known = ", ".join(k for k in registry if k)
+    raise BadInput(f"unknown {what} {name!r} (known: {known}, or module:name of an importable module)")
+
 
 def load_component(name: str, registry: dict[str, str], what: str):
     """The class named `name` in `registry`, or at the import path `module:Class` / `module.Class`."""

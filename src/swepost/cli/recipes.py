@@ -23,6 +23,8 @@ def run_cmd(
     as_json: JsonOpt = False,
 ):
     """Run a recipe's stages in order; a stage whose cache key is stored is reused, not run again."""
+    from rich.markup import escape
+
     from swepost import recipes
 
     loaded = recipes.load_recipe(recipe, set_)
@@ -36,14 +38,16 @@ def run_cmd(
         for s in steps:
             what = (f"reuse {s.artifact.id}" if s.action == "reuse"
                     else f"run (after {s.waits_on})" if s.waits_on else "run")
-            console.print(f"  {s.index + 1}. {s.name} [dim]({s.spec.name})[/]: {what}")
+            why = f" — reruns: {escape('; '.join(s.reasons))}" if s.reasons else ""
+            console.print(f"  {s.index + 1}. {s.name} [dim]({s.spec.name})[/]: {what}{why}")
         return
 
     def on_step(step, event: str) -> None:
         if as_json:
             return
         if event == "start":
-            err_console.print(f"[bold]{step.index + 1}. {step.name}[/] ({step.spec.name}): running…")
+            why = f" ({escape('; '.join(step.reasons))})" if step.reasons else ""
+            err_console.print(f"[bold]{step.index + 1}. {step.name}[/] ({step.spec.name}): running…{why}")
         elif step.action == "reuse":
             console.print(f"{step.index + 1}. {step.name}: [cyan]reused[/] {step.artifact.id} (nothing to do)")
         else:
@@ -61,7 +65,8 @@ def run_cmd(
 
 def _step_json(step) -> dict:
     return {"stage": step.name, "kind": step.spec.name, "action": step.action, "cache_key": step.key,
-            "artifact": step.artifact.id if step.artifact else None, "waits_on": step.waits_on}
+            "artifact": step.artifact.id if step.artifact else None, "waits_on": step.waits_on,
+            "reasons": step.reasons}
 
 
 @app.command("validate")

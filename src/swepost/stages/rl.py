@@ -26,19 +26,21 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
-from swepost.config import ArtifactInput, PathInput, StageConfig
+from swepost.config import ArtifactInput, ModelInput, PathInput, StageConfig
 from swepost.errors import BadInput
 from swepost.records import SandboxLimits
 from swepost.stages.sft import resolve_model
 from swepost.train.launch import check_launch, train_or_launch
 
 # fields that do not change what is trained: a run killed under one value resumes under another
-_NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args", "save_steps", "max_batch_wait"}
+_NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args", "save_steps", "max_batch_wait", "concurrency"}
 
 
 class RlConfig(StageConfig):
+    NOT_IN_KEY = frozenset(_NOT_IN_KEY - {"name"})  # the name names the artifact: it stays in recipe cache keys
+
     tasks: str = ArtifactInput(description="the tasks to train on (validated tasks: their tests must work)")
-    model: str = Field(description="the policy to train: a checkpoint artifact (sft, rft), a folder, a hub id")
+    model: str = ModelInput(description="the policy to train: a checkpoint artifact (sft, rft), a folder, a hub id")
     name: str = Field("rl", description="output artifact name")
     seed: int = 0
     # --- environment

@@ -29,17 +29,19 @@ from typing import Literal
 from pydantic import Field
 
 from swepost.artifacts import MANIFEST, Artifact, ArtifactStore, canonical_json, producer_record
-from swepost.config import ArtifactInput, StageConfig
+from swepost.config import ArtifactInput, ModelInput, StageConfig
 from swepost.errors import BadInput
 from swepost.train.launch import check_launch, train_or_launch
 
 # fields that do not change the trained weights: a run killed under one value resumes under another
-_NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args"}
+_NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args", "save_steps"}
 
 
 class SftConfig(StageConfig):
+    NOT_IN_KEY = frozenset(_NOT_IN_KEY - {"name"})  # the name names the artifact: it stays in recipe cache keys
+
     data: str = ArtifactInput(description="the sft-data artifact (train.jsonl of chat conversations)")
-    model: str = Field(description="the model to fine-tune: a checkpoint artifact, a local folder or a hub id")
+    model: str = ModelInput(description="the model to fine-tune: a checkpoint artifact, a local folder or a hub id")
     name: str = Field("sft", description="output artifact name")
     seed: int = 0
     epochs: float = Field(1.0, gt=0, description="passes over the data (ignored when max_steps is set)")

@@ -1,0 +1,218 @@
+"""The cache key tells the truth: what a stage depends on outside its config (plugged-in modules, scripted-policy
+files, swepost's own code) reruns it when edited, `--dry-run` says why, and what does not change results (-j)
+does not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from swepost import fingerprint, recipes
+
+RECIPE = """\
+name: ck
+model: org/not-downloaded
+stages:
+  - name: tasks
+    stage: tasks-import
+    config: {source: data/swe_tiny.jsonl}
+  - name: collect
+    stage: collect
+    config:
+      tasks: ${stages.tasks}
+      policy: scripted
+      policy_args: {path: scripts/turns.yaml}
+      environment: ckmod:Env
+      backend: local
+      concurrency: 2
+  - name: rl
+    stage: rl
+    config:
+      tasks: ${stages.tasks}
+      model: ${model}
+      reward: ckmod:reward
+      backend: local
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path, repo_root, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(repo_root / "data" / "swe_tiny.jsonl", tmp_path / "data" / "swe_tiny.jsonl")
+    (tmp_path / "scripts" / "turns.yaml").write_text("- {content: hello}\n")
+    (tmp_path / "ckmod.py").write_text("def reward(trajectory, task):\n    return 1.0\n\n\nclass Env:\n    pass\n")
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    monkeypatch.syspath_prepend(str(tmp_path))  # this process finds ckmod, and so do the CLI's children:
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    return tmp_path / "r.yaml"
+
+
+def ran_before(path, store, sets=()):
+    """Run the recipe's cheap first stage for real, and record the later (costly) ones as done, with the key
+    parts a real run records: what a finished `swepost run` leaves in the store."""
+    fingerprint._code_fingerprint.cache_clear()  # the code as it is now, as the CLI's next process sees it
+    loaded = recipes.load_recipe(path, list(sets))
+
+    def remember(step, art):
+        parts = recipes.key_parts(step.spec, step.config, store)
+        store.remember(parts.key, art, recipe=loaded.recipe.name, step=step.name,
+                       parts={"values": parts.values, "about": parts.about})
+
+    tasks = recipes.plan(loaded, store)[0]
+    art = tasks.spec.runner()(tasks.config, store)
+    remember(tasks, art)
+    for step in recipes.plan(loaded, store)[1:]:
+        remember(step, art)
+
+
+def plan(swepost, path, *sets):
+    r = swepost("run", str(path), "--dry-run", "--json", *[a for s in sets for a in ("--set", s)])
+    assert r.returncode == 0, r.stderr
+    return {s["stage"]: s for s in json.loads(r.stdout)}
+
+
+def test_edits_rerun_the_stages_that_depend_on_them_and_say_why(recipe, store, swepost):
+    fresh = plan(swepost, recipe)
+    assert fresh["tasks"]["reasons"] == ["no stored run"]
+    assert fresh["collect"]["reasons"] == ["its input tasks runs first"]
+    ran_before(recipe, store)
+
+    # nothing edited: nothing reruns; -j (concurrency) does not change results: still reused
+    for sets in ([], ["stages.collect.concurrency=7"]):
+        steps = plan(swepost, recipe, *sets)
+        assert {n: s["action"] for n, s in steps.items()} == {"tasks": "reuse", "collect": "reuse", "rl": "reuse"}
+        assert all(s["reasons"] == [] for s in steps.values())
+
+    # the scripted policy's file: collect reruns, rl (which does not use it) does not
+    (recipe.parent / "scripts" / "turns.yaml").write_text("- {content: bye}\n")
+    steps = plan(swepost, recipe)
+    assert steps["collect"]["action"] == "run" and steps["rl"]["action"] == "reuse", steps
+    assert steps["collect"]["reasons"] == [f"policy_args.path {recipe.parent / 'scripts' / 'turns.yaml'} changed"]
+
+    # the module the environment and the reward come from: both stages rerun, naming it
+    (recipe.parent / "ckmod.py").write_text((recipe.parent / "ckmod.py").read_text().replace("1.0", "0.5"))
+    steps = plan(swepost, recipe)
+    module = recipe.parent / "ckmod.py"
+    assert f"environment module {module} changed" in steps["collect"]["reasons"]
+    assert steps["rl"]["reasons"] == [f"reward module {module} changed"]
+    assert steps["tasks"]["action"] == "reuse"
+
+    # a config value: the plain output says it too
+    r = swepost("run", str(recipe), "--dry-run", "--set", "stages.rl.learning_rate=0.001")
+    assert "rl (rl): run — reruns: reward module" in r.stdout and "config learning_rate changed (1e-06 → 0.001)" \
+        in r.stdout, r.stdout
+
+
+def test_input_artifact_change_is_named(recipe, store):
+    ran_before(recipe, store)
+    source = recipe.parent / "data" / "swe_tiny.jsonl"
+    source.write_text(source.read_text().replace("subtracts", "SUBTRACTS"))
+    loaded = recipes.load_recipe(recipe)
+    steps = recipes.plan(loaded, store)
+    assert steps[0].reasons == [f"file source {source} changed"]
+    assert steps[1].reasons == ["its input tasks runs first"]
+
+
+def test_swepost_code_edit_and_commit_rerun_every_stage(recipe, store, repo_root, tmp_path, monkeypatch):
+    """swepost's code is pointed at a git copy of the package, edited, then committed."""
+    copy = tmp_path / "checkout" / "swepost"
+    shutil.copytree(repo_root / "src" / "swepost", copy, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(copy.parent), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "base")
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", copy)
+    fingerprint._code_fingerprint.cache_clear()
+    ran_before(recipe, store)
+    assert [s.action for s in recipes.plan(recipes.load_recipe(recipe), store)] == ["reuse"] * 3
+
+    (copy / "agent.py").write_text((copy / "agent.py").read_text() + "\n# edited\n")
+    fingerprint._code_fingerprint.cache_clear()  # computed once per process: this is the next `swepost run`
+    steps = recipes.plan(recipes.load_recipe(recipe), store)
+    assert [s.reasons for s in steps][0] == ["swepost code changed (uncommitted changes)"]
+    assert all(s.action == "run" for s in steps)
+
+    git("commit", "-qam", "edit")
+    fingerprint._code_fingerprint.cache_clear()
+    steps = recipes.plan(recipes.load_recipe(recipe), store)
+    head = git("rev-parse", "HEAD")[:12]
+    assert steps[0].reasons[0].startswith("swepost code changed (commit ") and steps[0].reasons[0].endswith(
+        f" → {head})"), steps[0].reasons
+    # a commit that touches no file of the package keeps the key
+    ran_before(recipe, store)
+    (copy.parent / "README").write_text("docs\n")
+    git("add", "README")
+    git("commit", "-qm", "docs")
+    fingerprint._code_fingerprint.cache_clear()
+    assert [s.action for s in recipes.plan(recipes.load_recipe(recipe), store)] == ["reuse"] * 3
+
+
+def test_code_fingerprint_without_git_hashes_the_files(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("x = 1\n")
+    first = fingerprint.code_fingerprint(pkg)
+    assert first["hash"].startswith("files:") and first["commit"] == ""
+    (pkg / "__init__.py").write_text("x = 2\n")
+    assert fingerprint._code_fingerprint.__wrapped__(pkg.resolve())["hash"] != first["hash"]
+
+
+def test_folder_hash_is_by_content_and_remembered_by_size_and_mtime(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "weights.bin").write_bytes(b"\0" * 1000)
+    memo = tmp_path / "memo"
+    first = fingerprint.path_fingerprint(model, memo)
+    assert first == fingerprint.path_fingerprint(model, memo) == fingerprint.path_fingerprint(model, None)
+    (model / "weights.bin").write_bytes(b"\1" * 1000)
+    assert fingerprint.path_fingerprint(model, memo) != first
+
+
+def test_hub_ids_offline_are_unresolved(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert fingerprint.hub_revision.__wrapped__("org/surely-not-cached-model") == fingerprint.UNRESOLVED
+
+
+def test_unknown_component_and_missing_policy_file_exit_2(recipe, swepost):
+    text = recipe.read_text()
+    recipe.write_text(text.replace("policy: scripted", "policy: scriptd"))
+    r = swepost("recipes", "validate", str(recipe))
+    assert r.returncode == 2
+    assert "r.yaml:11: stages[1].config.policy: unknown policy 'scriptd' (known: openai, hf, scripted" in r.stderr
+    recipe.write_text(text.replace("turns.yaml", "nope.yaml"))
+    r = swepost("recipes", "validate", str(recipe))
+    assert r.returncode == 2 and "r.yaml:12: stages[1].config.policy_args.path: file not found" in r.stderr
+    recipe.write_text(text.replace("ckmod:reward", "nomod:reward"))
+    r = swepost("run", str(recipe), "--dry-run")
+    assert r.returncode == 2 and "stages[2].config.reward: unknown reward 'nomod:reward'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_scripted_policy_path_is_relative_to_the_recipe(recipe, store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)
+    ran_before(recipe, store)
+    collect = recipes.plan(recipes.load_recipe(recipe), store)[1]
+    assert collect.config.policy_args["path"] == str(recipe.parent / "scripts" / "turns.yaml")
+
+
+def test_collect_work_key_leaves_out_concurrency():
+    from swepost.stages.collect import CollectConfig, work_key
+    from swepost.stages.evaluate import EvalConfig
+    from swepost.stages.rl import RlConfig
+    from swepost.stages.rl import work_key as rl_key
+
+    for model in (CollectConfig, EvalConfig):
+        a, b = model(tasks="t", concurrency=1), model(tasks="t", concurrency=9)
+        assert work_key(a, "t@1", "collect") == work_key(b, "t@1", "collect")
+        assert work_key(a, "t@1", "collect") != work_key(model(tasks="t", samples=2), "t@1", "collect")
+    a, b = RlConfig(tasks="t", model="m", concurrency=1), RlConfig(tasks="t", model="m", concurrency=9)
+    assert rl_key(a, "t@1", "m") == rl_key(b, "t@1", "m")
