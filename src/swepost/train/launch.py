@@ -2,14 +2,15 @@
 
 The launched processes run `python -m swepost.train.entry STAGE launch-config.json`; the JSON names the stage's
 run function and config model by import path, so this layer runs a stage without importing `swepost.stages`.
-Every process trains, resuming from the work folder's newest checkpoint; the process that launched them
-publishes the artifact (machine rank 0 on a multi-node run).
+Every process trains, resuming from the work folder's newest checkpoint (`resume_point`); the process that launched
+them publishes the artifact (machine rank 0 on a multi-node run) once the run is marked finished (`mark_finished`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -100,6 +101,39 @@ def train_or_launch(stage: str, resolved, store: ArtifactStore, work: Path, stat
     if not done:
         train()
     return not child
+
+
+# --- the work folder: resume points, and the marker of a finished run --------------------------------------
+
+def last_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete `checkpoint-N` (trainer_state.json is written last); incomplete ones are removed."""
+    found = []
+    for p in Path(out_dir).glob("checkpoint-*"):
+        step = p.name.partition("-")[2]
+        if p.is_dir() and step.isdigit():
+            found.append((int(step), p))
+    for _, p in sorted(found, reverse=True):
+        if (p / "trainer_state.json").is_file():
+            return p
+        shutil.rmtree(p, ignore_errors=True)  # a kill while saving: retrain from the one before
+    return None
+
+
+def resume_point(out_dir: Path) -> tuple[Path | None, int]:
+    """The checkpoint to resume from (None: start afresh) and its global step."""
+    resume = last_checkpoint(out_dir)
+    if resume is None:
+        return None, 0
+    return resume, json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0)
+
+
+def mark_finished(out_dir: Path, stats_file: str, stats: dict, log_history: list) -> None:
+    """Write the trainer's log history, then the stats file, atomically and last: the marker `train_or_launch`
+    reads as "trained" (a run killed before it resumes from its last checkpoint)."""
+    (out_dir / "log_history.json").write_text(json.dumps(log_history, indent=1) + "\n")
+    tmp = out_dir / f".{stats_file}.tmp"
+    tmp.write_text(json.dumps(stats, indent=2) + "\n")
+    os.replace(tmp, out_dir / stats_file)
 
 
 def check_launch(config) -> None:

@@ -40,6 +40,7 @@ from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
 from swepost.rewards.filters import UNGRADED, is_ungraded
 from swepost.train.context import check_colocate_memory, fit_context, model_context  # noqa: F401 (re-exported)
+from swepost.train.launch import mark_finished, resume_point
 from swepost.train.trl_compat import log_completion_column, log_metric
 
 STATS_FILE = "rl_stats.json"
@@ -527,7 +528,7 @@ def train_rl(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dic
 
 
 def _train(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
-    from swepost.train.sft import check_world, resume_point, save_merged_lora
+    from swepost.train.sft import check_world, save_merged_lora
 
     cfg = fit_context(cfg, model_path)
     check_colocate_memory(cfg, model_path)
@@ -556,10 +557,7 @@ def _train(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
         stats.update(steps=trainer.state.global_step, resumed_from_step=resumed_from, seconds=round(seconds, 2),
                      world_size=trainer.args.world_size, bf16=trainer.args.bf16, lora=bool(cfg.lora),
                      time_split=_time_split(rollout.seconds, seconds))
-        (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
-        tmp = out_dir / f".{STATS_FILE}.tmp"
-        tmp.write_text(json.dumps(stats, indent=2) + "\n")
-        os.replace(tmp, out_dir / STATS_FILE)  # the marker that training finished
+        mark_finished(out_dir, STATS_FILE, stats, trainer.state.log_history)
         return stats
     return {}
 

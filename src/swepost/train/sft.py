@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from swepost.errors import BadInput, WorkFailed
+from swepost.train.launch import mark_finished, resume_point
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEEPSPEED_CONFIGS = ("zero2", "zero3")
@@ -180,28 +181,6 @@ def _get(cfg: Any, name: str, default: Any = None) -> Any:
     if isinstance(cfg, dict):
         return cfg.get(name, default)
     return getattr(cfg, name, default)
-
-
-def last_checkpoint(out_dir: Path) -> Path | None:
-    """The newest complete `checkpoint-N` (trainer_state.json is written last); incomplete ones are removed."""
-    found = []
-    for p in Path(out_dir).glob("checkpoint-*"):
-        step = p.name.partition("-")[2]
-        if p.is_dir() and step.isdigit():
-            found.append((int(step), p))
-    for _, p in sorted(found, reverse=True):
-        if (p / "trainer_state.json").is_file():
-            return p
-        shutil.rmtree(p, ignore_errors=True)  # a kill while saving: retrain from the one before
-    return None
-
-
-def resume_point(out_dir: Path) -> tuple[Path | None, int]:
-    """The checkpoint to resume from (None: start afresh) and its global step."""
-    resume = last_checkpoint(out_dir)
-    if resume is None:
-        return None, 0
-    return resume, json.loads((resume / "trainer_state.json").read_text()).get("global_step", 0)
 
 
 def is_adapter(model_path: str) -> bool:
@@ -430,8 +409,5 @@ def _train(data_path: Path, model_path: str, out_dir: Path, cfg: Any) -> dict:
         **data_stats,
     }
     if main:
-        (out_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
-        tmp = out_dir / f".{STATS_FILE}.tmp"
-        tmp.write_text(json.dumps(stats, indent=2) + "\n")
-        os.replace(tmp, out_dir / STATS_FILE)  # the marker that training finished
+        mark_finished(out_dir, STATS_FILE, stats, trainer.state.log_history)
     return stats
