@@ -3,7 +3,9 @@
 Layout under the store root ($SWEPOST_HOME):
     artifacts/<name>/<version>/manifest.json + data files   what `ls` sees
     staging/<name>.<pid>-<host>.<random>/                  writes in progress (invisible; `gc` clears the dead)
-    cache/<key>.json                                       recipe cache key -> artifact id
+    cache/<key>.json                                       recipe cache key -> artifact id, and what the key
+                                                           was made of (to say why a stage reruns)
+    cache/hashes/                                          file hashes by (path, size, mtime)
 A write happens in staging/ and becomes visible with one rename, so a crash never leaves half an artifact.
 """
 
@@ -385,12 +387,31 @@ class ArtifactStore:
             return None
         return self.find(target)
 
-    def remember(self, key: str, art: Artifact) -> None:
+    def remember(self, key: str, art: Artifact, *, recipe: str | None = None, step: str | None = None,
+                 parts: dict | None = None) -> None:
+        """Record key -> artifact, with the recipe step that ran it and the parts of its key (what it
+        depended on), so that a later plan can say what changed."""
         folder = self.root / "cache"
         folder.mkdir(parents=True, exist_ok=True)
+        entry = {"id": art.id, "recipe": recipe, "step": step, "parts": parts,
+                 "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")}
         tmp = folder / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"id": art.id}) + "\n")
+        tmp.write_text(json.dumps(entry) + "\n")
         os.replace(tmp, folder / f"{key}.json")
+
+    def last_run(self, recipe: str, step: str) -> dict | None:
+        """The key parts recorded by the latest run of this recipe step, or None."""
+        best = None
+        for entry in (self.root / "cache").glob("*.json"):
+            try:
+                found = json.loads(entry.read_text())
+            except (OSError, ValueError):
+                continue
+            if (isinstance(found, dict) and found.get("recipe") == recipe and found.get("step") == step
+                    and isinstance(found.get("parts"), dict)
+                    and (best is None or str(found.get("time")) > str(best.get("time")))):
+                best = found
+        return best["parts"] if best else None
 
 
 def _host_key() -> str:
