@@ -101,10 +101,14 @@ def test_edits_rerun_the_stages_that_depend_on_them_and_say_why(recipe, store, s
     assert steps["rl"]["reasons"] == [f"reward module {module} changed"]
     assert steps["tasks"]["action"] == "reuse"
 
+    # a credential changes no result and is never stored in the cache index
+    ran_before(recipe, store, ["stages.collect.policy_args.api_key=sk-cachekeytest"])
+    assert "sk-cachekeytest" not in "".join(p.read_text() for p in (store.root / "cache").rglob("*.json"))
+    assert {s["action"] for s in plan(swepost, recipe).values()} == {"reuse"}
+
     # a config value: the plain output says it too
     r = swepost("run", str(recipe), "--dry-run", "--set", "stages.rl.learning_rate=0.001")
-    assert "rl (rl): run — reruns: reward module" in r.stdout and "config learning_rate changed (1e-06 → 0.001)" \
-        in r.stdout, r.stdout
+    assert "rl (rl): run — reruns: config learning_rate changed (1e-06 → 0.001)" in r.stdout, r.stdout
 
 
 def test_input_artifact_change_is_named(recipe, store):

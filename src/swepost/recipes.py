@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from swepost.artifacts import Artifact, ArtifactStore, canonical_json
+from swepost.artifacts import Artifact, ArtifactStore, canonical_json, is_secret_key
 from swepost.config import ConfigLayers, KeyPath, dotted, input_fields, parse_set, validate
 from swepost.errors import BadInput
 from swepost.stages import STAGES, StageSpec, get_stage
@@ -224,7 +224,8 @@ def key_parts(spec: StageSpec, config: BaseModel, store: ArtifactStore) -> KeyPa
     code = code_fingerprint()
     values["swepost code"], about["swepost code"] = code["hash"], code["commit"]
     for loc, value in _leaves(data):
-        values[f"config {loc}"] = canonical_json(value).decode()
+        if not is_secret_key(loc.rpartition(".")[2]):  # a credential changes no result, and is never stored
+            values[f"config {loc}"] = canonical_json(value).decode()
     return KeyParts(values, about)
 
 
@@ -251,7 +252,8 @@ def _model_part(values: dict, about: dict, label: str, ref: str, store: Artifact
 
 
 def _leaves(data: Any, at: str = "") -> list[tuple[str, Any]]:
-    if isinstance(data, dict) and data:
+    """(dotted key, value) of every leaf; an empty mapping has none (it means what an absent one does)."""
+    if isinstance(data, dict):
         return [leaf for k, v in data.items() for leaf in _leaves(v, f"{at}.{k}" if at else str(k))]
     return [(at, data)]
 
