@@ -17,6 +17,7 @@ import pytest
 from swepost.records import Task, TaskEnv, TaskVerify
 from swepost.sandbox import open_sandbox
 from swepost.sandbox.repos import future_history_leaks, git
+from swepost.train.trl_compat import logged_metrics
 
 docker = pytest.mark.docker
 FIX_MARKER = "FIXED_IN_THE_FUTURE"
@@ -282,7 +283,7 @@ def test_rl_masks_ungraded_rollouts_out_of_loss_and_baseline(tmp_path):
     assert out["env_mask"] == [[1, 1, 0], [0, 0, 0], [1, 1, 0]]
     rows = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
     assert [r["masked"] for r in rows] == [None, "ungraded", None]
-    assert trainer._metrics["train"]["rl/ungraded"] == [1.0]
+    assert logged_metrics(trainer)["rl/ungraded"] == [1.0]
 
 
 def always_one(trajectory, task) -> float:

@@ -13,6 +13,7 @@ import pytest
 
 from swepost.agent import AgentLimits
 from swepost.train.rollout import CompletionsGenerator, ScriptedGenerator, run_rollouts
+from swepost.train.trl_compat import logged_metrics
 from tests.rl_helpers import import_echo_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def score_batch(tok, tasks, rollouts, *, group: int, reward: str = "env"):
     trainer = trainer_stand_in(group)
     out = func([t.instance_id for t in tasks], trainer)
     rows = [json.loads(line) for line in (folder / "rollouts.jsonl").read_text().splitlines()]
-    return out, rows, trainer._metrics["train"]
+    return out, rows, logged_metrics(trainer)
 
 
 def test_quarantine_counts_steps_where_a_task_failed_and_skips_outages():
@@ -193,6 +194,6 @@ def test_a_quarantined_task_s_groups_run_on_spare_tasks(tmp_path):
     assert asked[0] == ["broken-a", "broken-a", "mixed-b", "mixed-b"]
     for ids in asked[1:]:  # a spare outside the batch, the same for the whole group
         assert ids[0] == ids[1] and ids[0] in ("mixed-c", "mixed-d") and ids[2:] == ["mixed-b", "mixed-b"]
-    assert trainer._metrics["train"]["rl/quarantine_substituted"] == [0.0, 1.0, 1.0]
-    assert trainer._metrics["train"]["rl/quarantined"] == [1.0, 1.0, 1.0]
+    assert logged_metrics(trainer)["rl/quarantine_substituted"] == [0.0, 1.0, 1.0]
+    assert logged_metrics(trainer)["rl/quarantined"] == [1.0, 1.0, 1.0]
     assert func.quarantined == {"broken-a": {"failures": 1, "last_cause": "install failed"}}
