@@ -220,3 +220,16 @@ def test_collect_work_key_leaves_out_concurrency():
         assert work_key(a, "t@1", "collect") != work_key(model(tasks="t", samples=2), "t@1", "collect")
     a, b = RlConfig(tasks="t", model="m", concurrency=1), RlConfig(tasks="t", model="m", concurrency=9)
     assert rl_key(a, "t@1", "m") == rl_key(b, "t@1", "m")
+
+
+@pytest.mark.parametrize("stage, config, field", [
+    ("collect", {"tasks": "t"}, "concurrency"), ("eval", {"tasks": "t"}, "concurrency"),
+    ("rl", {"tasks": "t", "model": "m"}, "concurrency"), ("rft", {"tasks": "t", "model": "m"}, "concurrency"),
+    ("tasks-validate", {"tasks": "t"}, "jobs"), ("sft", {"data": "d", "model": "m"}, "logging_steps"),
+])
+def test_parallelism_and_logging_stay_out_of_recipe_keys(stage, config, field):
+    from swepost.stages import get_stage
+
+    model = get_stage(stage).config_model()
+    assert field in model.NOT_IN_KEY and field in model.model_fields and "name" not in model.NOT_IN_KEY
+

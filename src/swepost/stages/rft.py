@@ -23,6 +23,8 @@ from swepost.stages.collect import EpisodeLimits  # collect's config vocabulary,
 
 
 class RftConfig(StageConfig):
+    NOT_IN_KEY = frozenset({"concurrency"})  # speed, not results: a recipe's rft is reused under another -j
+
     tasks: str = ArtifactInput(description="the tasks to sample on")
     model: str = Field(description="the starting model: a checkpoint artifact, a local folder or a hub id")
     name: str = Field("rft", description="prefix of every round's artifacts; the last checkpoint's name")

@@ -24,6 +24,8 @@ REPORT_FILE = "validation.json"
 
 
 class TasksValidateConfig(StageConfig):
+    NOT_IN_KEY = frozenset({"jobs"})  # speed, not results: a recipe's validation is reused under another -j
+
     tasks: str = ArtifactInput(description="the tasks artifact to validate")
     repos: Path | None = PathInput(description="mirror folder of owner__name repos (for tasks without an image)")
     name: str = Field("tasks-validated", description="output artifact name")
