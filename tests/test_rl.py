@@ -275,8 +275,7 @@ def test_dynamic_sampling_with_a_pluggable_reward(swepost, store, tmp_path, mode
 
 
 def test_accelerate_launch_runs_the_rl_stage_in_every_process(tmp_path, monkeypatch):
-    from swepost.stages.rl import RlConfig
-    from swepost.stages.rl import run_rl
+    from swepost.stages.rl import RlConfig, run_rl
     from swepost.train.entry import main
     from swepost.train.launch import CHILD_ENV, launch_command, write_launch_file
 
