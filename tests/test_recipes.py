@@ -153,7 +153,8 @@ def test_unknown_key_beside_name_stage_config_exits_2(tmp_path, swepost):
 
 
 _WORDS = ["name", "stage", "stages", "config", "model", "seed", "description", "source", "tasks", "limits",
-          "max_turns", "policy", "policy_args", "path", "tiny-model", "tasks-import", "collect", "x", "a.b"]
+          "max_turns", "policy", "policy_args", "path", "tiny-model", "tasks-import", "collect", "x", "a.b",
+          "environment", "reward", "backend", "scripted", "hf", "os:path", ":", "a.", "..x:y", "nul\0l", "rl"]
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**70), st.floats(allow_nan=True),
                      st.sampled_from(_WORDS + ["${stages.a}", "${model}", "${seed}", "${", "${}", "${stages.}",
                                                "../x.jsonl", "", "@", "a@b"]),
@@ -161,10 +162,14 @@ _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**70), st.floats
 _TREES = st.recursive(_SCALARS, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.sampled_from(_WORDS), st.integers(0, 3)), inner,
                                                  max_size=5)), max_leaves=25)
+_COMPONENTS = st.fixed_dictionaries({}, optional={
+    "tasks": st.sampled_from(["${stages.a}", "t", "${model}"]), "model": _SCALARS, "policy": _SCALARS,
+    "policy_args": st.dictionaries(st.sampled_from(["path", "model", "api_key", "x"]), _SCALARS) | _SCALARS,
+    "environment": _SCALARS, "reward": _SCALARS, "backend": _SCALARS, "concurrency": _SCALARS})
 _RECIPES = st.fixed_dictionaries({"name": _SCALARS, "stages": st.lists(st.fixed_dictionaries(
     {"name": st.sampled_from(["a", "b", "a b", ""]), "stage": st.sampled_from(["tiny-model", "tasks-import",
-                                                                            "collect", "nope"])},
-    optional={"config": _TREES, "extra": _SCALARS}), max_size=3) | _TREES}, optional={"model": _SCALARS,
+                                                                            "collect", "rl", "nope"])},
+    optional={"config": _TREES | _COMPONENTS, "extra": _SCALARS}), max_size=3) | _TREES}, optional={"model": _SCALARS,
                                                                                        "seed": _SCALARS})
 
 
