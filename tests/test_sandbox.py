@@ -372,3 +372,61 @@ def test_no_isolation_warning_is_printed_once_per_run(tmp_path):
     warned = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert len(warned) == 1, r.stderr
     assert "isolates nothing" in warned[0]
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_ctrl_c_in_sandbox_shell_stops_the_command_not_the_session(backend, request, home):
+    """`swepost sandbox shell` on a real pseudo-terminal: Ctrl-C ends the running command (exit 130) and the
+    same shell (its variables) takes the next line; Ctrl-C at the prompt gives a fresh prompt; Ctrl-D leaves."""
+    import pty
+    import select
+
+    kwargs = _require(backend, request)
+    args = ["sandbox", "shell", "--backend", backend, *(["--image", kwargs["image"]] if "image" in kwargs else [])]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI with the pty as its controlling terminal, as a user runs it
+        os.environ.update({"SWEPOST_HOME": str(home), "NO_COLOR": "1"})
+        os.execv(sys.executable, [sys.executable, "-m", "swepost", *args])
+    buf = b""
+
+    def expect(text: str, timeout: float = 60.0) -> str:
+        nonlocal buf
+        deadline = time.monotonic() + timeout
+        while text.encode() not in buf:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no {text!r} within {timeout} s; the terminal shows {buf[-2000:]!r}"
+            try:
+                buf += os.read(fd, 65536)
+            except OSError:  # EIO: the CLI closed the terminal
+                pytest.fail(f"the session ended waiting for {text!r}: {buf[-2000:]!r}")
+        end = buf.index(text.encode()) + len(text)
+        seen, buf = buf[:end], buf[end:]
+        return seen.decode(errors="replace")
+
+    try:
+        expect("sandbox$ ")
+        os.write(fd, b"export MARK=kept\n")
+        expect("sandbox$ ")
+        os.write(fd, b"sleep 60; echo never\n")
+        time.sleep(1.5)
+        started = time.monotonic()
+        os.write(fd, b"\x03")  # the terminal turns it into SIGINT for the CLI, as a keyboard does
+        seen = expect("sandbox$ ", timeout=20)
+        assert time.monotonic() - started < 15 and "exit 130" in seen, seen
+        assert "never" not in seen.split("\n", 1)[1], seen  # (the first line is the echo of what was typed)
+        os.write(fd, b"echo still $MARK $((40+2))\n")
+        assert "still kept 42" in expect("sandbox$ ")
+        os.write(fd, b"\x03")  # at the prompt
+        expect("sandbox$ ")
+        os.write(fd, b"echo alive\n")
+        assert "alive" in expect("sandbox$ ")
+        os.write(fd, b"\x04")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)

@@ -51,22 +51,43 @@ def exec_cmd(command: Annotated[list[str], typer.Argument(help="The command, aft
 @app.command("shell")
 def shell_cmd(backend: BackendOpt = "auto", image: ImageOpt = None, network: NetworkOpt = False,
               dir: DirOpt = None, timeout: TimeoutOpt = 120.0, memory_mb: MemoryOpt = 2048):
-    """An interactive session: each line you type runs in the sandbox's persistent shell (Ctrl-D ends)."""
+    """An interactive session: each line you type runs in the sandbox's persistent shell. Ctrl-C stops the
+    running command (the session goes on); Ctrl-D ends."""
     from swepost.sandbox import open_sandbox
 
     with open_sandbox(backend, image=image, source_dir=dir, limits=_limits(network, timeout, memory_mb)) as box:
-        err_console.print(f"[bold]{box.backend}[/] sandbox ready; Ctrl-D to leave.")
+        err_console.print(f"[bold]{box.backend}[/] sandbox ready; Ctrl-C stops a command, Ctrl-D leaves.")
         prompt = "sandbox$ " if sys.stdin.isatty() else ""  # piped input gets clean output
         while True:
             try:
                 line = input(prompt)
             except EOFError:
                 break
+            except KeyboardInterrupt:  # at the prompt, like a shell: a fresh line
+                print(file=sys.stderr)
+                continue
             if line.strip():
-                result = box.run(line)
+                result = _run_interruptibly(box, line)
                 sys.stdout.write(result.output)
                 if result.exit_code:
                     err_console.print(f"[dim]exit {result.exit_code}{' (timed out)' if result.timed_out else ''}[/]")
+
+
+def _run_interruptibly(box, line: str):
+    """`box.run(line)` in a worker thread, so that Ctrl-C here interrupts the command in the sandbox (exit 130)
+    instead of ending the session."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Pending
+
+    with ThreadPoolExecutor(1, thread_name_prefix="swepost-shell") as pool:
+        future = pool.submit(box.run, line)
+        while True:
+            try:
+                return future.result(timeout=0.1)
+            except Pending:
+                continue
+            except KeyboardInterrupt:
+                box.interrupt()
 
 
 @app.command("gc")

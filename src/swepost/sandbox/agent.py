@@ -4,7 +4,9 @@ It keeps a persistent interactive bash on a pseudo-terminal, so `cd`, exported v
 jobs persist between commands, and it speaks newline-delimited JSON on stdin/stdout with the host. It
 enforces what the host must not have to trust the sandbox for: the per-command timeout (Ctrl-C, then
 SIGKILL of the foreground process group, then a fresh shell), the output cap (head and tail kept, the
-middle dropped as it streams, so memory stays flat whatever the command prints), and OOM detection.
+middle dropped as it streams, so memory stays flat whatever the command prints), and OOM detection. While
+a command runs, the one thing the host may send is INTERRUPT (its user's Ctrl-C): the same Ctrl-C path ends
+that command with exit code 130 and the session goes on.
 
 Standard library only, and no syntax newer than Python 3.6: task images bring their own python3.
 The host starts it as `python3 -u -c <this source> <json options>`.
@@ -28,6 +30,7 @@ import termios
 import time
 
 MARK = b"\x1eSWEPOST:"
+INTERRUPT = b"\x03\n"  # from the host while a command runs: Ctrl-C it (a late one, after the command, is ignored)
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STALE = re.compile("\x1eSWEPOST:[0-9a-f.]+:-?[0-9]+\x1e")  # markers of interrupted commands
 
@@ -145,6 +148,8 @@ class Shell:
         self.pid = self.fd = None
         self.quota = DiskQuota({"workdir": workdir})  # no limit until main() sets the real one
         self.notice = ""  # said at the start of the next command's output (a kill between commands)
+        self.pending = b""  # request bytes read from fd 0 while a command ran (the next request's start)
+        self.host_gone = False
         self.start()
 
     def start(self):
@@ -182,9 +187,10 @@ class Shell:
         cap = Capture(0, 4096)
         return self.read_until(nonce, cap, time.monotonic() + timeout)
 
-    def read_until(self, nonce, cap, deadline, watch=None):
+    def read_until(self, nonce, cap, deadline, watch=None, interruptible=False):
         """The marker's exit status; None on timeout, "eof" if the shell ended, "disk" when over the quota and
-        above `watch` bytes (what was used as the command began: one deleting files must be let finish)."""
+        above `watch` bytes (what was used as the command began: one deleting files must be let finish),
+        "interrupt" when `interruptible` and the host sends INTERRUPT (its user pressed Ctrl-C)."""
         pattern = re.compile(re.escape(MARK + nonce + b":") + rb"(-?\d+)\x1e")
         window = b""
         while True:
@@ -193,8 +199,11 @@ class Shell:
                 return None
             if watch is not None and self.quota.over() and self.quota.used > watch:
                 return "disk"
-            ready, _, _ = select.select([self.fd], [], [], min(left, 0.25))
-            if not ready:
+            watched = [self.fd, 0] if interruptible and not self.host_gone else [self.fd]
+            ready, _, _ = select.select(watched, [], [], min(left, 0.25))
+            if 0 in ready and self.host_input():
+                return "interrupt"
+            if self.fd not in ready:
                 # a background job can hold the terminal open after the shell exits: look for that too
                 if self.exited():
                     return "eof"
@@ -212,6 +221,19 @@ class Shell:
             if m:
                 cap.cut_at(start + m.start())
                 return int(m.group(1))
+
+    def host_input(self):
+        """Read what the host sent while a command runs: True for INTERRUPT; anything else (a close sent from
+        another thread) is kept for the request loop."""
+        data = os.read(0, 1 << 16)
+        if not data:
+            self.host_gone = True  # the request loop sees the end of input itself
+            return False
+        self.pending += data
+        if INTERRUPT in self.pending:
+            self.pending = self.pending.replace(INTERRUPT, b"", 1)
+            return True
+        return False
 
     def exited(self):
         try:
@@ -239,7 +261,7 @@ class Shell:
         if self.notice:
             cap.add(self.notice.encode())
             self.notice = ""
-        status = self.read_until(nonce, cap, started + timeout, watch=self.quota.used)
+        status = self.read_until(nonce, cap, started + timeout, watch=self.quota.used, interruptible=True)
         timed_out = status is None
         restarted = False
         if status not in (None, "eof", "disk") and self.quota.over(force=True):
@@ -256,6 +278,8 @@ class Shell:
             self.start()
         elif timed_out:
             status, restarted = 124, self.interrupt(cap)
+        elif status == "interrupt":  # 130 = 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+            status, restarted = 130, self.interrupt(cap)
         return {"exit_code": status, "output": cap.text(), "timed_out": timed_out,
                 "truncated_bytes": cap.dropped, "duration": round(time.monotonic() - started, 6),
                 "oom_killed": self.oom_kills() > oom_before, "session_restarted": restarted, "disk_exceeded": disk}
@@ -624,18 +648,21 @@ def setup_identity(opts, env):
 class RequestReader:
     """Newline-delimited requests from fd 0; `idle` runs about every second while none is coming."""
 
-    def __init__(self, idle):
-        self.idle, self.chunks = idle, []
+    def __init__(self, idle, shell=None):
+        self.idle, self.chunks, self.shell = idle, [], shell
 
     def __iter__(self):
         while True:
-            ready, _, _ = select.select([0], [], [], 1.0)
-            if not ready:
-                self.idle()
-                continue
-            chunk = os.read(0, 1 << 20)
-            if not chunk:
-                return
+            if self.shell is not None and self.shell.pending:  # read while a command ran
+                chunk, self.shell.pending = self.shell.pending, b""
+            else:
+                ready, _, _ = select.select([0], [], [], 1.0)
+                if not ready:
+                    self.idle()
+                    continue
+                chunk = os.read(0, 1 << 20)
+                if not chunk:
+                    return
             while b"\n" in chunk:
                 head, chunk = chunk.split(b"\n", 1)
                 self.chunks.append(head)
@@ -667,8 +694,8 @@ def main():
                            "shell_uid": opts["uid"], "agent_uid": os.getuid(), "undumpable": undumpable,
                            "home": opts["home"]}) + "\n").encode())
     out.flush()
-    for line in RequestReader(shell.watch_disk):
-        if not line.strip():
+    for line in RequestReader(shell.watch_disk, shell):
+        if not line.strip() or line == INTERRUPT.strip():
             continue
         try:
             req = json.loads(line.decode("utf-8"))

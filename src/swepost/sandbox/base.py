@@ -235,6 +235,16 @@ class Sandbox:
                              oom_killed=oom, session_restarted=reply["session_restarted"],
                              disk_exceeded=bool(reply.get("disk_exceeded")))
 
+    def interrupt(self) -> None:
+        """Ctrl-C the command `run` is running now (from another thread): it ends with exit code 130 and its
+        output so far; the session goes on. Does nothing between commands."""
+        if self.closed or self._channel is None:
+            return
+        try:
+            self._channel.send(b"\x03\n")  # not a request: the agent reads it while a command runs
+        except SandboxError:
+            pass
+
     def exec(self, command: str | list[str], *, timeout: float | None = None, cwd: str | None = None,
              env: dict | None = None, user: str = "root", stdin: bytes | None = None) -> CommandResult:
         """Run `command` as a NEW process the agent spawns itself, never through the persistent shell.
