@@ -233,3 +233,24 @@ def test_parallelism_and_logging_stay_out_of_recipe_keys(stage, config, field):
     model = get_stage(stage).config_model()
     assert field in model.NOT_IN_KEY and field in model.model_fields and "name" not in model.NOT_IN_KEY
 
+
+
+def test_local_model_folder_by_content_and_hub_id_by_revision(recipe, store):
+    folder = recipe.parent / "models" / "m"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    recipe.write_text("name: mk\nstages:\n"
+                      "  - {name: tasks, stage: tasks-import, config: {source: data/swe_tiny.jsonl}}\n"
+                      "  - {name: rft, stage: rft, config: {tasks: '${stages.tasks}', model: models/m}}\n"
+                      "  - {name: hub, stage: rft, config: {tasks: '${stages.tasks}', model: org/not-cached}}\n")
+    ran_before(recipe, store)
+    steps = recipes.plan(recipes.load_recipe(recipe), store)
+    assert [s.action for s in steps] == ["reuse"] * 3
+    assert steps[1].config.model == str(folder)  # relative to the recipe
+    hub = recipes.key_parts(steps[2].spec, steps[2].config, store)
+    assert hub.values["model model"] == "hub:org/not-cached@unresolved"  # tests run with HF_HUB_OFFLINE=1
+    (folder / "model.safetensors").write_bytes(b"\1" * 64)
+    steps = recipes.plan(recipes.load_recipe(recipe), store)
+    assert [s.action for s in steps] == ["reuse", "run", "reuse"]
+    assert steps[1].reasons == [f"model model {folder} changed"]

@@ -122,10 +122,11 @@ def hub_revision(model_id: str, revision: str = "main") -> str:
     """The commit a hub model id resolves to: asked of the hub when online; offline (HF_HUB_OFFLINE=1), the
     locally cached snapshot's, which is what would be loaded; else "unresolved"."""
     try:
-        from huggingface_hub import constants, try_to_load_from_cache  # noqa: F401
+        from huggingface_hub import constants
     except ImportError:
         return UNRESOLVED
-    if not constants.HF_HUB_OFFLINE:
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline:
         try:
             from huggingface_hub import HfApi
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from swepost.artifacts import Artifact, ArtifactStore, producer_record
-from swepost.config import ArtifactInput, StageConfig
+from swepost.config import ArtifactInput, ModelInput, StageConfig
 from swepost.errors import BadInput, BadInputs, WorkFailed
 from swepost.records import ERROR_KEY, Trajectory
 from swepost.rewards import filters
@@ -52,7 +52,7 @@ class FilterConfig(StageConfig):
     max_tokens: int | None = Field(None, ge=1, description="drop episodes whose conversation, as one SFT "
                                    "sequence, is longer than this many tokens (counted with `tokenizer` when "
                                    "given, else estimated from its text)")
-    tokenizer: str | None = Field(None, description="the model SFT will train (a folder, a checkpoint artifact "
+    tokenizer: str | None = ModelInput(None, description="the model SFT will train (a folder, a checkpoint artifact "
                                   "or a hub id): max_tokens then counts the conversation exactly as SFT will "
                                   "tokenize it (its tokenizer, the training chat template, the tool schemas, "
                                   "masked and dropped turns applied), so a kept episode is never cut at the end")

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from swepost.artifacts import Artifact, ArtifactStore
-from swepost.config import ArtifactInput, PathInput, StageConfig, validate
+from swepost.config import ArtifactInput, ModelInput, PathInput, StageConfig, validate
 from swepost.errors import WorkFailed
 from swepost.stages import get_stage
 from swepost.stages.collect import EpisodeLimits  # collect's config vocabulary, shared by rft's `limits`
@@ -26,7 +26,7 @@ class RftConfig(StageConfig):
     NOT_IN_KEY = frozenset({"concurrency"})  # speed, not results: a recipe's rft is reused under another -j
 
     tasks: str = ArtifactInput(description="the tasks to sample on")
-    model: str = Field(description="the starting model: a checkpoint artifact, a local folder or a hub id")
+    model: str = ModelInput(description="the starting model: a checkpoint artifact, a local folder or a hub id")
     name: str = Field("rft", description="prefix of every round's artifacts; the last checkpoint's name")
     rounds: int = Field(2, ge=1, le=100)
     samples: int = Field(4, ge=1, le=1024, description="episodes per task per round")
