@@ -5,8 +5,13 @@ does not."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +259,48 @@ def test_local_model_folder_by_content_and_hub_id_by_revision(recipe, store):
     steps = recipes.plan(recipes.load_recipe(recipe), store)
     assert [s.action for s in steps] == ["reuse", "run", "reuse"]
     assert steps[1].reasons == [f"model model {folder} changed"]
+
+
+def test_ctrl_c_then_another_j_resumes_the_same_work_folder(repo_root, swepost, home, tmp_path):
+    """Interrupt a collect, rerun it with another -j: the finished episodes are kept, none runs twice."""
+    swepost("tasks", "import", str(repo_root / "data" / "minicalc_tasks.jsonl"), "--name", "mini", check=0)
+    script = tmp_path / "slow.json"
+    script.write_text(json.dumps([{"content": "thinking", "tool_calls": [{"name": "bash",
+                                                                          "arguments": {"command": "true"}}]},
+                                  {"tool_calls": [{"name": "submit", "arguments": {}}]}]))
+    args = ["collect", "mini", "--policy", "scripted", "--set", f"policy_args.path={script}", "--set",
+            "policy_args.delay=0.2", "--samples", "2", "--backend", "local", "--repos",
+            str(repo_root / "data" / "repos"), "--json"]
+    env = {**os.environ, "SWEPOST_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "swepost", *args, "-j", "1"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, log = time.monotonic() + 120, None
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = list((home / "work").glob("collect-*/episodes.jsonl"))
+        if logs and len(logs[0].read_text().splitlines()) >= 3:
+            log = logs[0]
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert log is not None, "no episode finished before the interrupt"
+    before = {t["episode_id"]: t for t in map(json.loads, log.read_text().splitlines())}
+    assert 3 <= len(before) < 14
+    work = [p.name for p in (home / "work").glob("collect-*")]
+    out = swepost(*args, "-j", "3", check=0)
+    assert out.returncode == 0, out.stderr
+    art = json.loads(out.stdout)
+    trajs = [json.loads(line) for line in (Path(art["path"]) / "trajectories.jsonl").read_text().splitlines()]
+    assert len(trajs) == 14 and len({t["episode_id"] for t in trajs}) == 14
+    # the episodes finished before Ctrl-C were kept, not run again: their records are the very same
+    after = {t["episode_id"]: t for t in trajs}
+    # (an episode cut by Ctrl-C ends as a sandbox_error: that one runs again, as an infrastructure failure does)
+    assert len(work) == 1 and sum(t["exit_status"] == "submitted" for t in before.values()) >= 1
+    rerun = {e: t["exit_status"] for e, t in before.items()
+             if t["exit_status"] == "submitted" and after[e]["started"] != t["started"]}
+    assert not rerun, f"finished episodes ran again: {rerun} (work folders: {work})"
+    assert not list((home / "work").glob("collect-*"))
