@@ -196,3 +196,15 @@ def test_fuzzed_recipe_text_loads_or_exit_2(tmp_path, text):
         recipes.load_recipe(path)
     except BadInput as e:
         assert e.render().strip()
+
+
+def test_unknown_key_in_rft_round_settings_exits_2_before_any_work(tmp_path, repo_root, swepost):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: x\nstages:\n  - {{name: tasks, stage: tasks-import, config: {{source: "
+                    f"{repo_root / 'data' / 'swe_tiny.jsonl'}}}}}\n"
+                    "  - name: rft\n    stage: rft\n    config:\n      tasks: ${stages.tasks}\n      model: org/m\n"
+                    "      sft:\n        lerning_rate: 1\n")
+    r = swepost("run", str(path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "r.yaml:9: stages[1].config.sft: unknown key 'lerning_rate' for the sft stage (expected one of:" in r.stderr
+    assert json.loads(swepost("artifacts", "ls", "--json").stdout) == []

@@ -202,6 +202,8 @@ def _explain(model: type[BaseModel], err: dict) -> str:
         return "unknown key" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
     if err["type"] == "missing":
         return "required, but not given"
+    if err["type"] == "value_error":  # a validator's own message says what is wrong
+        return str(err["msg"]).removeprefix("Value error, ")
     got = err.get("input")
     shown = repr(got) if not isinstance(got, (dict, list)) or len(repr(got)) < 60 else type(got).__name__
     return f"{err['msg']} (got {shown})"

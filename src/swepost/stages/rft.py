@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from swepost.artifacts import Artifact, ArtifactStore
 from swepost.config import ArtifactInput, ModelInput, PathInput, StageConfig, validate
@@ -41,6 +41,17 @@ class RftConfig(StageConfig):
     filter: dict[str, Any] = Field(default_factory=dict, description="filter stage settings (see swepost filter)")
     sft: dict[str, Any] = Field(default_factory=dict, description="sft stage settings (see swepost sft)")
     seed: int = 0
+
+    @field_validator("filter", "sft")
+    @classmethod
+    def _known_keys(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """A typo in a round's filter or sft settings is found now, not after the first round's sampling."""
+        known = get_stage(info.field_name).config_model().model_fields
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown key {', '.join(map(repr, unknown))} for the {info.field_name} stage "
+                             f"(expected one of: {', '.join(sorted(known))})")
+        return value
 
 
 def run_rft(config: RftConfig, store: ArtifactStore) -> Artifact:
