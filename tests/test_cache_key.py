@@ -304,3 +304,15 @@ def test_ctrl_c_then_another_j_resumes_the_same_work_folder(repo_root, swepost, 
              if t["exit_status"] == "submitted" and after[e]["started"] != t["started"]}
     assert not rerun, f"finished episodes ran again: {rerun} (work folders: {work})"
     assert not list((home / "work").glob("collect-*"))
+
+
+@pytest.mark.docker
+def test_sandbox_base_image_enters_the_key_by_id(recipe, store, docker_client, base_image):
+    recipe.write_text(recipe.read_text().replace("backend: local", "backend: docker"))
+    ran_before(recipe, store)
+    collect = recipes.plan(recipes.load_recipe(recipe), store)[1]
+    parts = recipes.key_parts(collect.spec, collect.config, store)
+    assert parts.values["sandbox image"] == docker_client.images.get(base_image).id
+    old = {"values": {**parts.values, "sandbox image": "sha256:0123"}, "about": parts.about}
+    assert recipes.why_rerun(parts, old) == [f"sandbox image {base_image} changed (sha256:0123 → "
+                                             f"{recipes._short(parts.values['sandbox image'])})"]
