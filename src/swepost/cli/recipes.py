@@ -38,7 +38,8 @@ def run_cmd(
         for s in steps:
             what = (f"reuse {s.artifact.id}" if s.action == "reuse"
                     else f"run (after {s.waits_on})" if s.waits_on else "run")
-            why = f" — reruns: {escape('; '.join(s.reasons))}" if s.reasons else ""
+            why = ("" if s.waits_on or not s.reasons else " — no stored run" if s.reasons == ["no stored run"]
+                   else f" — reruns: {escape('; '.join(s.reasons))}")
             console.print(f"  {s.index + 1}. {s.name} [dim]({s.spec.name})[/]: {what}{why}")
         return
 
