@@ -127,7 +127,7 @@ def test_input_artifact_change_is_named(recipe, store):
 
 
 def test_swepost_code_edit_and_commit_rerun_every_stage(recipe, store, repo_root, tmp_path, monkeypatch):
-    """swepost's code is pointed at a git copy of the package, edited, then committed."""
+    """swepost's code is pointed at a git copy of the package; its system prompt is edited, then committed."""
     copy = tmp_path / "checkout" / "swepost"
     shutil.copytree(repo_root / "src" / "swepost", copy, ignore=shutil.ignore_patterns("__pycache__"))
 
@@ -143,7 +143,8 @@ def test_swepost_code_edit_and_commit_rerun_every_stage(recipe, store, repo_root
     ran_before(recipe, store)
     assert [s.action for s in recipes.plan(recipes.load_recipe(recipe), store)] == ["reuse"] * 3
 
-    (copy / "agent.py").write_text((copy / "agent.py").read_text() + "\n# edited\n")
+    prompt = copy / "envs" / "prompts" / "swe_system.md"  # a shipped prompt file is swepost's code too
+    prompt.write_text(prompt.read_text() + "\nBe brief.\n")
     fingerprint._code_fingerprint.cache_clear()  # computed once per process: this is the next `swepost run`
     steps = recipes.plan(recipes.load_recipe(recipe), store)
     assert [s.reasons for s in steps][0] == ["swepost code changed (uncommitted changes)"]

@@ -2,8 +2,10 @@
 
 A stage's config may refer to earlier outputs: `${stages.NAME}` is the artifact id that stage produced,
 `${model}`, `${seed}` and `${recipe}` the recipe's own fields. Each stage's cache key hashes its resolved
-config (input artifacts by id, input files by content) and the swepost version; a stored artifact with that
-key is reused, so a finished recipe runs again without doing any work.
+config and what it depends on outside it (`key_parts`: input artifacts by id, files and local models by
+content, hub models by revision, plugged-in modules by source, the sandbox image, swepost's code); a stored
+artifact with that key is reused, so a finished recipe runs again without doing any work, and a plan says
+which part changed when a stage reruns (`why_rerun`).
 """
 
 from __future__ import annotations
