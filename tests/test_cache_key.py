@@ -187,9 +187,16 @@ def test_folder_hash_is_by_content_and_remembered_by_size_and_mtime(tmp_path):
     assert fingerprint.path_fingerprint(model, memo) != first
 
 
-def test_hub_ids_offline_are_unresolved(monkeypatch):
+def test_hub_ids_offline_are_the_cached_snapshot_or_unresolved(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     assert fingerprint.hub_revision.__wrapped__("org/surely-not-cached-model") == fingerprint.UNRESOLVED
+    refs = tmp_path / "models--org--cached" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("0123abcd" * 5)
+    assert fingerprint.hub_revision.__wrapped__("org/cached") == "0123abcd" * 5  # what offline loading would use
 
 
 def test_unknown_component_and_missing_policy_file_exit_2(recipe, swepost):
