@@ -102,6 +102,8 @@ def test_set_on_a_stage_by_name(recipe_dir, store):
     (("      source: ../data/swe_tiny.jsonl\n", "      source: ${stages.later}\n"),
      r"r.yaml:12: stages\[1\].config.source: \$\{stages.later\} names no stage"),
     (("  - name: tasks\n", "  - name: model\n"), r"r.yaml:9: stages\[1\].name: duplicate stage name 'model'"),
+    (("      source: ../data/swe_tiny.jsonl\n", "      source: ../data/nope.jsonl\n"),
+     r"r.yaml:12: stages\[1\].config.source: file not found: .*nope.jsonl \(paths in a recipe are relative to"),
 ])
 def test_bad_recipes_exit_2_naming_file_line_and_key(recipe_dir, swepost, edit, expected):
     path = recipe_dir / "recipes" / "r.yaml"

@@ -349,7 +349,7 @@ def _local_model(base: Path, ref: Any) -> Any:
 
 def _check_inputs(loaded: LoadedRecipe, i: int) -> None:
     """Component names (policy, environment, backend, reward) are known short names or importable modules,
-    and files named in policy_args exist, relative to the recipe. References to stages are checked at run."""
+    and input files (FileInput fields, files in policy_args) exist, relative to the recipe."""
     from swepost.registry import COMPONENT_FIELDS, check_component
 
     st = loaded.recipe.stages[i]
@@ -362,9 +362,12 @@ def _check_inputs(loaded: LoadedRecipe, i: int) -> None:
                 check_component(name, registry, what)
             except BadInput as e:
                 _fail(loaded, (*at, field), e.detail)
-    for arg, kind, value in _policy_inputs(model, st.config):
-        if kind == "file" and not _REF.search(value) and not (loaded.path.parent / value).exists():
-            _fail(loaded, (*at, "policy_args", arg), f"file not found: {loaded.path.parent / value} "
+    files = [((*at, f), st.config[f]) for f in input_fields(model, "file") if isinstance(st.config.get(f), str)]
+    files += [((*at, "policy_args", arg), value) for arg, kind, value in _policy_inputs(model, st.config)
+              if kind == "file"]
+    for loc, value in files:
+        if not _REF.search(value) and not (loaded.path.parent / value).exists():
+            _fail(loaded, loc, f"file not found: {loaded.path.parent / value} "
                   "(paths in a recipe are relative to the recipe)")
 
 
