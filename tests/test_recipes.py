@@ -179,12 +179,13 @@ _RECIPES = st.fixed_dictionaries({"name": _SCALARS, "stages": st.lists(st.fixed_
 @given(doc=st.one_of(_TREES, _RECIPES), sets=st.lists(st.sampled_from(
     ["seed=2", "stages.a.seed=1", "stages.a=3", "stages=1", "x=1", "name.y=2", "stages.a.limits.max_turns=q"]),
     max_size=2))
-def test_fuzzed_recipes_load_or_exit_2(tmp_path, doc, sets):
-    """Any YAML document gives a recipe or a BadInput naming the problem, never another exception."""
+def test_fuzzed_recipes_load_or_exit_2(tmp_path, store, monkeypatch, doc, sets):
+    """Any YAML document gives a recipe (and a plan) or a BadInput naming the problem, never another exception."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tmp_path / "fuzz.yaml"
     path.write_text(yaml.safe_dump(doc))
     try:
-        recipes.load_recipe(path, sets)
+        recipes.plan(recipes.load_recipe(path, sets), store)
     except BadInput as e:
         assert e.render().strip()
 

@@ -77,10 +77,9 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> LoadedRecipe
     layers.add_yaml(path)
     if not isinstance(layers.data, dict):
         raise BadInput("a recipe is a mapping with name, model and stages", file=str(path))
-    stages = layers.data.get("stages")
-    names = [s.get("name") if isinstance(s, dict) else None for s in stages] if isinstance(stages, list) else []
     for expr in sets or []:
         parts, value = parse_set(expr)
+        names = _stage_names(layers.data)  # an earlier --set may have replaced the stages
         if parts[0] == "stages" and len(parts) >= 3:
             if parts[1] not in names:
                 raise BadInput(f"--set {expr}: no stage named {parts[1]!r} (stages: {', '.join(map(str, names))})")
@@ -90,6 +89,7 @@ def load_recipe(path: str | Path, sets: list[str] | None = None) -> LoadedRecipe
         else:
             layers.set(parts, value, f"--set {expr}")
     recipe = validate(Recipe, layers.data, layers.where)
+    names = [st.name for st in recipe.stages]
     loaded = LoadedRecipe(recipe, path, layers)
     for loc, ref in _refs(recipe.model, ("model",)):
         if not (ref.startswith("stages.") and ref.split(".", 1)[1] in names):
@@ -400,6 +400,11 @@ def _stage_refs(config: dict, recipe: Recipe) -> list[str]:
     if "model" in refs:
         refs += [r for _, r in _refs(recipe.model, ())]
     return [r.split(".", 1)[1] for r in refs if r.startswith("stages.")]
+
+
+def _stage_names(data: dict) -> list:
+    stages = data.get("stages")
+    return [s.get("name") if isinstance(s, dict) else None for s in stages] if isinstance(stages, list) else []
 
 
 def _set_path(data: dict, parts: list, value: Any) -> None:
