@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
 from swepost.config import ArtifactInput, PathInput, StageConfig
 from swepost.errors import BadInput, WorkFailed
+from swepost.progress import StageBar
 from swepost.records import SandboxLimits, Task, Trajectory
 from swepost.rewards.filters import failure_cause, is_infra_failure, is_ungraded
 from swepost.sandbox.task_sandbox import sandbox_kwargs
@@ -378,22 +379,16 @@ def run_collect(config: CollectConfig, store: ArtifactStore) -> Artifact:
     return w.artifact
 
 
-class _Progress:
-    """A live bar on stderr: episodes done, resolved so far, tokens/s, errors."""
+class _Progress(StageBar):
+    """The collect / eval bar: episodes done, resolved so far, ungraded, errors, tokens/s."""
 
     def __init__(self, stage: str, total: int, done: list[Trajectory]):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         self.started = time.monotonic()
         self.tokens = 0
-        self.bar = Progress(TextColumn(f"[bold]{stage}[/]"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False,
-                            console=Console(stderr=True))  # stdout stays clean for --json
         self.resolved = sum(1 for t in done if t.resolved == "RESOLVED_FULL")
         self.ungraded = sum(1 for t in done if is_ungraded(t))
         self.errors = sum(1 for t in done if t.exit_status not in ("submitted", None))
-        self.task = self.bar.add_task(stage, total=total, completed=len(done), info=self._info())
+        super().__init__(stage, total, completed=len(done), info=self._info())
 
     def _info(self) -> str:
         rate = self.tokens / max(time.monotonic() - self.started, 1e-6)
@@ -404,12 +399,4 @@ class _Progress:
         self.resolved += traj.resolved == "RESOLVED_FULL"
         self.ungraded += is_ungraded(traj)
         self.errors += traj.exit_status != "submitted"
-        self.bar.update(self.task, advance=1, info=self._info())
-
-    def __enter__(self) -> _Progress:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.bar.stop()
-        return False
+        self.advance(self._info())

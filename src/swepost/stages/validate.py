@@ -17,6 +17,7 @@ from pydantic import Field
 
 from swepost.artifacts import Artifact, ArtifactStore, producer_record
 from swepost.config import ArtifactInput, PathInput, StageConfig
+from swepost.progress import StageBar
 from swepost.records import SandboxLimits, Task
 from swepost.stages.tasks import TASKS_FILE, load_tasks
 
@@ -135,18 +136,12 @@ def dropped_lines(reports: list[dict]) -> list[str]:
     return lines
 
 
-class _Progress:
-    """A bar on stderr (stdout stays clean for --json): tasks done, kept, dropped."""
+class _Progress(StageBar):
+    """The tasks-validate bar: tasks done, kept, dropped."""
 
     def __init__(self, total: int, show: bool):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         self.kept = self.dropped = 0
-        self.bar = Progress(TextColumn("[bold]tasks-validate[/]"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not show,
-                            console=Console(stderr=True))
-        self.task = self.bar.add_task("validate", total=total, info=self._info())
+        super().__init__("tasks-validate", total, info=self._info(), show=show)
 
     def _info(self) -> str:
         return f"kept {self.kept} · dropped {self.dropped}"
@@ -154,12 +149,4 @@ class _Progress:
     def update(self, kept: bool) -> None:
         self.kept += kept
         self.dropped += not kept
-        self.bar.update(self.task, advance=1, info=self._info())
-
-    def __enter__(self) -> _Progress:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        self.bar.stop()
-        return False
+        self.advance(self._info())
