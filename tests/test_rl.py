@@ -372,7 +372,8 @@ def test_one_grpo_step_raises_the_rewarded_answer_and_lowers_the_other(tmp_path)
 
     from swepost.records import Task
     from swepost.stages.rl import RlConfig
-    from swepost.train.rl import RolloutLog, build_trainer, fit_context
+    from swepost.train.context import fit_context
+    from swepost.train.rl import RolloutLog, build_trainer
     from swepost.train.tiny_model import build_tiny_model
 
     model_path = str(tmp_path / "tiny")
@@ -447,7 +448,8 @@ def test_trl_rewards_and_advantages_line_up_with_the_rollout_log(tmp_path):
 
     from swepost.records import Task
     from swepost.stages.rl import RlConfig
-    from swepost.train.rl import RolloutLog, build_trainer, fit_context
+    from swepost.train.context import fit_context
+    from swepost.train.rl import RolloutLog, build_trainer
     from swepost.train.tiny_model import build_tiny_model
 
     model_path = str(tmp_path / "tiny")
@@ -546,7 +548,8 @@ def test_episodes_past_the_rollout_deadline_are_cut_and_left_out_of_loss_and_bas
 
     from swepost.records import Task
     from swepost.stages.rl import RlConfig
-    from swepost.train.rl import RolloutLog, build_trainer, fit_context
+    from swepost.train.context import fit_context
+    from swepost.train.rl import RolloutLog, build_trainer
     from swepost.train.tiny_model import build_tiny_model
 
     model_path = str(tmp_path / "tiny")

@@ -152,7 +152,7 @@ def test_a_turn_stops_at_max_turn_tokens_well_inside_the_completion_budget(tok):
 def test_context_budgets_fit_the_model(tmp_path):
     from swepost.errors import BadInput
     from swepost.stages.rl import RlConfig
-    from swepost.train.rl import fit_context
+    from swepost.train.context import fit_context
     from swepost.train.tiny_model import build_tiny_model
 
     build_tiny_model(tmp_path / "m")  # a 4096-token context

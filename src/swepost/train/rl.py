@@ -39,7 +39,7 @@ from typing import Any
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
 from swepost.rewards.filters import UNGRADED, is_ungraded
-from swepost.train.context import check_colocate_memory, fit_context, model_context  # noqa: F401 (re-exported)
+from swepost.train.context import fit_context
 from swepost.train.launch import mark_finished, resume_point
 from swepost.train.trl_compat import log_completion_column, log_metric
 
@@ -530,8 +530,7 @@ def train_rl(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dic
 def _train(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any) -> dict:
     from swepost.train.sft import check_world, save_merged_lora
 
-    cfg = fit_context(cfg, model_path)
-    check_colocate_memory(cfg, model_path)
+    cfg = fit_context(cfg, model_path)  # the budgets it trains with (run_rl checked the GPU memory already)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = RolloutLog(out_dir, cfg.save_trajectories)
     trainer, rollout = build_trainer(tasks, model_path, out_dir, cfg, log)
