@@ -373,8 +373,9 @@ def test_the_deadline_cuts_a_blocked_episode_and_leaves_the_others_alone(tok):
     # the numbers add up: the cut episode's time is the lost time, and every episode's time is counted once
     assert stats.cut == 1 and stats.deadline == 1.5
     assert stats.lost_seconds == pytest.approx(t.seconds["total"], abs=0.5)
+    # (the rollout's clock and each episode's own clock are read a few ms apart on a loaded machine: 0.1 s slack)
     others = sum(r.trajectory.seconds["total"] for r in fast)
-    assert others + stats.lost_seconds <= stats.episode_seconds <= others + stats.lost_seconds + 2.0
+    assert others + stats.lost_seconds - 0.1 <= stats.episode_seconds <= others + stats.lost_seconds + 2.0
     assert stats.lost_fraction == pytest.approx(stats.lost_seconds / stats.episode_seconds)
     assert stats.generation <= stats.wall and stats.idle_seconds == pytest.approx(stats.wall - stats.generation,
                                                                                   abs=0.5)

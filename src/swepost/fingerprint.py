@@ -31,7 +31,7 @@ def _code_fingerprint(package_dir: Path) -> dict[str, str]:
     git = _git_state(package_dir)
     if git is not None:
         return git
-    return {"hash": "files:" + _folder_digest(package_dir, skip=("__pycache__",)), "commit": ""}
+    return {"hash": "files:" + path_fingerprint(package_dir, None, skip=("__pycache__",)), "commit": ""}
 
 
 def _git_state(folder: Path) -> dict[str, str] | None:
@@ -83,16 +83,18 @@ def module_fingerprint(target: str) -> tuple[str, str]:
     return sha256_file(origin), str(origin)
 
 
-def path_fingerprint(path: Path, cache_dir: Path | None) -> str:
-    """sha256 of a file's or folder's content (names and bytes). File hashes are remembered in `cache_dir` by
-    (path, size, mtime), so a 15 GB model folder is read once, not at every plan."""
+def path_fingerprint(path: Path, cache_dir: Path | None, skip: tuple[str, ...] = ()) -> str:
+    """sha256 of a file's or folder's content (names and bytes; folders named in `skip` left out). File hashes
+    are remembered in `cache_dir` by (path, size, mtime), so a 15 GB model folder is read once, not at every
+    plan."""
     path = path.resolve()
     memo_file = cache_dir / (hashlib.sha256(str(path).encode()).hexdigest()[:24] + ".json") if cache_dir else None
     try:
         memo = json.loads(memo_file.read_text()) if memo_file else {}
     except (OSError, ValueError):
         memo = {}
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not set(p.relative_to(path).parts) & set(skip)) \
+        if path.is_dir() else [path]
     new: dict[str, list] = {}
     h = hashlib.sha256()
     for f in files:
@@ -108,13 +110,6 @@ def path_fingerprint(path: Path, cache_dir: Path | None) -> str:
         tmp.write_text(json.dumps(new))
         os.replace(tmp, memo_file)
     return ("dir:" if path.is_dir() else "file:") + h.hexdigest()
-
-
-def _folder_digest(folder: Path, skip: tuple[str, ...] = ()) -> str:
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not set(p.parts) & set(skip)):
-        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
-    return h.hexdigest()
 
 
 @functools.cache
