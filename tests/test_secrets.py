@@ -46,3 +46,12 @@ def test_api_key_from_set_reaches_no_artifact_summary_log_or_output(swepost, hom
     manifests = [json.loads(p.read_text()) for p in written if p.name == "manifest.json"]
     assert [m["producer"]["config"]["policy_args"]["api_key"] for m in manifests
             if m["kind"] in ("trajectories", "eval")] == [REDACTED, REDACTED]
+
+
+def test_print_config_redacts_the_api_key(swepost, repo_root):
+    """--print-config output is pasted into issues and logs: the key given with --set must not be in it."""
+    for command in ("collect", "eval"):
+        r = swepost(command, "some-tasks", "--policy", "openai", "--model", "m",
+                    "--set", f"policy_args.api_key={SECRET}", "--print-config", check=0)
+        assert SECRET not in r.stdout + r.stderr
+        assert f"api_key: {REDACTED}" in r.stdout and "model: m" in r.stdout

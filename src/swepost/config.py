@@ -259,5 +259,7 @@ def _leaf_paths(mapping: dict, at: KeyPath = ()) -> list[KeyPath]:
     return out
 
 
-def to_yaml(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def to_yaml(data: BaseModel | dict) -> str:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -45,9 +45,11 @@ def resolve_config(model, config_file: Path | None, sets: list[str] | None, flag
 
 
 def print_config(config) -> None:
+    """The resolved config as YAML, credentials redacted: terminals are logged, shared and pasted in issues."""
+    from swepost.artifacts import redact_secrets
     from swepost.config import to_yaml
 
-    sys.stdout.write(to_yaml(config))
+    sys.stdout.write(to_yaml(redact_secrets(config.model_dump(mode="json"))))
 
 
 def run_stage(stage: str, config, as_json: bool) -> None:
