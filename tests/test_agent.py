@@ -164,3 +164,22 @@ def test_an_old_format_record_loads_and_is_read_by_its_text():
 def test_rewards_do_not_import_the_agent():
     source = (REPO_ROOT / "src" / "swepost" / "rewards" / "filters.py").read_text()
     assert "swepost.agent" not in source
+
+
+def test_the_record_says_the_tool_mode_an_episode_switched_to():
+    """A real server that takes `tools=` but answers with `<tool_call>` text: an openai policy in tool_mode auto
+    switches to the text parser mid-episode, and that episode's own record says so."""
+    from openai_server import ScriptedChatServer
+
+    from swepost.policies.openai import OpenAIPolicy
+
+    ls = 'Looking.\n<tool_call>\n{"name": "bash", "arguments": {"command": "ls"}}\n</tool_call>'
+    submit = '<tool_call>\n{"name": "submit", "arguments": {}}\n</tool_call>'
+    with ScriptedChatServer([{"content": ls}, {"content": submit}]) as server:
+        policy = OpenAIPolicy(model="m", base_url=server.base_url, api_key="test", tool_mode="auto", backoff=0.01)
+        assert policy.describe()["tool_mode_active"] == "native"
+        traj = run_episode(policy, FakeEnvironment(), TASK, grade=False)
+    assert server.requests[0]["tools"] and "tools" not in server.requests[1]  # it did switch, mid-episode
+    assert traj.exit_status == ExitStatus.SUBMITTED and traj.tool_errors == 0
+    assert traj.policy["tool_mode"] == "auto" and traj.policy["tool_mode_active"] == "text"
+    assert Trajectory.model_validate_json(traj.model_dump_json()).policy["tool_mode_active"] == "text"

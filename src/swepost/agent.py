@@ -190,6 +190,7 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
         traj.seconds.update(policy=round(policy_s, 3), env=round(env_s, 3),
                             total=round(time.monotonic() - started, 3))
         traj.finished = now()
+        traj.policy = policy.describe()  # what the policy became (tool_mode auto -> text), not what it began as
         on_step(traj)
 
 
