@@ -88,6 +88,36 @@ def test_no_episode_is_broken():
     env.close()
 
 
+def test_argument_errors_are_format_errors_in_the_loop(tasks):
+    """Missing, ill-typed, unexpected or out-of-schema arguments are malformed calls (TurnError.FORMAT); a
+    well-formed call that cannot be carried out is a tool error (the local backend: no docker needed)."""
+    from swepost.agent import AgentLimits, run_episode
+    from swepost.policies.scripted import ScriptedPolicy
+    from swepost.records import ERROR_KEY, TurnError
+
+    def call(name, arguments):
+        return {"tool_calls": [{"name": name, "arguments": arguments}]}
+
+    malformed = [call("bash", {}), call("bash", {"command": 3}), call("bash", {"command": "ls", "timeout": 3}),
+                 call("str_replace_editor", {"command": "view"}),
+                 call("str_replace_editor", {"command": "delete", "path": "a.py"}),
+                 call("str_replace_editor", {"command": "view", "path": "README.md", "view_range": "1-3"}),
+                 call("str_replace_editor", {"command": "insert", "path": "README.md", "new_str": "x"}),
+                 call("str_replace_editor", {"command": "insert", "path": "README.md", "new_str": "x",
+                                             "insert_line": "2"})]
+    refused = [call("str_replace_editor", {"command": "view", "path": "nope.py"}),
+               call("str_replace_editor", {"command": "str_replace", "path": "nope.py", "old_str": "a"})]
+    policy = ScriptedPolicy(turns=[*malformed, *refused, call("submit", {})])
+    # a long message is truncated and keeps its kind
+    env = SweEnvironment(repos=REPO_ROOT / "data" / "repos", backend="local", max_observation_chars=80)
+    traj = run_episode(policy, env, tasks[0], grade=False, limits=AgentLimits(max_consecutive_errors=20))
+    assert traj.exit_status == "submitted", (traj.exit_status, traj.error)
+    answers = [m for m in traj.messages if m["role"] == "tool"]
+    assert [m.get(ERROR_KEY) for m in answers] == ([TurnError.FORMAT.value] * len(malformed)
+                                                   + [TurnError.TOOL.value] * len(refused) + [None])
+    assert "characters truncated" in answers[4]["content"]  # the unrecognized command's long message
+
+
 # --- in a sandbox ------------------------------------------------------------------------------------------
 docker = pytest.mark.docker
 

@@ -9,8 +9,10 @@ components and public trajectories rely on their names and arguments):
                                         undo_edit; paths absolute or relative to the repo
     submit()                            ends the episode
 
-Arguments come from model output and may be anything: every malformed call raises ToolError (the message is
-the observation), a failing sandbox raises EnvironmentBroken. The result is `final_diff()` (the working copy
+Arguments come from model output and may be anything: a call its tool's schema rejects (unknown tool, arguments
+missing, unexpected or of the wrong type) raises MalformedCall, a format error; a well-formed call that cannot be
+carried out (no such file, old_str not found) raises ToolError; the message is the observation either way. A
+failing sandbox raises EnvironmentBroken. The result is `final_diff()` (the working copy
 against the base commit, new files included), graded by `score()` in a fresh sandbox, never this one.
 
 Prompts are `prompts/swe_system.md` and `prompts/swe_user.md` (or the same names in `prompts_dir`), Python
@@ -29,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from swepost.envs.base import EnvironmentBroken, Observation, ToolError
+from swepost.envs.base import EnvironmentBroken, MalformedCall, Observation, ToolError
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
 from swepost.sandbox.base import Limits, Sandbox, SandboxError
@@ -282,9 +284,9 @@ class SweEnvironment:
 
     def step(self, name: str, arguments: dict[str, Any]) -> Observation:
         if not isinstance(name, str):
-            raise ToolError(f"Tool name must be a string, got {_show(name)}")
+            raise MalformedCall(f"Tool name must be a string, got {_show(name)}")
         if name not in TOOL_ARGS:
-            raise ToolError(f"Unknown tool {_show(name, 100)}; the tools are: {', '.join(TOOL_ARGS)}")
+            raise MalformedCall(f"Unknown tool {_show(name, 100)}; the tools are: {', '.join(TOOL_ARGS)}")
         args = self._arguments(name, arguments)
         box = self._live_box()
         try:
@@ -299,7 +301,7 @@ class SweEnvironment:
         except ToolError as e:
             message = str(e)
             if self.max_observation_chars and len(message) > self.max_observation_chars:
-                raise ToolError(self._truncate(message)) from None
+                raise type(e)(self._truncate(message)) from None  # a format error stays one
             raise
         return Observation(self._truncate(content))
 
@@ -399,14 +401,14 @@ class SweEnvironment:
             try:
                 arguments = json.loads(arguments) if arguments.strip() else {}
             except (ValueError, RecursionError):
-                raise ToolError(f"The arguments of {name} are not valid JSON: {_show(arguments)}") from None
+                raise MalformedCall(f"The arguments of {name} are not valid JSON: {_show(arguments)}") from None
         if not isinstance(arguments, dict):
-            raise ToolError(f"The arguments of {name} must be a JSON object, got {type(arguments).__name__}")
+            raise MalformedCall(f"The arguments of {name} must be a JSON object, got {type(arguments).__name__}")
         allowed = TOOL_ARGS[name]
         extra = [k for k in arguments if k not in allowed]
         if extra:
             takes = f"it takes: {', '.join(allowed)}" if allowed else "it takes none"
-            raise ToolError(f"Unexpected argument(s) for {name}: {', '.join(_show(k, 60) for k in extra[:10])}; "
+            raise MalformedCall(f"Unexpected argument(s) for {name}: {', '.join(_show(k, 60) for k in extra[:10])}; "
                             f"{takes}")
         # an explicit null is the same as leaving an optional argument out
         return {k: v for k, v in arguments.items() if v is not None}
@@ -450,7 +452,7 @@ class SweEnvironment:
     def _editor(self, args: dict[str, Any]) -> str:
         command = _string(args, "command", "str_replace_editor", required=True)
         if command not in EDITOR_COMMANDS:
-            raise ToolError(f"Unrecognized command {_show(command, 100)}. The allowed commands for the "
+            raise MalformedCall(f"Unrecognized command {_show(command, 100)}. The allowed commands for the "
                             f"str_replace_editor tool are: {', '.join(EDITOR_COMMANDS)}")
         path = self._path(args)
         if command == "view":
@@ -520,7 +522,7 @@ class SweEnvironment:
         if view_range is not None:
             if not (isinstance(view_range, (list, tuple)) and len(view_range) == 2
                     and all(type(v) is int for v in view_range)):
-                raise ToolError(f"Invalid `view_range`: {_show(view_range)}. It should be a list of two integers, "
+                raise MalformedCall(f"Invalid `view_range`: {_show(view_range)}. It should be a list of two integers, "
                                 "[start, end]; end -1 means to the end of the file")
         found = self._kind(path)
         kind = found[0]
@@ -598,9 +600,9 @@ class SweEnvironment:
         new_str = _string(args, "new_str", "insert", required=True)
         insert_line = args.get("insert_line")
         if insert_line is None:
-            raise ToolError("Parameter `insert_line` is required for command: insert")
+            raise MalformedCall("Parameter `insert_line` is required for command: insert")
         if type(insert_line) is not int:
-            raise ToolError(f"Parameter `insert_line` must be an integer, got {_show(insert_line)}")
+            raise MalformedCall(f"Parameter `insert_line` must be an integer, got {_show(insert_line)}")
         if len(new_str) > MAX_FILE_BYTES:
             raise ToolError(f"`new_str` is {len(new_str)} characters; the editor writes at most {MAX_FILE_BYTES}")
         text = self._read_text(path)
@@ -642,12 +644,12 @@ def _string(args: dict[str, Any], key: str, command: str, *, required: bool) -> 
     value = args.get(key)
     if value is None:
         if required:
-            raise ToolError(f"Parameter `{key}` is required for command: {command}")
+            raise MalformedCall(f"Parameter `{key}` is required for command: {command}")
         return None
     if not isinstance(value, str):
-        raise ToolError(f"Parameter `{key}` must be a string, got {type(value).__name__}: {_show(value, 100)}")
+        raise MalformedCall(f"Parameter `{key}` must be a string, got {type(value).__name__}: {_show(value, 100)}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ToolError(f"Parameter `{key}` holds characters that are not valid Unicode text") from None
+        raise MalformedCall(f"Parameter `{key}` holds characters that are not valid Unicode text") from None
     return value
