@@ -103,6 +103,8 @@ def run_trl(model, tokenizer, rows: list[dict], group: int, max_completion: int,
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    from swepost.train.trl_compat import logged_metrics
+
     args = GRPOConfig(output_dir=str(out_dir), use_cpu=True, bf16=False, gradient_checkpointing=False,
                       report_to="none", save_strategy="no", max_steps=1, logging_steps=1,
                       per_device_train_batch_size=len(rows) * group, num_generations=group,
@@ -114,5 +116,5 @@ def run_trl(model, tokenizer, rows: list[dict], group: int, max_completion: int,
     t0 = time.monotonic()
     out = trainer._generate_and_score_completions(inputs)
     seconds = time.monotonic() - t0
-    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if v and k.startswith(("tools/", "rewards/"))}
+    metrics = {k: v[-1] for k, v in logged_metrics(trainer).items() if v and k.startswith(("tools/", "rewards/"))}
     return seconds, out, metrics
