@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from swepost.errors import BadInput
 from swepost.policies.base import MIN_TURN_TOKENS, PolicyError, PolicyReply, one_name, turn_budget
 from swepost.policies.chat import template_messages
@@ -39,8 +41,37 @@ def _resolve_model(model: str) -> tuple[str, str | None]:
     return str(path), art.id
 
 
+class HFArgs(BaseModel):
+    """policy_args of `hf`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="a local folder, a hub id, or a checkpoint artifact (name, name@version, id)")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature; 0 is greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (with temperature > 0)")
+    max_new_tokens: int | None = Field(None, ge=1, description="transformers' name for max_turn_tokens: give one")
+    max_context_tokens: int | None = Field(None, ge=2, description="transformers' name for max_model_len: give one")
+    max_turn_tokens: int | None = Field(None, ge=1, description="tokens one turn may generate (default 256), at "
+                                        "most what max_model_len leaves")
+    max_model_len: int | None = Field(None, ge=2, description="the context length the prompt and the turn share "
+                                      "(default 4096)")
+    min_turn_tokens: int = Field(MIN_TURN_TOKENS, ge=1, description="below this much room left the episode ends "
+                                 "as context_overflow")
+    seed: int = Field(0, description="sampling seed: call i samples with torch.Generator(seed + i)")
+    device: str = Field("auto", description="auto (cuda when there is one, else cpu), cpu, cuda, cuda:1, ...")
+    dtype: str = Field("auto", description="auto (bfloat16 or float16 on GPU, float32 on CPU), or a torch dtype "
+                       "name: float32, bfloat16, float16")
+
+    @model_validator(mode="after")
+    def _one_name_each(self) -> HFArgs:
+        one_name(("max_turn_tokens", "max_new_tokens"), (self.max_turn_tokens, self.max_new_tokens), None)
+        one_name(("max_model_len", "max_context_tokens"), (self.max_model_len, self.max_context_tokens), None)
+        return self
+
+
 class HFPolicy:
     name = "hf"
+    Args = HFArgs
 
     def __init__(self, *, model: str, temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int | None = None,
                  max_context_tokens: int | None = None, max_turn_tokens: int | None = None,

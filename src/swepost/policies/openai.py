@@ -22,8 +22,11 @@ import os
 import random
 import re
 import time
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from swepost.artifacts import REDACTED
 from swepost.policies.base import MIN_TURN_TOKENS, ContextOverflow, PolicyError, PolicyReply, one_name, turn_budget
 from swepost.policies.toolcalls import OPEN, assistant_turn, call_id, parse_tool_calls, render_tool_call
 from swepost.records import Task
@@ -34,6 +37,7 @@ TOOL_MODES = ("native", "text", "auto")
 RETRYABLE_STATUS = {408, 409, 429}
 MAX_BACKOFF_S = 60.0
 MAX_RETRY_AFTER_S = 600.0
+MIN_SECRET_CHARS = 4  # a shorter "key" is a placeholder; cutting it out would garble every error message
 
 _CONTEXT_OVERFLOW = re.compile(
     r"context[ _-]?length|context window|maximum model length|max_model_len|model's context|"
@@ -58,8 +62,52 @@ TOOLS_PROMPT_TAIL = ("\n</tools>\n\nFor each function call, return a json object
                      '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
 
 
+class OpenAIArgs(BaseModel):
+    """policy_args of `openai`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="the model name the server serves (vLLM: --served-model-name)")
+    base_url: str | None = Field(None, description="the API's /v1 URL, e.g. http://localhost:8000/v1; none: "
+                                 "$OPENAI_BASE_URL, else OpenAI's")
+    api_key: SecretStr | None = Field(None, description="the key; none: $OPENAI_API_KEY, else `EMPTY` (vLLM). "
+                                      "Never written to an artifact, a log or an error")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature; 0 is greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    max_turn_tokens: int | None = Field(None, ge=1, description="tokens one turn may generate (default 1024), at "
+                                        "most what max_model_len leaves")
+    max_tokens: int | None = Field(None, ge=1, description="the API's name for max_turn_tokens: give one")
+    max_model_len: int | None = Field(None, ge=2, description="the served context length; with it a turn's "
+                                      "max_tokens shrinks to what the prompt leaves")
+    min_turn_tokens: int = Field(MIN_TURN_TOKENS, ge=1, description="below this much room left the episode ends "
+                                 "as context_overflow, without a request")
+    seed: int | None = Field(None, description="sampling seed sent to the server")
+    extra_body: dict[str, Any] | None = Field(None, description="extra request fields (vLLM: top_k, "
+                                              "repetition_penalty, chat_template_kwargs, ...)")
+    tool_mode: Literal["native", "text", "auto"] = Field(
+        "auto", description="native: the server's tool parser; text: <tool_call> blocks in the text; auto: native "
+        "until the server shows it cannot, then text")
+    timeout: float = Field(120.0, gt=0, description="seconds for one request")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to connect")
+    episode_timeout: float | None = Field(1800.0, gt=0, description="seconds for all requests, retries and "
+                                          "backoff of one episode; none: unbounded")
+    max_retries: int = Field(5, ge=0, description="retries of a request after a 408/409/429/5xx or a lost "
+                             "connection")
+    backoff: float = Field(0.5, ge=0, description="seconds before the first retry, doubling (a Retry-After "
+                           "header wins)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OpenAIArgs:
+        one_name(("max_turn_tokens", "max_tokens"), (self.max_turn_tokens, self.max_tokens), None)
+        if self.max_model_len is not None and self.max_model_len <= self.min_turn_tokens:
+            raise ValueError(f"max_model_len ({self.max_model_len}) must be > min_turn_tokens "
+                             f"({self.min_turn_tokens})")
+        return self
+
+
 class OpenAIPolicy:
     name = "openai"
+    Args = OpenAIArgs
 
     def __init__(self, *, model: str, base_url: str | None = None, api_key: str | None = None,
                  temperature: float = 0.0, top_p: float = 1.0, max_tokens: int | None = None,
@@ -100,7 +148,11 @@ class OpenAIPolicy:
         self._deadline: float | None = None
         # auto starts native; the first "tools not supported" answer moves it to text for the rest of its life
         self.active_tool_mode = "text" if tool_mode == "text" else "native"
+        if isinstance(api_key, SecretStr):
+            api_key = api_key.get_secret_value()
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        # what a server's error may echo back (its view of the Authorization header): cut out of every message
+        self._secrets = (api_key,) if api_key != "EMPTY" and len(api_key) >= MIN_SECRET_CHARS else ()
         # max_retries=0: our retry loop is the only one, so attempts and backoff are what describe() says
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0,
                                     timeout=openai.Timeout(timeout, connect=min(connect_timeout, timeout)))
@@ -141,6 +193,21 @@ class OpenAIPolicy:
     # -- one turn -------------------------------------------------------------------------------------------
 
     def reply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PolicyReply:
+        try:
+            return self._reply(messages, tools)
+        except PolicyError as e:
+            # the message becomes the trajectory's `error`: a server that echoes the request headers in its error
+            # body must not put the key there, nor in the chained exception a traceback would print
+            if not any(s in f"{e} {e.__cause__}" for s in self._secrets):
+                raise
+            raise type(e)(self._scrub(str(e))) from None
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def _reply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PolicyReply:
         openai = self._openai
         attempt = 0
         last: Exception | None = None
@@ -170,7 +237,7 @@ class OpenAIPolicy:
                     continue
                 elif self.tool_mode == "auto" and mode == "native" and _TOOLS_UNSUPPORTED.search(text):
                     log.warning("%s at %s does not take native tools (%s); using text tool calls from now on",
-                                self.model, self.base_url, text)
+                                self.model, self.base_url, self._scrub(text))
                     self.active_tool_mode = "text"
                     budget = None
                     continue
@@ -208,7 +275,7 @@ class OpenAIPolicy:
             if remaining is not None and delay >= remaining:
                 raise self._out_of_time(attempt + 1, last)
             log.info("%s: attempt %d failed (%s); retrying in %.2fs", self.model, attempt + 1,
-                     _describe_error(last), delay)
+                     self._scrub(_describe_error(last)), delay)
             time.sleep(delay)
             attempt += 1
 

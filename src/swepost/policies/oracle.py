@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from swepost.policies.base import PolicyReply
 from swepost.records import Task
 
@@ -238,8 +240,19 @@ def patch_to_calls(patch: str) -> tuple[list[dict[str, Any]], list[str]]:
     return calls, skipped
 
 
+class OracleArgs(BaseModel):
+    """policy_args of `oracle`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    delay: float = Field(0.0, ge=0, description="seconds to wait before each turn (to mimic a model server)")
+    model: str | None = Field(None, description="recorded, never used: lets model-driven pipelines (rft, eval) "
+                              "run the oracle")
+
+
 class OraclePolicy:
     name = "oracle"
+    Args = OracleArgs
 
     def __init__(self, *, delay: float = 0.0, model: str | None = None):
         # `model` is recorded, never used: it lets model-driven pipelines (rft, eval) run with the oracle
