@@ -23,6 +23,9 @@ from swepost.policies.toolcalls import assistant_turn, parse_tool_calls
 from swepost.records import Task
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+# transformers resolves its names lazily, and two threads resolving the same name at once can fail with
+# "cannot import name 'AutoModelForCausalLM'": collect and eval build one policy per worker thread
+_IMPORT_LOCK = threading.Lock()
 
 
 def _resolve_model(model: str) -> tuple[str, str | None]:
@@ -77,9 +80,10 @@ class HFPolicy:
                  max_context_tokens: int | None = None, max_turn_tokens: int | None = None,
                  max_model_len: int | None = None, min_turn_tokens: int = MIN_TURN_TOKENS, seed: int = 0,
                  device: str = "auto", dtype: str = "auto"):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        with _IMPORT_LOCK:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
         if temperature < 0:
             raise BadInput(f"temperature {temperature} must be >= 0", key="temperature")
@@ -121,8 +125,10 @@ class HFPolicy:
         local = offline or Path(self.path).is_dir()
         hf_logging.disable_progress_bar()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=local)
-            self.model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=local, dtype=torch_dtype)
+            with _IMPORT_LOCK:  # loading resolves the model's classes lazily too
+                self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=local)
+                self.model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=local,
+                                                                  dtype=torch_dtype)
         except (OSError, ValueError) as e:
             raise BadInput(f"cannot load model {self.model_ref!r}: {e}", key="model") from None
         self.model.to(self.device).eval()
@@ -157,8 +163,9 @@ class HFPolicy:
                                                   add_generation_prompt=True, tokenize=False)
 
     def reply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PolicyReply:
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList
+        with _IMPORT_LOCK:
+            import torch
+            from transformers import GenerationConfig, LogitsProcessorList
 
         try:
             prompt = self.render(messages, tools)
