@@ -376,3 +376,41 @@ def test_saved_dataset_with_several_splits_needs_split(rows, tmp_path, swepost):
     out = json.loads(swepost("tasks", "import", str(tmp_path / "saved"), "--split", "dev", "--json",
                              check=0).stdout)
     assert out["stats"]["tasks"] == len(rows)
+
+
+# --- task kinds (issue 13): a kind is a registry name or module:NAME, anything else exits 2 naming the kinds ------
+
+KNOWN_KINDS = "(known: swe, codeqa, search, or module:name of an importable module)"
+
+
+def test_an_unknown_kind_exits_2_naming_the_known_kinds(swepost, rows, tmp_path):
+    r = swepost("tasks", "import", write_jsonl(tmp_path / "t.jsonl", rows), "--kind", "trivia", check=2)
+    assert r.stderr.strip() == f"error: --kind: kind: unknown task kind 'trivia' {KNOWN_KINDS}"
+    rows[1]["kind"] = "trivia"  # a SWE-bench row, and swepost's own record, that name a kind
+    own = {"instance_id": "own-1", "kind": "nope:X", "problem_statement": "p", "verify": {}}
+    path = write_jsonl(tmp_path / "k.jsonl", [*rows, own, {**own, "instance_id": "own-2", "kind": 3}])
+    lines = import_error(swepost, path).removeprefix("error: ").splitlines()
+    assert lines == [f"{path}:2: kind: unknown task kind 'trivia' {KNOWN_KINDS}",
+                     f"{path}:4: kind: unknown task kind 'nope:X' {KNOWN_KINDS}",
+                     f"{path}:5: kind: Input should be a valid string"]
+
+
+def test_a_kind_by_import_path_must_be_a_task_kind(swepost, rows, tmp_path, monkeypatch):
+    (tmp_path / "notakind.py").write_text("KIND = {'name': 'dict'}\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    r = swepost("tasks", "import", path, "--kind", "notakind:KIND", check=2)
+    assert f"{path}:1: kind: task kind 'notakind:KIND' is a dict, not a swepost.taskkinds.TaskKind" in r.stderr
+    r = swepost("tasks", "import", path, "--kind", "notakind:MISSING", check=2)
+    assert f"{path}:1: kind: unknown task kind 'notakind:MISSING'" in r.stderr and "has no attribute" in r.stderr
+
+
+def test_the_built_in_kinds_are_registry_lines():
+    from swepost.registry import TASK_KINDS
+    from swepost.taskkinds import TaskKind, task_kind
+
+    for name in TASK_KINDS:
+        kind = task_kind(name)
+        assert isinstance(kind, TaskKind) and kind.name == name
+    assert task_kind("swe").environment == "swe"
+    assert task_kind("swepost.taskkinds.swe:SWE") is task_kind("swe")

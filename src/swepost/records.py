@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 from enum import Enum
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-TaskKind = Literal["swe", "codeqa", "search"]
+from swepost.errors import BadInput
+from swepost.registry import TASK_KINDS, check_component
 
 
 class SandboxLimits(BaseModel):
@@ -68,13 +70,33 @@ class TaskVerify(BaseModel):
                                   "past it the episode is UNGRADED, not wrong")
 
 
+@lru_cache(maxsize=256)
+def _find_task_kind(name: str) -> None:
+    """Cached: a `module:NAME` kind's module is looked for once, not once per task of a large file."""
+    try:
+        check_component(name, TASK_KINDS, "task kind")
+    except BadInput as e:
+        raise ValueError(e.detail) from None
+
+
+def _known_task_kind(name: str) -> str:
+    if name not in TASK_KINDS:
+        _find_task_kind(name)
+    return name
+
+
+# A name of registry.TASK_KINDS or the import path module:NAME of a swepost.taskkinds.TaskKind (checked to be
+# importable, not imported: records stay below the kinds that build them)
+TaskKindName = Annotated[str, AfterValidator(_known_task_kind)]
+
+
 class Task(BaseModel):
     """One task. SWE-bench columns keep their meaning; FAIL_TO_PASS / PASS_TO_PASS live in `verify`."""
 
     model_config = ConfigDict(extra="forbid")
 
     instance_id: str
-    kind: TaskKind = "swe"
+    kind: TaskKindName = Field("swe", description="swe, codeqa, search (registry.TASK_KINDS) or module:NAME")
     problem_statement: str
     repo: str | None = None
     base_commit: str | None = None

@@ -21,6 +21,11 @@ SANDBOXES = {
     "local": "swepost.sandbox.local:LocalSandbox",
 }
 
+TASK_KINDS = {  # what a task's `kind` means: how rows import, what makes one unusable, its environment
+    "swe": "swepost.taskkinds.swe:SWE",
+    "codeqa": "swepost.taskkinds.codeqa:CODEQA",
+    "search": "swepost.taskkinds.search:SEARCH",
+}
 REWARDS = {
     "env": "",  # the environment's own grade (rl): no module
 }
@@ -30,6 +35,7 @@ COMPONENT_FIELDS = {
     "environment": (ENVIRONMENTS, "environment"),
     "backend": ({"auto": "", **SANDBOXES}, "sandbox backend"),
     "reward": (REWARDS, "reward"),
+    "kind": (TASK_KINDS, "task kind"),  # tasks import's kind of rows that do not say
 }
 # policy_args that name local inputs: files and folders are relative to the recipe and enter cache keys by
 # content; "model" args may also be artifacts or hub ids

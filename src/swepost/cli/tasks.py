@@ -21,6 +21,7 @@ from swepost.cli.common import (
     store,
 )
 from swepost.cli.task_images import images_cmd
+from swepost.registry import TASK_KINDS
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 app.command("images")(images_cmd)
@@ -34,14 +35,14 @@ def import_cmd(
                                              show_default=False)] = None,
     format: Annotated[str | None, typer.Option(help="auto | jsonl | json | parquet | hf-disk.",
                                                show_default=False)] = None,
-    kind: Annotated[str | None, typer.Option(help="Kind of rows that do not say: swe | codeqa | search.",
-                                             show_default=False)] = None,
+    kind: Annotated[str | None, typer.Option(help=f"Kind of rows that do not say: {' | '.join(TASK_KINDS)} "
+                                             "| module:NAME [default: swe].", show_default=False)] = None,
     split: Annotated[str | None, typer.Option(help="Split of a saved DatasetDict.", show_default=False)] = None,
     specs: Annotated[Path | None, typer.Option(help="YAML of per-repo specs: install, test_cmd, network, "
                                                     "per-version overrides.", show_default=False)] = None,
-    strict: Annotated[bool | None, typer.Option("--strict", help="Fail (exit 2) on rows no stage can use "
-                                                "(no patch or test_patch, empty FAIL_TO_PASS) instead of "
-                                                "warning.", show_default=False)] = None,
+    strict: Annotated[bool | None, typer.Option("--strict", help="Fail (exit 2) on rows no stage can use, as "
+                                                "their kind says (swe: no patch or test_patch, empty "
+                                                "FAIL_TO_PASS), instead of warning.", show_default=False)] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     print_config_: PrintConfigOpt = False,
@@ -167,13 +168,15 @@ def audit_cmd(
     from swepost.errors import BadInput
     from swepost.stages.audit import audit_tasks, summary_lines
     from swepost.stages.tasks import load_tasks, read_task_file
+    from swepost.taskkinds import task_kind
 
     path = Path(tasks)
     if path.suffix in (".jsonl", ".json") and path.is_file():
         task_list = read_task_file(path)
     else:
         task_list = load_tasks(store().resolve(tasks))
-    task_list = [t for t in task_list if t.kind == "swe"][: limit or None]
+    runs_in = {k: task_kind(k).environment for k in {t.kind for t in task_list}}
+    task_list = [t for t in task_list if runs_in[t.kind] == "swe"][: limit or None]  # the battery attacks its grader
     if not task_list:
         raise BadInput(f"{tasks}: no bug-fixing tasks to audit")
     report = audit_tasks(task_list, repos=repos, backend=backend, jobs=jobs)

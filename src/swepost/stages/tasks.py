@@ -2,8 +2,9 @@
 
 Public datasets ship FAIL_TO_PASS / PASS_TO_PASS either as lists or as JSON strings of lists; both import.
 Columns swepost has no field for are kept in `metadata`. Every problem names the file, line and field; all of a
-file's problems are reported together. Rows no stage can use (a bug-fixing task without its patches or with no
-FAIL_TO_PASS test) import with a warning, or fail the import with `strict`.
+file's problems are reported together. A row's kind (swepost.taskkinds) maps its columns and says what makes it
+useless to every stage (for swe: no patches, or no FAIL_TO_PASS test); such rows import with a warning, or fail
+the import with `strict`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from swepost.artifacts import Artifact, ArtifactStore, producer_record, sha256_path
 from swepost.config import FileInput, StageConfig, dotted, load_yaml, validate
 from swepost.errors import BadInput, BadInputs
-from swepost.records import Task, TaskEnv, TaskVerify
+from swepost.records import Task, TaskKindName
+from swepost.taskkinds import TaskKind, task_kind
 
 TASKS_FILE = "tasks.jsonl"
-_SWE_BENCH_FIELDS = {"instance_id", "repo", "base_commit", "problem_statement", "patch", "test_patch",
-                     "FAIL_TO_PASS", "PASS_TO_PASS", "version", "created_at", "hints_text",
-                     "environment_setup_commit", "image_name", "install", "test_cmd"}
 
 
 class TasksImportConfig(StageConfig):
@@ -35,11 +34,12 @@ class TasksImportConfig(StageConfig):
         "is a JSON list, anything else JSONL")
     split: str | None = Field(None, description="split of a saved DatasetDict (default: its only split; with "
                               "several, naming one is required)")
-    kind: Literal["swe", "codeqa", "search"] = Field("swe", description="task kind of rows that do not say")
+    kind: TaskKindName = Field("swe", description="task kind of rows that do not say: swe, codeqa, search "
+                               "(registry.TASK_KINDS) or module:NAME of a swepost.taskkinds.TaskKind")
     specs: Path | None = FileInput(None, description="YAML of per-repo specs (install, test_cmd, network, and "
                                    "per-version overrides) for rows that do not carry their own")
-    strict: bool = Field(False, description="fail (exit 2) on rows no stage can use instead of warning: a swe row "
-                         "without patch or test_patch, or with an empty FAIL_TO_PASS")
+    strict: bool = Field(False, description="fail (exit 2) on rows no stage can use instead of warning (as their "
+                         "kind says: a swe row without patch or test_patch, or with an empty FAIL_TO_PASS)")
 
 
 class RepoSpec(BaseModel):
@@ -113,27 +113,27 @@ def load_tasks(art: Artifact) -> list[Task]:
     if art.kind != "tasks":
         raise BadInput(f"{art.id} is a {art.kind} artifact, not tasks")
     path = art.path / TASKS_FILE
-    return [Task.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    tasks = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                tasks.append(Task.model_validate_json(line))
+            except ValidationError as e:  # a kind named by a module that is no longer on the path, say
+                raise BadInput(_message(e), file=f"{art.id} ({path})", line=n, key=_key(e)) from None
+    return tasks
 
 
 # --- reading rows ---------------------------------------------------------------------------------------------
 
 def unusable_rows(located: list[tuple[int, Task]], file: str) -> list[BadInput]:
-    """What makes a bug-fixing row useless to every stage: no hidden tests to grade with (test_patch), no gold
-    fix for the oracle and `tasks validate` (patch), nothing that tells a fix from no fix (FAIL_TO_PASS)."""
+    """Every reason, by line and field, that a row is useless to every stage, as its kind says."""
+    kinds: dict[str, TaskKind] = {}
     problems = []
     for line, task in located:
-        if task.kind != "swe":
-            continue
-        if not task.patch.strip():
-            problems.append(BadInput("missing: the gold fix the oracle and tasks validate need", file=file,
-                                     line=line, key="patch"))
-        if not task.test_patch.strip():
-            problems.append(BadInput("missing: the hidden tests graders apply", file=file, line=line,
-                                     key="test_patch"))
-        if not task.verify.fail_to_pass:
-            problems.append(BadInput("empty: no test tells a fix from no fix", file=file, line=line,
-                                     key="FAIL_TO_PASS"))
+        if task.kind not in kinds:
+            kinds[task.kind] = task_kind(task.kind)
+        problems += [BadInput(why, file=file, line=line, key=key)
+                     for key, why in kinds[task.kind].unusable(task).items()]
     return problems
 
 
@@ -162,10 +162,10 @@ def read_located_tasks(path: str | Path, *, fmt: str = "auto", kind: str = "swe"
             rows = _json_list_rows(text, str(path))
         else:
             rows, problems = _jsonl_rows(text, str(path))
-    tasks, first_line = [], {}
+    tasks, first_line, kinds = [], {}, {}
     for line, row in rows:
         try:
-            task = row_to_task(row, default_kind=kind)
+            task = row_to_task(row, default_kind=kind, kinds=kinds)
         except BadInput as e:
             problems.append(BadInput(e.detail, file=str(path), line=line, key=e.key))
             continue
@@ -261,83 +261,39 @@ def _json_list_rows(text: str, file: str) -> list[tuple[int, Any]]:
                        line=text.count("\n", 0, i) + 1)
 
 
-def row_to_task(row: Any, *, default_kind: str = "swe") -> Task:
-    """One SWE-bench / SWE-Gym / swepost row -> Task; BadInput(key=field) says what is wrong."""
+def row_to_task(row: Any, *, default_kind: str = "swe", kinds: dict[str, TaskKind] | None = None) -> Task:
+    """One row -> Task: swepost's own record as is, any other row through its kind's column mapping (SWE-bench /
+    SWE-Gym for swe). BadInput(key=field) says what is wrong. `kinds` remembers the kinds already loaded."""
     if not isinstance(row, dict):
         raise BadInput(f"expected a JSON object per row, got {type(row).__name__}")
     if "verify" in row or "env" in row:  # swepost's own record, as written by `tasks import`
         try:
             return Task.model_validate(row)
         except ValidationError as e:
-            err = e.errors()[0]
-            raise BadInput(err["msg"], key=dotted(tuple(err["loc"]))) from None
-    kind = row.get("kind", default_kind)
-    image = _opt_str(row, "image_name")
-    task = {
-        "instance_id": _str(row, "instance_id"),
-        "kind": kind,
-        "problem_statement": _str(row, "problem_statement"),
-        "repo": _opt_str(row, "repo") if image else _str(row, "repo"),
-        "base_commit": _opt_str(row, "base_commit") if image else _str(row, "base_commit"),
-        "patch": _opt_str(row, "patch") or "",
-        "test_patch": _opt_str(row, "test_patch") or "",
-        "version": _opt_str(row, "version", numbers=True),
-        "created_at": _opt_str(row, "created_at"),
-        "hints_text": _opt_str(row, "hints_text") or "",
-        "environment_setup_commit": _opt_str(row, "environment_setup_commit"),
-    }
-    install = row.get("install")
-    if isinstance(install, str):
-        install = [install]
-    if install is not None and not (isinstance(install, list) and all(isinstance(c, str) for c in install)):
-        raise BadInput("expected a command or a list of commands", key="install")
-    env = TaskEnv(image=image, install=install or [], test_cmd=_opt_str(row, "test_cmd"))
-    if kind == "swe":
-        verify = TaskVerify(fail_to_pass=_test_ids(row, "FAIL_TO_PASS", required=True),
-                            pass_to_pass=_test_ids(row, "PASS_TO_PASS", required=False))
-    else:
-        verify = TaskVerify()
-    metadata = {k: v for k, v in row.items() if k not in _SWE_BENCH_FIELDS and k != "kind"}
+            raise BadInput(_message(e), key=_key(e)) from None
+    name = row.get("kind", default_kind)
+    if not isinstance(name, str):
+        raise BadInput(f"expected the name of a task kind, got {type(name).__name__}", key="kind")
+    kinds = {} if kinds is None else kinds
+    if name not in kinds:
+        try:
+            kinds[name] = task_kind(name)
+        except BadInput as e:
+            raise BadInput(e.detail, key="kind") from None
     try:
-        return Task(**task, env=env, verify=verify, metadata=metadata)
+        fields = kinds[name].from_row(row)
+    except KeyError as e:  # a kind module may index its columns: a missing one is bad input, not a crash
+        raise BadInput("required field missing", key=str(e.args[0])) from None
+    try:
+        return Task.model_validate({**fields, "kind": name})
     except ValidationError as e:
         err = e.errors()[0]
-        raise BadInput(f"{err['msg']} (got {err.get('input')!r})", key=dotted(tuple(err["loc"]))) from None
+        raise BadInput(f"{_message(e)} (got {err.get('input')!r})", key=_key(e)) from None
 
 
-def _str(row: dict, key: str) -> str:
-    value = row.get(key)
-    if value is None:
-        raise BadInput("required field missing", key=key)
-    if not isinstance(value, str) or not value.strip():
-        raise BadInput(f"expected a non-empty string, got {value!r:.60}", key=key)
-    return value
+def _message(e: ValidationError) -> str:
+    return str(e.errors()[0]["msg"]).removeprefix("Value error, ")
 
 
-def _opt_str(row: dict, key: str, numbers: bool = False) -> str | None:
-    value = row.get(key)
-    if value is None:
-        return None
-    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
-        raise BadInput(f"expected a string, got {type(value).__name__}", key=key)
-    return value
-
-
-def _test_ids(row: dict, key: str, required: bool) -> list[str]:
-    value = row.get(key)
-    if value is None:
-        if required:
-            raise BadInput("required field missing (a list of test ids)", key=key)
-        return []
-    if isinstance(value, str):  # SWE-bench on the Hub ships these as JSON strings
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise BadInput(f"expected a list of test ids or a JSON string of one, got {value!r:.60}",
-                           key=key) from None
-    if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
-        raise BadInput(f"expected a list of test ids (strings), got {json.dumps(value)[:60]}", key=key)
-    return value
-
+def _key(e: ValidationError) -> str:
+    return dotted(tuple(e.errors()[0]["loc"]))
