@@ -137,6 +137,33 @@ def test_scripted_bad_scripts(tmp_path):
         ScriptedPolicy(path=str(tmp_path / "x.jsonl"))
 
 
+@pytest.mark.parametrize(("name", "text", "per_task", "expected"), [
+    ("s.yaml", "- content: look\n  tool_calls:\n    - name: bash\n      argument: {command: ls}\n", False,
+     "s.yaml:4: turns[0].tool_calls[0].argument: unknown key 'argument' (a tool call has name, arguments and id"),
+    ("s.json", '[\n  {"content": "x"},\n  {"tool_calls": [\n    {"name": 3}\n  ]}\n]\n', False,
+     's.json:4: turns[1].tool_calls[0].name: a tool call needs a "name": a string, not a number'),
+    ("s.jsonl", '{"content": "x"}\n\n{"tool_calls": "no"}\n', False,
+     "s.jsonl:3: turns[1].tool_calls: must be a list of tool calls, not a string"),
+    ("s.jsonl", '{"instance_id": "a", "turns": []}\n{"a": []}\n', True,
+     "s.jsonl:2: instance 'a' is given twice (lines 1 and 2)"),
+    ("s.jsonl", '{"instance_id": "a", "turn": []}\n', True, "s.jsonl:1: a per_task line is"),
+    ("s.yaml", "a-1:\n  - content: [1]\n", True, "s.yaml:2: instance 'a-1' turns[0].content: must be a string"),
+    ("s.json", '{"a": [{"role": "user"}]}', True,
+     "s.json:1: instance 'a' turns[0].role: a script holds the assistant's turns only, not 'user'"),
+    ("s.json", '{"a": []}', False, "s.json: expected a list of turns, not an object (a script per instance_id "
+     "needs per_task: true)"),
+    ("s.json", '[{"content": "x",}]', False, "s.json:1: not JSON: Expecting property name"),
+    ("s.yaml", "", False, "s.yaml: the script is empty"),
+])
+def test_scripted_file_mistakes_name_the_file_the_line_and_the_place(tmp_path, name, text, per_task, expected):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(BadInput) as e:
+        ScriptedPolicy(path=str(tmp_path / name), per_task=per_task)
+    assert str(e.value).startswith(f"{tmp_path / expected}"), str(e.value)
+    with pytest.raises(BadInput, match=r"^turns\[0\]\.tool_calls\[0\]\.function: must be an object"):
+        ScriptedPolicy(turns=[{"tool_calls": [{"type": "function", "function": "bash"}]}])
+
+
 def test_scripted_delay():
     p = ScriptedPolicy(turns=SCRIPT, delay=0.05)
     p.start(task())

@@ -115,12 +115,12 @@ def args_table(policy_cls: Any) -> str:
 
 
 def type_name(annotation: Any) -> str:
-    """`int | None`, `native | text | auto`, `str (secret)`: a field's type as a reader of the README says it."""
+    """`int`, `native | text | auto`, `str (secret)`: a field's type as a reader of the README says it."""
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return " | ".join(str(v) for v in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(type_name(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):  # `None` allowed shows as the default "none"
+        return " | ".join(type_name(a) for a in typing.get_args(annotation) if a is not type(None))
     if origin is typing.Annotated:
         return type_name(typing.get_args(annotation)[0])
     if annotation is SecretStr:
@@ -145,4 +145,18 @@ def _bounds(metadata: list[Any]) -> str:
 def _default(value: Any) -> str:
     if value is None or value is PydanticUndefined:
         return "none"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"  # as YAML writes it
     return f"`{value!r}`" if not isinstance(value, str) else f"`{value}`"
+
+
+def policy_args_doc() -> str:
+    """The README's policy_args tables: one per built-in policy, from their `Args` models."""
+    from swepost.registry import POLICIES, load_component
+
+    parts = []
+    for name in POLICIES:
+        model = args_model(load_component(name, POLICIES, "policy"))
+        if model is not None:
+            parts.append(f"### `{name}`\n\n{args_table(load_component(name, POLICIES, 'policy'))}")
+    return "\n".join(parts)

@@ -85,7 +85,7 @@ class OpenAIArgs(BaseModel):
     extra_body: dict[str, Any] | None = Field(None, description="extra request fields (vLLM: top_k, "
                                               "repetition_penalty, chat_template_kwargs, ...)")
     tool_mode: Literal["native", "text", "auto"] = Field(
-        "auto", description="native: the server's tool parser; text: <tool_call> blocks in the text; auto: native "
+        "auto", description="native: the server's tool parser; text: `<tool_call>` blocks in the text; auto: native "
         "until the server shows it cannot, then text")
     timeout: float = Field(120.0, gt=0, description="seconds for one request")
     connect_timeout: float = Field(10.0, gt=0, description="seconds to connect")
@@ -197,10 +197,11 @@ class OpenAIPolicy:
             return self._reply(messages, tools)
         except PolicyError as e:
             # the message becomes the trajectory's `error`: a server that echoes the request headers in its error
-            # body must not put the key there, nor in the chained exception a traceback would print
+            # body must not put the key there, nor in the exceptions chained to it
             if not any(s in f"{e} {e.__cause__}" for s in self._secrets):
                 raise
-            raise type(e)(self._scrub(str(e))) from None
+            clean = type(e)(self._scrub(str(e)))
+        raise clean  # outside the except: nothing chained
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:

@@ -208,11 +208,13 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
     """The shared engine of collect and eval: every task x sample once, resumable. Returns the trajectories
     in task order, and the work folder (removed by the caller once its artifact is written)."""
     from swepost.agent import AgentLimits, run_episode
+    from swepost.policies.args import validate_policy_args
     from swepost.registry import ENVIRONMENTS, POLICIES, load_component
 
     source = store.resolve(config.tasks)
     tasks = load_tasks(source)[: config.limit]
     policy_cls = load_component(config.policy, POLICIES, "policy")
+    policy_args = validate_policy_args(policy_cls, config.policy_args)  # exit 2 naming the key, before any episode
     env_cls = load_component(config.environment, ENVIRONMENTS, "environment")
     log = EpisodeLog(store.root / "work" / f"{stage}-{work_key(config, source.id, stage)}")
     failures = FailureLog(log.folder)
@@ -231,7 +233,7 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
     def episode(task: Task, sample: int) -> Trajectory:
         if not hasattr(local, "policy"):
             try:
-                local.policy = policy_cls(**config.policy_args)
+                local.policy = policy_cls(**policy_args)
             except (TypeError, ValueError) as e:  # an argument the policy does not take, or a bad value
                 raise BadInput(f"policy {config.policy!r}: {e}", key="policy_args") from None
         env = env_cls(repos=config.repos, backend=config.backend, tool_timeout=config.limits.tool_timeout,

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from swepost.artifacts import Artifact, ArtifactStore
 from swepost.config import ArtifactInput, ModelInput, PathInput, StageConfig, validate
 from swepost.errors import WorkFailed
+from swepost.policies.args import check_policy_args
 from swepost.stages import get_stage
 from swepost.stages.collect import EpisodeLimits  # collect's config vocabulary, shared by rft's `limits`
 
@@ -32,7 +33,8 @@ class RftConfig(StageConfig):
     samples: int = Field(4, ge=1, le=1024, description="episodes per task per round")
     policy: str = Field("hf", description="hf (the current checkpoint, locally) or openai (a server that "
                         "serves the current checkpoint, e.g. vLLM; set policy_args.base_url)")
-    policy_args: dict[str, Any] = Field(default_factory=dict, description="sampling etc.; `model` is set per round")
+    policy_args: dict[str, Any] = Field(default_factory=dict, description="the policy's arguments (sampling "
+                                        "etc.; see the policy_args tables); `model` is set per round")
     repos: Path | None = PathInput(description="mirror folder of owner__name repos")
     backend: str = "auto"
     concurrency: int = Field(1, ge=1, le=512)
@@ -41,6 +43,12 @@ class RftConfig(StageConfig):
     filter: dict[str, Any] = Field(default_factory=dict, description="filter stage settings (see swepost filter)")
     sft: dict[str, Any] = Field(default_factory=dict, description="sft stage settings (see swepost sft)")
     seed: int = 0
+
+    @field_validator("policy_args")
+    @classmethod
+    def _typed_policy_args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """A wrong key or type is found now, not when round 1 builds the policy; `model` comes from each round."""
+        return check_policy_args(info.data.get("policy"), value, later=("model",))
 
     @field_validator("filter", "sft")
     @classmethod
