@@ -34,7 +34,7 @@ from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_
 from swepost.config import ArtifactInput, PathInput, StageConfig
 from swepost.errors import BadInput, WorkFailed
 from swepost.progress import StageBar
-from swepost.records import SandboxLimits, Task, Trajectory
+from swepost.records import ExitStatus, SandboxLimits, Task, Trajectory
 from swepost.rewards.filters import failure_cause, is_infra_failure, is_ungraded
 from swepost.sandbox.task_sandbox import sandbox_kwargs
 from swepost.stages.tasks import load_tasks
@@ -181,7 +181,7 @@ class FailureLog:
         last: dict[str, str] = {}
         for x in self.lines:
             task = x.get("instance_id")
-            if not task or (x.get("exit_status") == "policy_error" and x["run"] not in answered):
+            if not task or (x.get("exit_status") == ExitStatus.POLICY_ERROR and x["run"] not in answered):
                 continue
             if x["run"] not in runs.setdefault(task, []):
                 runs[task].append(x["run"])
@@ -389,7 +389,7 @@ class _Progress(StageBar):
         self.tokens = 0
         self.resolved = sum(1 for t in done if t.resolved == "RESOLVED_FULL")
         self.ungraded = sum(1 for t in done if is_ungraded(t))
-        self.errors = sum(1 for t in done if t.exit_status not in ("submitted", None))
+        self.errors = sum(1 for t in done if t.exit_status not in (ExitStatus.SUBMITTED, None))
         super().__init__(stage, total, completed=len(done), info=self._info())
 
     def _info(self) -> str:
@@ -400,5 +400,5 @@ class _Progress(StageBar):
         self.tokens += traj.prompt_tokens + traj.completion_tokens
         self.resolved += traj.resolved == "RESOLVED_FULL"
         self.ungraded += is_ungraded(traj)
-        self.errors += traj.exit_status != "submitted"
+        self.errors += traj.exit_status != ExitStatus.SUBMITTED
         self.advance(self._info())

@@ -58,7 +58,7 @@ def _verdicts_from_rollouts(path: Path) -> list[tuple[str, bool | None]]:
 
 
 def _verdicts_from_trajectories(paths: list[Path]) -> list[tuple[str, bool | None]]:
-    from swepost.records import Trajectory
+    from swepost.records import ExitStatus, Trajectory
     from swepost.rewards.filters import is_ungraded
 
     out = []
@@ -70,7 +70,7 @@ def _verdicts_from_trajectories(paths: list[Path]) -> list[tuple[str, bool | Non
                 t = Trajectory.model_validate_json(line)
             except ValueError as e:
                 raise BadInput(f"not a trajectory record: {str(e).splitlines()[0]}", file=f"{path}:{n}") from None
-            graded = t.exit_status is not None and not is_ungraded(t) and t.exit_status != "deadline"
+            graded = t.exit_status is not None and not is_ungraded(t) and t.exit_status != ExitStatus.DEADLINE
             out.append((t.instance_id, (t.resolved == RESOLVED_FULL) if graded else None))
     return out
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from swepost.errors import BadInput, WorkFailed
-from swepost.records import Task
+from swepost.records import ExitStatus, Task
 from swepost.rewards.filters import UNGRADED, is_ungraded
 from swepost.train.context import fit_context
 from swepost.train.launch import mark_finished, resume_point
@@ -45,8 +45,7 @@ from swepost.train.trl_compat import log_completion_column, log_metric
 
 STATS_FILE = "rl_stats.json"
 FINAL = "final"
-TRUNCATED_STATUSES = ("context_overflow", "max_turns", "timeout")
-DEADLINE = "deadline"  # the exit status of an episode cut by the step's rollout deadline
+TRUNCATED_STATUSES = (ExitStatus.CONTEXT_OVERFLOW, ExitStatus.MAX_TURNS, ExitStatus.TIMEOUT)
 REWARD_PARTS = ("task", "turn_penalty", "overlong_penalty")
 
 
@@ -221,7 +220,7 @@ class RolloutFunc:
             # a failed sandbox, a grader that could not judge (UNGRADED: a timeout, the memory limit) or an episode
             # cut by the deadline is no verdict on the model: no signal, whatever the reward function would say
             value = None
-            if t.exit_status not in ("sandbox_error", DEADLINE) and not is_ungraded(t):
+            if t.exit_status not in (ExitStatus.SANDBOX_ERROR, ExitStatus.DEADLINE) and not is_ungraded(t):
                 try:
                     value = self.reward(t, self.tasks[t.instance_id])
                     value = None if value is None else float(value)
@@ -285,7 +284,7 @@ class RolloutFunc:
                 t = r.trajectory
                 task_reward = self._task_reward(r)
                 why = None
-                if t.exit_status == DEADLINE:
+                if t.exit_status == ExitStatus.DEADLINE:
                     why = "deadline"
                     counts["masked_deadline"] += 1
                 elif task_reward is None:
@@ -395,7 +394,9 @@ class RolloutFunc:
         log_metric(trainer, "time/gpu_idle", sum(p["idle_seconds"] + slowest - p["wall"] for p in parts) / n)
 
 
-EXIT_STATUSES = ("submitted", *TRUNCATED_STATUSES, DEADLINE, "format_error", "sandbox_error", "policy_error")
+# every status, in the order the rl/exit_* metrics are logged
+EXIT_STATUSES = (ExitStatus.SUBMITTED, *TRUNCATED_STATUSES, ExitStatus.DEADLINE, ExitStatus.FORMAT_ERROR,
+                 ExitStatus.SANDBOX_ERROR, ExitStatus.POLICY_ERROR)
 
 
 def _stats_totals(stats) -> dict[str, float]:
@@ -571,7 +572,7 @@ def _time_split(rollout: dict[str, float], total: float) -> dict[str, float]:
 def infra_failed(row: dict) -> bool:
     """A rollout the task's own infrastructure failed: its sandbox (an install, a checkout) or its grader (a
     timeout, the memory limit). Not policy errors: generation failing is the trainer's or the server's fault."""
-    return row.get("exit_status") == "sandbox_error" or row.get("resolved") == UNGRADED
+    return row.get("exit_status") == ExitStatus.SANDBOX_ERROR or row.get("resolved") == UNGRADED
 
 
 def quarantine_from_rows(rows: list[dict], after: int) -> dict[str, dict]:

@@ -46,7 +46,7 @@ from swepost.envs.base import Environment, EnvironmentBroken, Observation
 from swepost.policies.base import ContextOverflow, PolicyError, PolicyReply
 from swepost.policies.chat import template_messages
 from swepost.policies.toolcalls import parse_tool_calls
-from swepost.records import Task, Trajectory
+from swepost.records import ExitStatus, Task, Trajectory
 
 CUT = "cut at the rollout deadline"
 
@@ -507,7 +507,7 @@ def run_rollouts(tasks: list[Task], *, make_env: Callable[[], Environment], gene
         else:  # a copy as it stands: its thread may still be appending
             traj = live.model_copy(update={"messages": list(live.messages), "seconds": dict(live.seconds)})
         seconds = at - begun[i]
-        traj.exit_status, traj.reward, traj.resolved, traj.evidence = "deadline", None, None, {}
+        traj.exit_status, traj.reward, traj.resolved, traj.evidence = ExitStatus.DEADLINE, None, None, {}
         traj.error = (f"{CUT} ({deadline:g} s after the batch started), {seconds:.1f} s into the episode, while "
                       f"{envs[i].doing}")
         traj.seconds["total"] = round(seconds, 3)
