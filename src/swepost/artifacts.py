@@ -67,6 +67,16 @@ def redact_secrets(obj: Any) -> Any:
     return obj
 
 
+def without_secrets(obj: Any) -> Any:
+    """A copy without credential-named keys, at any depth: for keys and hashes, which a new api_key must not
+    change (it changes no result) and which must not be a function of a secret either."""
+    if isinstance(obj, dict):
+        return {k: without_secrets(v) for k, v in obj.items() if not (isinstance(k, str) and is_secret_key(k))}
+    if isinstance(obj, (list, tuple)):
+        return [without_secrets(v) for v in obj]
+    return obj
+
+
 def producer_record(stage: str, config: dict, *, seed: int | None = None, **extra: Any) -> dict:
     """What made an artifact: the stage, its resolved config (secrets redacted), the code and the libraries."""
     libs = {}

@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
+from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record, without_secrets
 from swepost.config import ArtifactInput, PathInput, StageConfig
 from swepost.errors import BadInput, WorkFailed
 from swepost.progress import StageBar
@@ -82,8 +82,10 @@ class CollectConfig(StageConfig):
 
 
 def work_key(config: CollectConfig, tasks_id: str, stage: str) -> str:
+    """The work folder's name: what the episodes depend on. A new api_key resumes the same episodes."""
     body = config.model_dump(mode="json", exclude=set(config.NOT_IN_KEY) | {"repos", "name", "max_infra_failure_rate",
                                                                              "quarantine_after"})
+    body = without_secrets(body)
     body.update(tasks=tasks_id, stage=stage)
     return hashlib.sha256(canonical_json(body)).hexdigest()[:20]
 
