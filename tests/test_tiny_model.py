@@ -157,3 +157,15 @@ def test_training_steps_reduce_loss(model_dir, tok):
     assert losses[-1] < losses[0]
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
     assert not unchanged
+
+
+def test_the_readme_figures_are_those_of_swepost_model_tiny(swepost, repo_root):
+    """The README's parameter count and vocabulary size are what a user's `swepost model tiny` builds."""
+    import json
+    import re
+
+    stats = json.loads(swepost("model", "tiny", "--json", check=0).stdout)["stats"]
+    section = (repo_root / "README.md").read_text().split("## The embedded tiny model", 1)[1].split("\n## ", 1)[0]
+    params = re.search(r"([\d,]+) parameters", section).group(1)
+    vocab = re.search(r"([\d,]+)-token vocabulary", section).group(1)
+    assert (int(params.replace(",", "")), int(vocab.replace(",", ""))) == (stats["parameters"], stats["vocab_size"])
