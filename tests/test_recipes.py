@@ -144,6 +144,18 @@ def test_shipped_recipes_validate(repo_root, swepost):
     assert r.stdout.count("✓") == len(shipped)
 
 
+def test_recipes_validate_reads_a_scripted_policy_file_and_names_its_line(tmp_path, swepost):
+    (tmp_path / "turns.jsonl").write_text('{"tool_calls": [{"name": "bash", "arguments": {"command": "ls"}}]}\n'
+                                          '{"tool_calls": [{"name": "submit", "argument": {}}]}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmodel: x\nstages:\n  - name: c\n    stage: collect\n    config:\n      tasks: t\n"
+                      "      policy: scripted\n      policy_args: {path: turns.jsonl}\n")
+    r = swepost("recipes", "validate", str(recipe), check=2)
+    assert f"{tmp_path / 'turns.jsonl'}:2:" in r.stdout + r.stderr and "unknown key 'argument'" in r.stdout + r.stderr
+    (tmp_path / "turns.jsonl").write_text('{"tool_calls": [{"name": "submit", "arguments": {}}]}\n')
+    swepost("recipes", "validate", str(recipe), check=0)
+
+
 def test_unknown_key_beside_name_stage_config_exits_2(tmp_path, swepost):
     path = tmp_path / "r.yaml"
     path.write_text("name: x\nstages:\n  - name: a\n    stage: tiny-model\n    extra: 1\n    config: {}\n")

@@ -369,6 +369,12 @@ def _check_inputs(loaded: LoadedRecipe, i: int) -> None:
         if not _REF.search(value) and not (loaded.path.parent / value).exists():
             _fail(loaded, loc, f"file not found: {loaded.path.parent / value} "
                   "(paths in a recipe are relative to the recipe)")
+    args = st.config.get("policy_args")
+    if st.config.get("policy") == "scripted" and isinstance(args, dict) and isinstance(args.get("path"), str) \
+            and not _REF.search(args["path"]):
+        from swepost.policies.scripted import read_script
+
+        read_script(loaded.path.parent / args["path"], bool(args.get("per_task")))  # BadInput names file and line
 
 
 def _interpolate(value: Any, values: dict[str, Any]) -> Any:
