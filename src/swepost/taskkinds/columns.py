@@ -75,3 +75,49 @@ def listed_tests(row: dict, key: str, required: bool) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
         raise BadInput(f"expected a list of test ids (strings), got {json.dumps(value)[:60]}", key=key)
     return value
+
+
+def listed_strings(row: dict, key: str, what: str = "strings") -> list[str]:
+    """A list of non-empty strings, or a JSON string of one (datasets on the Hub often ship lists so); missing
+    is an empty list."""
+    value = row.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise BadInput(f"expected a list of {what} or a JSON string of one, got {value!r:.60}", key=key) from None
+    if not isinstance(value, list) or not all(isinstance(s, str) and s.strip() for s in value):
+        raise BadInput(f"expected a list of {what} (non-empty strings), got {json.dumps(value)[:60]}", key=key)
+    return value
+
+
+def listed_commands(row: dict, key: str) -> list[str]:
+    """A command or a list of commands; missing is an empty list."""
+    value = row.get(key)
+    if isinstance(value, str):
+        value = [value]
+    if value is not None and not (isinstance(value, list) and all(isinstance(c, str) for c in value)):
+        raise BadInput("expected a command or a list of commands", key=key)
+    return value or []
+
+
+def repo_name(row: dict, key: str) -> tuple[str | None, str | None]:
+    """(owner/name, the git URL it was written as, or None): a repo given as `owner/name` or as a git URL
+    (https://host/owner/name(.git), git@host:owner/name.git, ssh://...), as SWE-QA-Pro's rows give it."""
+    value = optional_str(row, key)
+    if value is None:
+        return None, None
+    text = value.strip().removesuffix("/").removesuffix(".git")
+    is_url = "://" in text or text.startswith("git@")
+    if is_url:
+        text = text.split("://", 1)[-1].replace(":", "/")
+        parts = [p for p in text.split("/") if p]
+        if len(parts) < 3:  # host, owner, name
+            raise BadInput(f"expected a git URL ending in /owner/name, got {value!r:.80}", key=key)
+        text = "/".join(parts[-2:])
+    owner, sep, name = text.partition("/")
+    if not (sep and owner and name) or "/" in name or any(c.isspace() for c in text):
+        raise BadInput(f"expected owner/name or a git URL, got {value!r:.80}", key=key)
+    return text, value if is_url else None
