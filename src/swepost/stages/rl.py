@@ -30,13 +30,13 @@ from swepost.config import ArtifactInput, ModelInput, PathInput, StageConfig
 from swepost.errors import BadInput
 from swepost.records import SandboxLimits
 from swepost.stages.sft import resolve_model
-from swepost.train.launch import check_launch, train_or_launch
+from swepost.train.launch import LaunchFields, check_launch, train_or_launch
 
 # fields that do not change what is trained: a run killed under one value resumes under another
 _NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args", "save_steps", "max_batch_wait", "concurrency"}
 
 
-class RlConfig(StageConfig):
+class RlConfig(StageConfig, LaunchFields):
     NOT_IN_KEY = frozenset(_NOT_IN_KEY - {"name"})  # the name names the artifact: it stays in recipe cache keys
 
     tasks: str = ArtifactInput(description="the tasks to train on (validated tasks: their tests must work)")
@@ -134,16 +134,11 @@ class RlConfig(StageConfig):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     attn_implementation: str | None = None
     gradient_checkpointing: bool = Field(True, description="trade compute for memory (long SWE contexts need it)")
-    deepspeed: str | None = Field(None, description="zero2, zero3 (shipped configs) or a DeepSpeed JSON path")
     report_to: str = Field("none", description="none, tensorboard, wandb (comma-separated for several)")
     save_steps: int = Field(10, ge=1, description="checkpoint every N steps (resume point after a crash)")
     logging_steps: int = Field(1, ge=1)
     save_trajectories: bool = Field(True, description="keep every rollout's trajectory in the artifact")
-    launch: Literal["none", "accelerate"] = "none"
-    accelerate_config: str = Field("multi_gpu", description="single_gpu, multi_gpu, zero2, zero3, fsdp, cpu "
-                                   "(processes on CPUs over gloo) or a YAML")
-    num_processes: int | None = Field(None, ge=1)
-    launch_args: list[str] = Field(default_factory=list, description="more `accelerate launch` flags")
+    # deepspeed, launch, accelerate_config, num_processes, launch_args: LaunchFields
 
     @model_validator(mode="after")
     def _batch_shape(self) -> RlConfig:

@@ -31,13 +31,13 @@ from pydantic import Field
 from swepost.artifacts import MANIFEST, Artifact, ArtifactStore, canonical_json, producer_record
 from swepost.config import ArtifactInput, ModelInput, StageConfig
 from swepost.errors import BadInput
-from swepost.train.launch import check_launch, train_or_launch
+from swepost.train.launch import LaunchFields, check_launch, train_or_launch
 
 # fields that do not change the trained weights: a run killed under one value resumes under another
 _NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args", "save_steps"}
 
 
-class SftConfig(StageConfig):
+class SftConfig(StageConfig, LaunchFields):
     NOT_IN_KEY = frozenset(_NOT_IN_KEY - {"name"})  # the name names the artifact: it stays in recipe cache keys
 
     data: str = ArtifactInput(description="the sft-data artifact (train.jsonl of chat conversations)")
@@ -64,20 +64,12 @@ class SftConfig(StageConfig):
         "bfloat16 halves the memory of the weights)")
     attn_implementation: str | None = Field(None, description="e.g. flash_attention_2 (default: the model's, "
                                             "sdpa, which builds a dense mask per packed bin: quadratic in max_length)")
-    deepspeed: str | None = Field(None, description="zero2, zero3 (shipped configs) or a DeepSpeed JSON path")
     report_to: str = Field("none", description="none, tensorboard, wandb (comma-separated for several)")
     save_steps: int = Field(100, ge=1, description="checkpoint every N steps (resume point after a crash)")
     logging_steps: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of the steps spent warming up the lr")
-    launch: Literal["none", "accelerate"] = Field("none", description="none: train in this process; accelerate: "
-                                                  "through `accelerate launch` (multi-GPU, multi-node)")
-    accelerate_config: str = Field("multi_gpu", description="single_gpu, multi_gpu, zero2, zero3, fsdp, cpu "
-                                   "(shipped; cpu: processes on CPUs over gloo) or an accelerate YAML path")
-    num_processes: int | None = Field(None, ge=1, description="processes over all machines (default: the "
-                                      "accelerate config's)")
-    launch_args: list[str] = Field(default_factory=list, description="more `accelerate launch` flags, e.g. "
-                                   "[--num_machines, '2', --machine_rank, '0', --main_process_ip, 10.0.0.1]")
+    # deepspeed, launch, accelerate_config, num_processes, launch_args: LaunchFields
 
 
 def resolve_model(ref: str, store: ArtifactStore) -> tuple[str, Artifact | None]:

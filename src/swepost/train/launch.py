@@ -15,6 +15,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from swepost.artifacts import ArtifactStore
 from swepost.errors import BadInput, WorkFailed
@@ -24,6 +27,21 @@ CHILD_ENV = "SWEPOST_LAUNCH_CHILD"  # set in the processes `accelerate launch` s
 # starts its processes the way multi_gpu does (torchrun) and these variables put them on the CPUs, over gloo
 LAUNCH_ENV = {"cpu": {"ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}}
 LAUNCH_FILE = "launch-config.json"
+
+
+class LaunchFields(BaseModel):
+    """The settings of how a training stage (sft, rl) runs: here, or through `accelerate launch`, and with which
+    DeepSpeed config. Declared once, here; each training stage's config inherits them."""
+
+    deepspeed: str | None = Field(None, description="zero2, zero3 (shipped configs) or a DeepSpeed JSON path")
+    launch: Literal["none", "accelerate"] = Field("none", description="none: train in this process; accelerate: "
+                                                  "through `accelerate launch` (multi-GPU, multi-node)")
+    accelerate_config: str = Field("multi_gpu", description="single_gpu, multi_gpu, zero2, zero3, fsdp, cpu "
+                                   "(shipped; cpu: processes on CPUs over gloo) or an accelerate YAML path")
+    num_processes: int | None = Field(None, ge=1, description="processes over all machines (default: the "
+                                      "accelerate config's)")
+    launch_args: list[str] = Field(default_factory=list, description="more `accelerate launch` flags, e.g. "
+                                   "[--num_machines, '2', --machine_rank, '0', --main_process_ip, 10.0.0.1]")
 
 
 def is_launched_child() -> bool:
@@ -50,7 +68,7 @@ def machine_rank(launch_args: list[str]) -> int:
     return 0
 
 
-def launch_command(config, config_json: Path, stage: str = "sft") -> list[str]:
+def launch_command(config: LaunchFields, config_json: Path, stage: str = "sft") -> list[str]:
     """`accelerate launch --config_file YAML [--num_processes N] [launch_args] -m swepost.train.entry STAGE JSON`
     (run with this interpreter: `python -m accelerate.commands.launch` is `accelerate launch`)."""
     from swepost.train.sft import accelerate_config_path
@@ -136,7 +154,7 @@ def mark_finished(out_dir: Path, stats_file: str, stats: dict, log_history: list
     os.replace(tmp, out_dir / stats_file)
 
 
-def check_launch(config) -> None:
+def check_launch(config: LaunchFields) -> None:
     """The DeepSpeed and accelerate settings of a training stage (sft, rl) name configs that exist and agree."""
     from swepost.train.sft import accelerate_config_path, deepspeed_config_path
 
