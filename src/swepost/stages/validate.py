@@ -4,12 +4,17 @@ For each task, in fresh sandboxes: with no patch every FAIL_TO_PASS test must fa
 every FAIL_TO_PASS and PASS_TO_PASS test must pass; over `runs` repeats, a test whose status flips is flaky.
 Tests that break a rule are removed (with the reason); a task left with no FAIL_TO_PASS test is dropped.
 Writes a validated `tasks` artifact whose `validation.json` reports every removal and drop.
+
+Code-QA tasks (kind codeqa) run no tests: a task is kept when its repo and commit exist (in its mirror under
+`repos`, or in its image) and it has a reference answer for the judge; else it is dropped with the reason.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -17,9 +22,11 @@ from pydantic import Field
 
 from swepost.artifacts import Artifact, ArtifactStore, producer_record
 from swepost.config import ArtifactInput, PathInput, StageConfig
+from swepost.errors import BadInput, WorkFailed
 from swepost.progress import StageBar
 from swepost.records import SandboxLimits, Task
 from swepost.stages.tasks import TASKS_FILE, load_tasks
+from swepost.taskkinds.codeqa import CODEQA
 
 REPORT_FILE = "validation.json"
 
@@ -104,9 +111,11 @@ def run_validate(config: TasksValidateConfig, store: ArtifactStore, progress: bo
     source = store.resolve(config.tasks)
     tasks = load_tasks(source)
     results: list = [None] * len(tasks)
-    with _Progress(len(tasks), sys.stderr.isatty() if progress is None else progress) as bar, \
+    with CodeqaChecks(config, tasks) as codeqa, \
+            _Progress(len(tasks), sys.stderr.isatty() if progress is None else progress) as bar, \
             ThreadPoolExecutor(config.jobs) as pool:
-        futures = {pool.submit(validate_task, t, config): n for n, t in enumerate(tasks)}
+        futures = {pool.submit(codeqa.validate if t.kind == CODEQA.name else validate_task, t, config): n
+                   for n, t in enumerate(tasks)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             bar.update(kept=results[futures[future]][0] is not None)
@@ -123,6 +132,118 @@ def run_validate(config: TasksValidateConfig, store: ArtifactStore, progress: bo
         w.stats.update({"tasks": len(kept), "dropped": len(tasks) - len(kept),
                         "tests_removed": sum(len(r["removed"]) for r in reports)})
     return w.artifact
+
+
+# --- code-QA tasks: the repo and commit exist, no tests run -----------------------------------------------------
+
+class CodeqaChecks:
+    """Validates codeqa tasks: usable (a reference answer), and the repo at the commit is there to read, in its
+    mirror or its image. A bundle mirror is unbundled once per run, whatever the number of tasks on it."""
+
+    def __init__(self, config: TasksValidateConfig, tasks: list[Task]):
+        need_mirror = [t for t in tasks if t.kind == CODEQA.name and not t.env.image and t.repo and t.base_commit]
+        if need_mirror and config.repos is None:
+            raise BadInput(f"{need_mirror[0].instance_id} (codeqa) has no image: give --repos DIR, a folder of "
+                           "owner__name repos, to check its repo and commit")
+        self.repos = config.repos
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._unbundled: dict[Path, Path] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> CodeqaChecks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def validate(self, task: Task, config: TasksValidateConfig) -> tuple[Task | None, dict]:
+        report: dict = {"instance_id": task.instance_id, "kind": task.kind, "removed": []}
+        problems = CODEQA.unusable(task)
+        if (task.base_commit or "").startswith("-"):
+            problems["base_commit"] = f"{task.base_commit!r} is not a commit"
+        if problems:
+            report.update(kept=False, reason="; ".join(f"{key}: {why}" for key, why in problems.items()))
+            return None, report
+        try:
+            if task.env.image:
+                commit, source = _commit_in_image(task, config), f"image {task.env.image}"
+            else:
+                mirror, git_dir = self._mirror(task.repo or "")
+                commit, source = _commit_in_mirror(task, mirror, git_dir), f"mirror {mirror}"
+        except _Missing as e:
+            report.update(kept=False, reason=str(e))
+            return None, report
+        report.update(kept=True, reason="", commit=commit, source=source)
+        return task, report
+
+    def _mirror(self, repo: str) -> tuple[Path, Path]:
+        """The mirror and its git folder: a bundle is cloned bare into this run's scratch folder first."""
+        from swepost.sandbox.repos import git, mirror_path
+
+        try:
+            path = mirror_path(self.repos, repo)
+        except BadInput as e:
+            raise _Missing(f"no mirror: {e.detail}") from None
+        if not path.is_file():
+            return path, path
+        with self._lock:
+            if path not in self._unbundled:
+                if self._tmp is None:
+                    self._tmp = tempfile.TemporaryDirectory(prefix="swepost-validate-")
+                dest = Path(self._tmp.name) / f"{len(self._unbundled)}.git"
+                try:
+                    git("clone", "--quiet", "--bare", str(path), str(dest))
+                except WorkFailed as e:
+                    raise _Missing(f"mirror {path} cannot be read: {e}") from None
+                self._unbundled[path] = dest
+            return path, self._unbundled[path]
+
+
+class _Missing(Exception):
+    """What a codeqa task needs is not there; the message says what, and the task is dropped for it."""
+
+
+def _commit_in_mirror(task: Task, mirror: Path, git_dir: Path) -> str:
+    from swepost.sandbox.repos import git
+
+    base = task.base_commit or ""
+    found = git("rev-parse", "--verify", "--quiet", f"{base}^{{commit}}", cwd=git_dir, check=False)
+    if found.returncode != 0:
+        raise _Missing(f"base_commit {base} is not in the mirror of {task.repo} ({mirror})")
+    return _pinned(base, found.stdout.strip())
+
+
+def _commit_in_image(task: Task, config: TasksValidateConfig) -> str:
+    """The image's repo at `env.workdir` holds the base commit (or, without one, a HEAD); read in a sandbox
+    without network."""
+    from swepost.sandbox import open_sandbox, pick_backend
+    from swepost.sandbox.task_sandbox import limits_for
+
+    if pick_backend(config.backend) != "docker":
+        raise BadInput(f"{task.instance_id}: its repo lives in image {task.env.image}, which needs --backend docker")
+    base = task.base_commit or "HEAD"
+    argv = ["git", "-c", "safe.directory=*", "-c", "core.fsmonitor=false", "rev-parse", "--verify", "--quiet",
+            f"{base}^{{commit}}"]
+    try:
+        with open_sandbox("docker", image=task.env.image, limits=limits_for(task, config.sandbox_limits),
+                          workdir=task.env.workdir) as box:
+            found = box.exec(argv, env=box.image_env(), timeout=120)
+    except WorkFailed as e:
+        raise _Missing(f"image {task.env.image}: {e}") from None
+    if found.exit_code == 127:
+        raise _Missing(f"image {task.env.image} has no git to check the repo at {task.env.workdir} with")
+    if found.exit_code != 0:
+        raise _Missing(f"{'base_commit ' + base if task.base_commit else 'a commit'} is not in the repo at "
+                       f"{task.env.workdir} of image {task.env.image}")
+    return _pinned(task.base_commit, found.output.strip().splitlines()[-1])
+
+
+def _pinned(base: str | None, commit: str) -> str:
+    """A branch or tag moves, and the answer with it: base_commit must name the commit itself."""
+    if base and not commit.startswith(base.lower()):
+        raise _Missing(f"base_commit {base!r} names a ref (now {commit[:12]}), not a commit: pin the commit")
+    return commit
 
 
 def dropped_lines(reports: list[dict]) -> list[str]:
