@@ -64,8 +64,7 @@ class JudgeServer:
         return [body["messages"][0]["content"] for body in self.requests]
 
     def __enter__(self) -> JudgeServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), _handler(self))
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
@@ -90,18 +89,29 @@ class JudgeServer:
             self.in_flight -= 1
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # socketserver's 5 drops the SYNs of a burst of connections (a 1 s stall each)
+    daemon_threads = True
+
+
 def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real servers
+        disable_nagle_algorithm = True
+
         def log_message(self, format, *args):  # quiet
             pass
 
         def send(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (the timeout test)
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
@@ -444,3 +454,20 @@ def test_judgement_failure_is_distinct_from_a_zero():
     failure = Judgement.failure("openai", "down")
     assert failure.reward is None and failure.total is None and failure.failed
     assert Path(load_prompt().path).name == "judge.md"
+
+
+def test_concurrent_writers_to_one_cache_leave_whole_files(tmp_path):
+    items = [JudgeItem(QUESTION, f"answer {i}", REFERENCE) for i in range(8)]
+    with JudgeServer(respond=lambda body: {"content": verdict()}, delay=0.02) as server:
+        judges = [endpoint_judge(server, cache=tmp_path, concurrency=4) for _ in range(3)]
+        threads = [threading.Thread(target=judge.judge_many, args=(items,)) for judge in judges]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        files = list(tmp_path.rglob("*.json"))
+        assert len(files) == 8 and not list(tmp_path.rglob("*.tmp"))
+        assert all(json.loads(f.read_text())["scores"] == SCORES for f in files)
+        sent = len(server.requests)
+        assert all(j.cached for j in endpoint_judge(server, cache=tmp_path).judge_many(items))
+        assert len(server.requests) == sent
