@@ -234,8 +234,8 @@ def _commit_in_image(task: Task, config: TasksValidateConfig) -> str:
     if found.exit_code == 127:
         raise _Missing(f"image {task.env.image} has no git to check the repo at {task.env.workdir} with")
     if found.exit_code != 0:
-        raise _Missing(f"{'base_commit ' + base if task.base_commit else 'a commit'} is not in the repo at "
-                       f"{task.env.workdir} of image {task.env.image}")
+        what = f"base_commit {base} is not in the repo" if task.base_commit else "no git repo with a commit"
+        raise _Missing(f"{what} at {task.env.workdir} of image {task.env.image}")
     return _pinned(task.base_commit, found.output.strip().splitlines()[-1])
 
 
