@@ -269,8 +269,9 @@ def test_failed_import_leaves_store_unchanged(swepost, store, home, tiny, rows, 
 
 def test_other_kinds_need_no_tests():
     task = row_to_task({"instance_id": "q1", "problem_statement": "What does foo do?", "repo": "o/r",
-                        "base_commit": "abc", "answer": "bar"}, default_kind="codeqa")
-    assert task.kind == "codeqa" and task.verify.fail_to_pass == [] and task.metadata == {"answer": "bar"}
+                        "base_commit": "abc", "answer": "bar", "topic": "io"}, default_kind="codeqa")
+    assert task.kind == "codeqa" and task.verify.fail_to_pass == [] and task.verify.reference_answer == "bar"
+    assert task.metadata == {"topic": "io"}  # SWE-QA-Pro's `answer` is the reference; unknown columns are kept
     with pytest.raises(BadInput) as e:
         row_to_task({"instance_id": "q1", "problem_statement": "p", "repo": "o/r", "base_commit": "a",
                      "FAIL_TO_PASS": [], "kind": "trivia"})
@@ -343,7 +344,7 @@ def test_rows_no_stage_can_use_warn_or_fail_with_strict(swepost, store, rows, tm
     rows[1]["patch"], rows[1]["test_patch"] = "fix", "tests"
     rows[2]["patch"], rows[2]["test_patch"] = "fix", "tests"
     codeqa = {"instance_id": "q1", "kind": "codeqa", "problem_statement": "What?", "repo": "o/r",
-              "base_commit": "abc"}  # other kinds need no patches or tests
+              "base_commit": "abc", "reference_answer": "x"}  # other kinds need no patches or tests
     path = write_jsonl(tmp_path / "t.jsonl", [*rows, codeqa])
     r = swepost("tasks", "import", path, "--json", check=0)
     assert json.loads(r.stdout)["stats"]["unusable"] == 2
