@@ -303,7 +303,7 @@ def test_bad_inputs_are_reported_before_training(store, data, tiny, tiny_dir):
 # (f) --------------------------------------------------------------------------------------------------------
 
 def test_accelerate_launch_command(tmp_path):
-    from swepost.train.sft import CONFIGS
+    from swepost.train.launch import CONFIGS
 
     cfg = SftConfig(data="d", model="m", launch="accelerate", accelerate_config="zero3", num_processes=16,
                     launch_args=["--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1"])
@@ -329,7 +329,7 @@ def test_shipped_configs_and_cli_multi_node_flags():
     import yaml
     from typer.testing import CliRunner
 
-    from swepost.train.sft import ACCELERATE_CONFIGS, CONFIGS, DEEPSPEED_CONFIGS, deepspeed_config_path
+    from swepost.train.launch import ACCELERATE_CONFIGS, CONFIGS, DEEPSPEED_CONFIGS, deepspeed_config_path
 
     for name in ACCELERATE_CONFIGS:
         assert "distributed_type" in yaml.safe_load((CONFIGS / "accelerate" / f"{name}.yaml").read_text())

@@ -33,8 +33,13 @@ def ArtifactInput(default: Any = ..., *, description: str) -> Any:
     return Field(default, description=description, json_schema_extra={"swepost_input": "artifact"})
 
 
-def FileInput(default: Any = ..., *, description: str) -> Any:
-    """A field that names an input file outside the store; its content (not its path) enters cache keys."""
+def FileInput(default: Any = ..., *, description: str, names: tuple[str, ...] = ()) -> Any:
+    """A field that names an input file outside the store; its content (not its path) enters cache keys. With
+    `names`, the field may instead hold one of these names of a file shipped with swepost (`zero2`): a name is
+    kept as text, swepost's own code covers its content. Such a field is of kind "file_or_name"."""
+    if names:
+        return Field(default, description=description,
+                     json_schema_extra={"swepost_input": "file_or_name", "swepost_names": list(names)})
     return Field(default, description=description, json_schema_extra={"swepost_input": "file"})
 
 
@@ -51,12 +56,25 @@ def PathInput(default: Any = None, *, description: str) -> Any:
 
 
 def input_fields(model: type[BaseModel], kind: str) -> list[str]:
-    """Fields of `model` declared with ArtifactInput ("artifact"), FileInput ("file"), ModelInput ("model")
-    or PathInput ("path")."""
+    """Fields of `model` declared with ArtifactInput ("artifact"), FileInput ("file", or "file_or_name" when it
+    has shipped names), ModelInput ("model") or PathInput ("path")."""
     out = []
     for name, field in model.model_fields.items():
         extra = field.json_schema_extra
         if isinstance(extra, dict) and extra.get("swepost_input") == kind:
+            out.append(name)
+    return out
+
+
+def file_inputs(model: type[BaseModel], data: dict) -> list[str]:
+    """The FileInput fields whose value in `data` (a config, or its raw mapping) names a file: set, a string,
+    and not one of the field's shipped names. Their content, not their text, belongs in keys."""
+    out = []
+    for name in input_fields(model, "file") + input_fields(model, "file_or_name"):
+        value = data.get(name)
+        extra = model.model_fields[name].json_schema_extra
+        shipped = extra.get("swepost_names", ()) if isinstance(extra, dict) else ()
+        if isinstance(value, (str, Path)) and str(value) and str(value) not in shipped:
             out.append(name)
     return out
 

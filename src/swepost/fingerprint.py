@@ -12,11 +12,31 @@ import os
 import subprocess
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from swepost.artifacts import sha256_file
+from swepost.config import file_inputs
 from swepost.errors import BadInput
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 UNRESOLVED = "unresolved"
+
+
+def hash_memo(root: Path) -> Path:
+    """Where `path_fingerprint` remembers file hashes for the store at `root` (`swepost gc` prunes it)."""
+    return Path(root) / "cache" / "hashes"
+
+
+def with_file_contents(config: BaseModel, body: dict, memo: Path | None) -> dict:
+    """`body` (a key's mapping of the config's values) with each input file the config names (FileInput fields,
+    shipped names aside) replaced by the hash of its content: an edited file changes the key, a moved one
+    does not. A missing file stays as its text (the stage itself says that it is missing)."""
+    out = dict(body)
+    for field in file_inputs(type(config), body):
+        path = Path(str(body[field])).expanduser()
+        if path.exists():
+            out[field] = path_fingerprint(path, memo)
+    return out
 
 
 def code_fingerprint(package_dir: Path | None = None) -> dict[str, str]:

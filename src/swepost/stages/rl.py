@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
 from swepost.config import ArtifactInput, ModelInput, PathInput, StageConfig
 from swepost.errors import BadInput
+from swepost.fingerprint import hash_memo, with_file_contents
 from swepost.records import SandboxLimits
 from swepost.stages.sft import resolve_model
 from swepost.train.launch import LaunchFields, check_launch, train_or_launch
@@ -177,8 +178,9 @@ class RlConfig(StageConfig, LaunchFields):
         return False
 
 
-def work_key(config: RlConfig, tasks_id: str, model: str) -> str:
+def work_key(config: RlConfig, tasks_id: str, model: str, memo: Path | None = None) -> str:
     body = config.model_dump(mode="json", exclude=_NOT_IN_KEY | {"tasks", "model", "repos"})
+    body = with_file_contents(config, body, memo)
     body.update(tasks=tasks_id, model=model, stage="rl")
     return hashlib.sha256(canonical_json(body)).hexdigest()[:20]
 
@@ -199,7 +201,7 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
         raise BadInput(f"tasks artifact {source.id} holds no task", key="tasks")
     model_path, base = resolve_model(config.model, store)
     model_ref = base.id if base else model_path
-    work = store.root / "work" / f"rl-{work_key(config, source.id, model_ref)}"
+    work = store.root / "work" / f"rl-{work_key(config, source.id, model_ref, hash_memo(store.root))}"
     if config.rope_scaling:
         model_path = rope_scaled_model(model_path, config.rope_scaling, work / "model-rope")
     check_colocate_memory(fit_context(config, model_path), model_path)  # refuse what cannot fit, before launching

@@ -31,6 +31,7 @@ from pydantic import Field
 from swepost.artifacts import MANIFEST, Artifact, ArtifactStore, canonical_json, producer_record
 from swepost.config import ArtifactInput, ModelInput, StageConfig
 from swepost.errors import BadInput
+from swepost.fingerprint import hash_memo, with_file_contents
 from swepost.train.launch import LaunchFields, check_launch, train_or_launch
 
 # fields that do not change the trained weights: a run killed under one value resumes under another
@@ -94,8 +95,8 @@ def resolve_model(ref: str, store: ArtifactStore) -> tuple[str, Artifact | None]
     return str(folder), art
 
 
-def work_key(config: SftConfig, data_id: str, model: str) -> str:
-    body = config.model_dump(mode="json", exclude=_NOT_IN_KEY | {"data", "model"})
+def work_key(config: SftConfig, data_id: str, model: str, memo: Path | None = None) -> str:
+    body = with_file_contents(config, config.model_dump(mode="json", exclude=_NOT_IN_KEY | {"data", "model"}), memo)
     body.update(data=data_id, model=model, stage="sft")  # the resolved inputs, however they were named
     return hashlib.sha256(canonical_json(body)).hexdigest()[:20]
 
@@ -113,7 +114,8 @@ def run_sft(config: SftConfig, store: ArtifactStore) -> Artifact | None:
     if not train_file.is_file():
         raise BadInput(f"sft-data artifact {data.id} has no train.jsonl", key="data")
     model_path, base = resolve_model(config.model, store)
-    work = store.root / "work" / f"sft-{work_key(config, data.id, base.id if base else model_path)}"
+    key = work_key(config, data.id, base.id if base else model_path, hash_memo(store.root))
+    work = store.root / "work" / f"sft-{key}"
     resolved = config.model_copy(update={"data": data.id, "model": base.id if base else model_path})
     if not train_or_launch("sft", resolved, store, work, STATS_FILE, FINAL,
                            lambda: train_sft(train_file, model_path, work, config), run=run_sft):

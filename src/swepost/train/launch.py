@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from swepost.artifacts import ArtifactStore
+from swepost.config import FileInput
 from swepost.errors import BadInput, WorkFailed
 
 CHILD_ENV = "SWEPOST_LAUNCH_CHILD"  # set in the processes `accelerate launch` starts: train, do not publish
@@ -27,17 +28,23 @@ CHILD_ENV = "SWEPOST_LAUNCH_CHILD"  # set in the processes `accelerate launch` s
 # starts its processes the way multi_gpu does (torchrun) and these variables put them on the CPUs, over gloo
 LAUNCH_ENV = {"cpu": {"ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}}
 LAUNCH_FILE = "launch-config.json"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+DEEPSPEED_CONFIGS = ("zero2", "zero3")
+ACCELERATE_CONFIGS = ("single_gpu", "multi_gpu", "zero2", "zero3", "fsdp", "cpu")
 
 
 class LaunchFields(BaseModel):
     """The settings of how a training stage (sft, rl) runs: here, or through `accelerate launch`, and with which
     DeepSpeed config. Declared once, here; each training stage's config inherits them."""
 
-    deepspeed: str | None = Field(None, description="zero2, zero3 (shipped configs) or a DeepSpeed JSON path")
+    # a shipped config by name (swepost's code covers its content), or the user's file: keyed by its content
+    deepspeed: str | None = FileInput(None, names=DEEPSPEED_CONFIGS, description="zero2, zero3 (shipped configs) "
+                                      "or a DeepSpeed JSON path")
     launch: Literal["none", "accelerate"] = Field("none", description="none: train in this process; accelerate: "
                                                   "through `accelerate launch` (multi-GPU, multi-node)")
-    accelerate_config: str = Field("multi_gpu", description="single_gpu, multi_gpu, zero2, zero3, fsdp, cpu "
-                                   "(shipped; cpu: processes on CPUs over gloo) or an accelerate YAML path")
+    accelerate_config: str = FileInput("multi_gpu", names=ACCELERATE_CONFIGS, description="single_gpu, multi_gpu, "
+                                       "zero2, zero3, fsdp, cpu (shipped; cpu: processes on CPUs over gloo) or an "
+                                       "accelerate YAML path")
     num_processes: int | None = Field(None, ge=1, description="processes over all machines (default: the "
                                       "accelerate config's)")
     launch_args: list[str] = Field(default_factory=list, description="more `accelerate launch` flags, e.g. "
@@ -71,8 +78,6 @@ def machine_rank(launch_args: list[str]) -> int:
 def launch_command(config: LaunchFields, config_json: Path, stage: str = "sft") -> list[str]:
     """`accelerate launch --config_file YAML [--num_processes N] [launch_args] -m swepost.train.entry STAGE JSON`
     (run with this interpreter: `python -m accelerate.commands.launch` is `accelerate launch`)."""
-    from swepost.train.sft import accelerate_config_path
-
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
            "--config_file", accelerate_config_path(config.accelerate_config)]
     if config.num_processes:
@@ -121,6 +126,29 @@ def train_or_launch(stage: str, resolved, store: ArtifactStore, work: Path, stat
     return not child
 
 
+# --- shipped configs ----------------------------------------------------------------------------------------
+
+def _shipped_or_path(value: str, folder: str, names, suffix: str, key: str, what: str) -> str:
+    """A config shipped with swepost, by name, or a path to the user's own file."""
+    if value in names:
+        return str(CONFIGS / folder / f"{value}{suffix}")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise BadInput(f"{what} {value!r}: expected one of {', '.join(names)} or a path to a {what} file", key=key)
+    return str(path.resolve())
+
+
+def deepspeed_config_path(value: str) -> str:
+    """'zero2' / 'zero3' -> the JSON shipped with swepost; anything else must be a path to a DeepSpeed JSON."""
+    return _shipped_or_path(value, "deepspeed", DEEPSPEED_CONFIGS, ".json", "deepspeed", "DeepSpeed config")
+
+
+def accelerate_config_path(value: str) -> str:
+    """A shipped accelerate config name (single_gpu, multi_gpu, zero2, zero3, fsdp, cpu) or a path to a YAML file."""
+    return _shipped_or_path(value, "accelerate", ACCELERATE_CONFIGS, ".yaml", "accelerate_config",
+                            "accelerate config")
+
+
 # --- the work folder: resume points, and the marker of a finished run --------------------------------------
 
 def last_checkpoint(out_dir: Path) -> Path | None:
@@ -156,8 +184,6 @@ def mark_finished(out_dir: Path, stats_file: str, stats: dict, log_history: list
 
 def check_launch(config: LaunchFields) -> None:
     """The DeepSpeed and accelerate settings of a training stage (sft, rl) name configs that exist and agree."""
-    from swepost.train.sft import accelerate_config_path, deepspeed_config_path
-
     if config.deepspeed:
         deepspeed_config_path(config.deepspeed)
     if config.launch == "accelerate":

@@ -446,8 +446,8 @@ def build_trainer(tasks: list[Task], model_path: str, out_dir: Path, cfg: Any, l
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from swepost.train.launch import deepspeed_config_path
     from swepost.train.sft import (
-        deepspeed_config_path,
         lora_config,
         single_process_env,
         training_model,

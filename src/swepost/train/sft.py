@@ -29,36 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from swepost.errors import BadInput, WorkFailed
-from swepost.train.launch import mark_finished, resume_point
+from swepost.train.launch import deepspeed_config_path, mark_finished, resume_point
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
-DEEPSPEED_CONFIGS = ("zero2", "zero3")
-ACCELERATE_CONFIGS = ("single_gpu", "multi_gpu", "zero2", "zero3", "fsdp", "cpu")
 STATS_FILE = "sft_stats.json"
 FINAL = "final"
-
-
-# --- shipped configs ----------------------------------------------------------------------------------------
-
-def _shipped_or_path(value: str, folder: str, names, suffix: str, key: str, what: str) -> str:
-    """A config shipped with swepost, by name, or a path to the user's own file."""
-    if value in names:
-        return str(CONFIGS / folder / f"{value}{suffix}")
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise BadInput(f"{what} {value!r}: expected one of {', '.join(names)} or a path to a {what} file", key=key)
-    return str(path.resolve())
-
-
-def deepspeed_config_path(value: str) -> str:
-    """'zero2' / 'zero3' -> the JSON shipped with swepost; anything else must be a path to a DeepSpeed JSON."""
-    return _shipped_or_path(value, "deepspeed", DEEPSPEED_CONFIGS, ".json", "deepspeed", "DeepSpeed config")
-
-
-def accelerate_config_path(value: str) -> str:
-    """A shipped accelerate config name (single_gpu, multi_gpu, zero2, zero3, fsdp, cpu) or a path to a YAML file."""
-    return _shipped_or_path(value, "accelerate", ACCELERATE_CONFIGS, ".yaml", "accelerate_config",
-                            "accelerate config")
 
 
 # --- tokenization -------------------------------------------------------------------------------------------
