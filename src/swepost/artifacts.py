@@ -5,7 +5,7 @@ Layout under the store root ($SWEPOST_HOME):
     staging/<name>.<pid>-<host>.<random>/                  writes in progress (invisible; `gc` clears the dead)
     cache/<key>.json                                       recipe cache key -> artifact id, and what the key
                                                            was made of (to say why a stage reruns)
-    cache/hashes/                                          file hashes by (path, size, mtime)
+    cache/hashes/                                          file hashes by (path, size, mtime); `gc` prunes gone paths
 A write happens in staging/ and becomes visible with one rename, so a crash never leaves half an artifact.
 """
 

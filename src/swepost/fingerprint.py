@@ -106,12 +106,13 @@ def module_fingerprint(target: str) -> tuple[str, str]:
 def path_fingerprint(path: Path, cache_dir: Path | None, skip: tuple[str, ...] = ()) -> str:
     """sha256 of a file's or folder's content (names and bytes; folders named in `skip` left out). File hashes
     are remembered in `cache_dir` by (path, size, mtime), so a 15 GB model folder is read once, not at every
-    plan."""
+    plan. A memo file records the path it is of, so `prune_hash_memo` can drop those of paths that are gone."""
     path = path.resolve()
     memo_file = cache_dir / (hashlib.sha256(str(path).encode()).hexdigest()[:24] + ".json") if cache_dir else None
     try:
-        memo = json.loads(memo_file.read_text()) if memo_file else {}
-    except (OSError, ValueError):
+        stored = json.loads(memo_file.read_text()) if memo_file else {}
+        memo = stored["files"] if stored.get("path") == str(path) else {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         memo = {}
     files = sorted(p for p in path.rglob("*") if p.is_file() and not set(p.relative_to(path).parts) & set(skip)) \
         if path.is_dir() else [path]
@@ -127,9 +128,25 @@ def path_fingerprint(path: Path, cache_dir: Path | None, skip: tuple[str, ...] =
     if memo_file and new != memo:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(new))
+        tmp.write_text(json.dumps({"path": str(path), "files": new}))
         os.replace(tmp, memo_file)
     return ("dir:" if path.is_dir() else "file:") + h.hexdigest()
+
+
+def prune_hash_memo(cache_dir: Path, *, everything: bool = False) -> list[str]:
+    """Remove the memo files of paths that no longer exist (and unreadable ones, or every one with
+    everything=True); returns the paths (or file names) they were of. The memo only saves time: a pruned path
+    is hashed again the next time it is needed."""
+    removed = []
+    for memo_file in sorted(Path(cache_dir).glob("*.json")) if Path(cache_dir).is_dir() else []:
+        try:
+            of = json.loads(memo_file.read_text()).get("path")
+        except (OSError, ValueError, AttributeError):
+            of = None
+        if everything or not isinstance(of, str) or not Path(of).exists():
+            memo_file.unlink(missing_ok=True)
+            removed.append(of if isinstance(of, str) else memo_file.name)
+    return removed
 
 
 @functools.cache

@@ -102,9 +102,15 @@ def rm_cmd(ref: RefArg,
 
 
 @app.command("gc")
-def gc_cmd(everything: Annotated[bool, typer.Option("--all", help="Also remove writes still in progress.")]
-           = False):
-    """Remove unfinished writes left by crashed runs and cache entries of removed artifacts."""
-    removed = store().gc(everything=everything)
+def gc_cmd(everything: Annotated[bool, typer.Option("--all", help="Also remove writes still in progress, and "
+                                                    "every remembered file hash.")] = False):
+    """Remove unfinished writes left by crashed runs, cache entries of removed artifacts, and remembered file
+    hashes (cache/hashes) of paths that are gone."""
+    from swepost.fingerprint import hash_memo, prune_hash_memo
+
+    st = store()
+    removed = st.gc(everything=everything)
+    hashes = prune_hash_memo(hash_memo(st.root), everything=everything)
     console.print(f"removed {len(removed['staging'])} unfinished write(s), "
-                  f"{len(removed['cache'])} dangling cache entr{'y' if len(removed['cache']) == 1 else 'ies'}")
+                  f"{len(removed['cache'])} dangling cache entr{'y' if len(removed['cache']) == 1 else 'ies'}, "
+                  f"{len(hashes)} file hash record(s)")
