@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, is_secret_key
-from swepost.config import ConfigLayers, KeyPath, dotted, input_fields, parse_set, validate
+from swepost.config import ConfigLayers, KeyPath, dotted, file_inputs, input_fields, parse_set, validate
 from swepost.errors import BadInput
 from swepost.stages import STAGES, StageSpec, get_stage
 
@@ -198,9 +198,8 @@ def key_parts(spec: StageSpec, config: BaseModel, store: ArtifactStore) -> KeyPa
     for field in input_fields(model, "artifact"):
         if data.get(field) is not None:
             values[f"input {field}"] = store.resolve(data.pop(field)).id
-    for field in input_fields(model, "file"):
-        if data.get(field) is not None:
-            _file_part(values, about, f"file {field}", Path(data.pop(field)), memo, field)
+    for field in file_inputs(model, data):  # a shipped config's name (deepspeed: zero2) stays in the config text
+        _file_part(values, about, f"file {field}", Path(data.pop(field)), memo, field)
     for field in input_fields(model, "path"):
         data.pop(field, None)
     for field in input_fields(model, "model"):
@@ -313,7 +312,7 @@ def _stage_config(loaded: LoadedRecipe, i: int, outputs: dict[str, str], check_o
         data["seed"] = recipe.seed
     # input files in a recipe are relative to the recipe's folder, so a recipe runs from anywhere
     base = loaded.path.parent
-    for field in input_fields(model, "file") + input_fields(model, "path"):
+    for field in file_inputs(model, data) + input_fields(model, "path"):
         if isinstance(data.get(field), str) and not check_only:
             data[field] = str((base / data[field]).resolve())
     for field in input_fields(model, "model"):
@@ -362,7 +361,7 @@ def _check_inputs(loaded: LoadedRecipe, i: int) -> None:
                 check_component(name, registry, what)
             except BadInput as e:
                 _fail(loaded, (*at, field), e.detail)
-    files = [((*at, f), st.config[f]) for f in input_fields(model, "file") if isinstance(st.config.get(f), str)]
+    files = [((*at, f), st.config[f]) for f in file_inputs(model, st.config) if isinstance(st.config[f], str)]
     files += [((*at, "policy_args", arg), value) for arg, kind, value in _policy_inputs(model, st.config)
               if kind == "file"]
     for loc, value in files:
