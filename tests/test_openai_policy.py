@@ -199,9 +199,8 @@ def test_the_trajectory_records_the_tool_mode_used():
         p = policy(server)
         first = run_episode(p, EchoEnvironment(), Task(instance_id="t-1", problem_statement="p"), grade=False)
         assert first.exit_status == "submitted" and first.messages[1]["tool_calls"][0]["function"]["name"] == "submit"
-        # the loop takes describe() as the episode starts, before the switch: the switching episode's own record
-        # says "text" once the loop also records describe() as the episode ends
-        assert p.describe()["tool_mode_active"] == "text"
+        # the loop records describe() again as the episode ends: the switching episode's own record says "text"
+        assert p.describe()["tool_mode_active"] == "text" and first.policy["tool_mode_active"] == "text"
         second = run_episode(p, EchoEnvironment(), Task(instance_id="t-2", problem_statement="p"), grade=False)
         assert second.policy["tool_mode_active"] == "text" and "tools" not in server.requests[-1]
 
