@@ -39,10 +39,22 @@ def sandbox_class(name: str):
 
 
 def open_sandbox(backend: str = "auto", *, image: str | None = None, source_dir=None, limits=None,
-                 env: dict | None = None, workdir: str | None = None):
-    """A started sandbox; use it as a context manager so it is always closed."""
+                 env: dict | None = None, workdir: str | None = None, read_only_workdir: bool = False):
+    """A started sandbox; use it as a context manager so it is always closed.
+
+    `read_only_workdir`: the workdir is a read-only mount (docker: a volume mounted read-only; bwrap: a read-only
+    bind; local: refused), checked once started by the agent inside (statvfs), so a backend that ignored the
+    option is refused, never used writable."""
     cls = sandbox_class(pick_backend(backend))
     kwargs = {"image": image, "source_dir": source_dir, "limits": limits, "env": env}
     if workdir:
         kwargs["workdir"] = workdir
-    return cls(**kwargs).start()
+    if read_only_workdir:  # only when asked: backends of users' own need not know the option
+        kwargs["read_only_workdir"] = True
+    box = cls(**kwargs).start()
+    if read_only_workdir and box.info.get("workdir_read_only") is not True:
+        box.close()
+        from swepost.sandbox.base import SandboxError
+
+        raise SandboxError(f"the {box.backend} sandbox did not mount its workdir {box.workdir} read-only")
+    return box

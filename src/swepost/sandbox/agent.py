@@ -393,6 +393,14 @@ def chown_tree(path, uid, gid):
                 pass
 
 
+def mounted_read_only(path):
+    """Whether the filesystem holding `path` is mounted read-only (for every process, root included)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
 def oom_kills(oom_files):
     total = 0
     for path in oom_files:
@@ -692,7 +700,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: (shell.kill_all(), os._exit(0)))
     out.write((json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0],
                            "shell_uid": opts["uid"], "agent_uid": os.getuid(), "undumpable": undumpable,
-                           "home": opts["home"]}) + "\n").encode())
+                           "home": opts["home"], "workdir_read_only": mounted_read_only(opts["workdir"])})
+                + "\n").encode())
     out.flush()
     for line in RequestReader(shell.watch_disk, shell):
         if not line.strip() or line == INTERRUPT.strip():

@@ -2,7 +2,9 @@
 
 For machines without a docker engine (CI runners, laptops): no network unless `limits.network`, a root
 built from read-only binds of the host's system dirs (or of a `rootfs` tree such as a debootstrap
-chroot) with the home, work and secret dirs left out, and one writable working copy at `workdir`.
+chroot) with the home, work and secret dirs left out, and one writable working copy at `workdir` (a read-only
+bind with `read_only_workdir`: the sandbox holds no capabilities and may not make user namespaces, so nothing in it
+can remount it).
 bwrap has no resource limits of its own, so the bwrap process is moved into fresh memory/pids/cpu
 cgroups before it execs (v1 or pure v2); without cgroup access it falls back to RLIMIT_AS.
 Every cgroup dir and temp copy carries its owner (host:pid) in its name so `gc_bwrap` finds leftovers.
@@ -186,8 +188,9 @@ class BwrapSandbox(Sandbox):
 
     def __init__(self, source_dir: str | Path | None = None, *, workdir: str = "/testbed",
                  rootfs: str | Path | None = None, limits: Limits | None = None, env: dict | None = None,
-                 **_ignored):
+                 read_only_workdir: bool = False, **_ignored):
         super().__init__(workdir=workdir, limits=limits, env=env)
+        self.read_only_workdir = read_only_workdir
         if rootfs is not None and not os.path.isdir(rootfs):
             raise SandboxError(f"bwrap rootfs {rootfs} is not a directory")
         self.rootfs = str(rootfs) if rootfs is not None else None
@@ -243,7 +246,8 @@ class BwrapSandbox(Sandbox):
             prefix = os.path.realpath(sys.base_prefix)  # the real install, not a venv
             python = os.path.join(prefix, "bin", "python3")
             args += ["--ro-bind", prefix, prefix]
-        args += ["--bind", str(self.work), self.workdir, "--chdir", self.workdir]
+        args += ["--ro-bind" if self.read_only_workdir else "--bind", str(self.work), self.workdir,
+                 "--chdir", self.workdir]
         # bwrap maps a single uid, so the shell runs as the agent's (namespaced) uid: info["shell_uid"] says so
         opts = {"workdir": self.workdir, "env": {"HOME": "/tmp", "PATH": PATH, **self.env}, "cmd_dir": "/tmp/.swepost",
                 "disk_roots": ["/tmp", "/var/tmp"], **agent_limits(self.limits)}

@@ -4,15 +4,22 @@ The container's main process is the session agent (under docker's init), talked 
 so a command's round trip is a write and a read on one socket instead of a `docker exec` per command.
 Defaults: no network, CPU / memory / pids limits, all capabilities dropped, no-new-privileges, no host
 paths mounted. Every container carries labels (run id, owner) so `swepost sandbox gc` finds leftovers.
+
+With `read_only_workdir` the workdir is a docker volume of its own, mounted read-only: filled through the engine
+(a container that is created, never started, takes the working copy as an archive) or, without a working copy,
+by the engine's copy of the image's own workdir. Neither the agent nor the shell holds CAP_SYS_ADMIN, so no
+process in the container can remount it writable.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import queue
 import select
 import socket
 import struct
+import tarfile
 import threading
 from pathlib import Path
 
@@ -42,6 +49,7 @@ OOM_FILES = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_c
 AGENT_CAPS = ["SETUID", "SETGID", "CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL"]
 # where the unprivileged shell can write, besides the workdir and its home: what the disk quota counts
 DISK_ROOTS = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock"]
+LOADER_MOUNT = "/swepost-repo"  # where the loader container sees a read-only workdir's volume
 
 
 def docker_available() -> bool:
@@ -117,15 +125,46 @@ class DockerSandbox(Sandbox):
 
     def __init__(self, image: str | None = None, *, source_dir: str | Path | None = None,
                  workdir: str = "/testbed", limits: Limits | None = None, env: dict | None = None,
-                 client=None, **_ignored):
+                 client=None, read_only_workdir: bool = False, **_ignored):
         super().__init__(workdir=workdir, limits=limits, env=env)
         self.image = image or DEFAULT_BASE_IMAGE
         self.source_dir = source_dir
         self.client = client
+        self.read_only_workdir = read_only_workdir
         self.container = None
+        self.volume = None
+
+    def _labels(self) -> dict[str, str]:
+        return {LABEL: "1", "swepost.run": self.run_id, "swepost.owner": owner()}
+
+    def _read_only_mounts(self) -> list:
+        """The workdir as a volume of this sandbox, mounted read-only; the working copy goes in as root-owned
+        files (the model's uid could not write them even through a writable mount)."""
+        from docker.types import Mount
+
+        try:
+            self.volume = self.client.volumes.create(labels=self._labels())
+            if self.source_dir is not None:
+                loader = self.client.containers.create(
+                    self.image, command=["true"], network_mode="none", labels=self._labels(),
+                    mounts=[Mount(LOADER_MOUNT, self.volume.name, type="volume")])
+                try:
+                    if not loader.put_archive(LOADER_MOUNT, _root_owned_tar(Path(self.source_dir))):
+                        raise SandboxError("the engine refused the working copy's archive")
+                finally:
+                    loader.remove(force=True)
+        except Exception as e:  # noqa: BLE001 - docker.errors.* and requests errors alike
+            if isinstance(e, SandboxError):
+                raise
+            raise SandboxError(f"docker sandbox from {self.image!r}: could not prepare its read-only workdir: "
+                               f"{e}") from None
+        # no_copy: a working copy of our own is the workdir, never the image's files at that path
+        return [Mount(self.workdir, self.volume.name, type="volume", read_only=True,
+                      no_copy=self.source_dir is not None)]
 
     def _open(self) -> AttachChannel:
         self.client = self.client or docker_client()
+        mounts = self._read_only_mounts() if self.read_only_workdir else None
         lim = self.limits
         opts = {"workdir": self.workdir, "env": self.env, "oom_files": OOM_FILES, "cmd_dir": "/tmp/.swepost",
                 "uid": lim.uid, "disk_roots": DISK_ROOTS, **agent_limits(lim)}
@@ -139,8 +178,7 @@ class DockerSandbox(Sandbox):
                 mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
                 pids_limit=lim.pids, nano_cpus=int(lim.cpus * 1e9),
                 cap_drop=["ALL"], cap_add=AGENT_CAPS, security_opt=["no-new-privileges"],
-                labels={LABEL: "1", "swepost.run": self.run_id, "swepost.owner": owner()},
-                environment={"HOME": "/root", **self.env},
+                labels=self._labels(), environment={"HOME": "/root", **self.env}, mounts=mounts,
             )
             sock = self.container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
             raw = getattr(sock, "_sock", sock)
@@ -153,16 +191,17 @@ class DockerSandbox(Sandbox):
 
     def start(self) -> DockerSandbox:
         super().start()
-        if self.source_dir is not None:  # the working copy goes in through the agent: no host path is mounted
+        if self.source_dir is not None and not self.read_only_workdir:  # through the agent: no host path mounted
             self.copy_contents_in(self.source_dir, self.workdir)
         return self
 
     def _teardown(self) -> None:
-        if self.container is not None:
-            try:
-                self.container.remove(force=True)
-            except Exception:  # noqa: BLE001 - already gone is fine; gc catches the rest
-                pass
+        for part in (self.container, self.volume):  # the container first: a volume in use cannot go
+            if part is not None:
+                try:
+                    part.remove(force=True)
+                except Exception:  # noqa: BLE001 - already gone is fine; gc catches the rest
+                    pass
 
     def _diagnose(self) -> str:
         detail = ""
@@ -239,4 +278,29 @@ def gc_docker(everything: bool = False, client=None) -> list[str]:
                 removed.append(c.name)
             except Exception:  # noqa: BLE001 - raced with another gc or the owner's own close
                 pass
+    try:  # read-only workdirs' volumes, once their containers are gone
+        volumes = client.volumes.list(filters={"label": f"{LABEL}=1"})
+    except Exception:  # noqa: BLE001 - an engine without volume listing: nothing of ours to find
+        volumes = []
+    for v in volumes:
+        if everything or not owner_alive((v.attrs.get("Labels") or {}).get("swepost.owner", "")):
+            try:
+                v.remove(force=True)
+                removed.append(f"volume {v.name}")
+            except Exception:  # noqa: BLE001 - still in use by a live container, or raced
+                pass
     return removed
+
+
+def _root_owned_tar(folder: Path) -> bytes:
+    """Everything inside `folder` as a tar whose entries belong to root."""
+    def root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        return info
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for child in sorted(folder.iterdir()):
+            tar.add(child, arcname=child.name, filter=root)
+    return buf.getvalue()

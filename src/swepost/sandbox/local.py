@@ -21,6 +21,7 @@ from swepost.sandbox.base import (
     Limits,
     PipeChannel,
     Sandbox,
+    SandboxError,
     agent_limits,
     owner,
     remove_orphan_dirs,
@@ -44,7 +45,10 @@ class LocalSandbox(Sandbox):
     isolates = False
 
     def __init__(self, source_dir: str | Path | None = None, *, limits: Limits | None = None,
-                 env: dict | None = None, **_ignored):
+                 env: dict | None = None, read_only_workdir: bool = False, **_ignored):
+        if read_only_workdir:  # the shell runs as you, owner of the copy: any mode bits set, it can undo
+            raise SandboxError("the local backend cannot make the workdir read-only (commands run as you, the "
+                               "owner of the working copy); use docker or bwrap")
         self.scratch = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{owner()}-"))
         work = self.scratch / "work"
         if source_dir is not None:

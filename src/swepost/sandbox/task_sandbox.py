@@ -65,9 +65,10 @@ def sandbox_kwargs(overrides: SandboxLimits) -> dict:
 
 
 def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: str = "auto",
-                      limits: Limits | SandboxLimits | dict | None = None) -> Sandbox:
+                      limits: Limits | SandboxLimits | dict | None = None, read_only_workdir: bool = False) -> Sandbox:
     """Started and ready at `task.env.workdir`. `limits`: a stage's overrides merged by `limits_for`, or a
-    complete Limits used as given (the task's own settings then do not apply)."""
+    complete Limits used as given (the task's own settings then do not apply). `read_only_workdir`: the repo is
+    a read-only mount (see `open_sandbox`); the task's install commands still run, and fail if they write it."""
     limits = limits if isinstance(limits, Limits) else limits_for(task, limits)
     backend = pick_backend(backend)
     image = task.env.image
@@ -78,14 +79,16 @@ def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: s
     if image is not None:
         if backend != "docker":
             raise BadInput(f"{task.instance_id}: its repo lives in image {image}, which needs --backend docker")
-        return open_sandbox("docker", image=image, limits=limits, workdir=task.env.workdir)
+        return open_sandbox("docker", image=image, limits=limits, workdir=task.env.workdir,
+                            read_only_workdir=read_only_workdir)
     if repos is None:
         raise BadInput(f"{task.instance_id}: no task image; give --repos DIR (a folder of owner__name repos)")
     scratch = Path(tempfile.mkdtemp(prefix=f"{CHECKOUT_PREFIX}{owner()}-"))
     try:
         with tarfile.open(fileobj=io.BytesIO(_checkout_tar(str(mirror_path(repos, task.repo or "")), task))) as tar:
             tar.extractall(scratch, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
-        box = open_sandbox(backend, source_dir=scratch / "repo", limits=limits, workdir=task.env.workdir)
+        box = open_sandbox(backend, source_dir=scratch / "repo", limits=limits, workdir=task.env.workdir,
+                           read_only_workdir=read_only_workdir)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     try:
@@ -98,7 +101,7 @@ def open_task_sandbox(task: Task, *, repos: str | Path | None = None, backend: s
                 raise WorkFailed(f"{task.instance_id}: install command failed ({r.exit_code}): {command}\n"
                                  f"{r.output[-1000:]}")
         uid = box.info.get("shell_uid")
-        if task.env.install and uid not in (None, 0, box.info.get("agent_uid")):
+        if task.env.install and not read_only_workdir and uid not in (None, 0, box.info.get("agent_uid")):
             box.exec(f"chown -R {int(uid)}:{int(uid)} {workdir}", timeout=600, user="root")
     except BaseException:
         box.close()
