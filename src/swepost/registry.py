@@ -14,6 +14,7 @@ POLICIES = {
 }
 ENVIRONMENTS = {
     "swe": "swepost.envs.swe:SweEnvironment",
+    "codeqa": "swepost.envs.codeqa:CodeQAEnvironment",
 }
 SANDBOXES = {
     "docker": "swepost.sandbox.docker:DockerSandbox",
