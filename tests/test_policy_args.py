@@ -59,11 +59,11 @@ def test_wrong_type_and_unknown_key_exit_2_listing_the_valid_keys(swepost, tasks
     for bad in (wrong_type, out_of_bounds, "policy_args.tempreature=0.5"):
         r = swepost(command, tasks, "--policy", name, *base, "--set", bad, "--backend", "local")
         assert r.returncode == 2, (bad, r.stdout, r.stderr)
-        key = bad.split("=")[0]
-        assert f"{key}: " in r.stderr and "Traceback" not in r.stderr, r.stderr
+        key = bad.split("=")[0].split(".")[1]  # read with the config: "policy_args: KEY: why"
+        assert f"policy_args: {key}: " in r.stderr and "Traceback" not in r.stderr, r.stderr
         valid = ", ".join(args_model(BUILT_IN[name]).model_fields)
-        assert f"policy_args: the valid keys of policy '{name}' are: {valid}" in r.stderr, r.stderr
-    assert "policy_args.tempreature: unknown key" in r.stderr
+        assert f"the valid keys of policy '{name}' are: {valid}" in r.stderr, r.stderr
+    assert "policy_args: tempreature: unknown key" in r.stderr
 
 
 def test_values_the_constructor_would_take_are_refused_before_any_request(swepost, tasks):
@@ -73,7 +73,8 @@ def test_values_the_constructor_would_take_are_refused_before_any_request(swepos
         for bad in ("policy_args.temperature=-0.5", "policy_args.top_p=0", "policy_args.max_retries=-1"):
             r = swepost("collect", tasks, "--policy", "openai", "--model", "m", "--limit", "1", "--backend", "local",
                         "--set", f"policy_args.base_url={server.base_url}", "--set", bad)
-            assert r.returncode == 2 and f"{bad.split('=')[0]}: Input should be" in r.stderr, r.stderr
+            key = bad.split("=")[0].split(".")[1]
+            assert r.returncode == 2 and f"policy_args: {key}: Input should be" in r.stderr, r.stderr
         assert server.requests == []
 
 
@@ -88,6 +89,18 @@ def test_a_recipe_with_bad_policy_args_fails_validation_naming_file_line_and_key
     assert "top_k: unknown key" in r.stderr and "the valid keys of policy 'hf' are: model, temperature" in r.stderr
     recipe.write_text(recipe.read_text().replace("hot", "0.7").replace("top_k: 5", "top_p: 0.9"))
     assert swepost("recipes", "validate", recipe).returncode == 0
+
+
+def test_collect_and_eval_check_their_policy_args_as_the_recipe_is_read(swepost, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    for stage in ("collect", "eval"):
+        recipe.write_text(f"name: r\nstages:\n  - name: s\n    stage: {stage}\n    config:\n      tasks: t\n"
+                          "      policy: openai\n      policy_args: {model: m, temprature: 0.5}\n")
+        r = swepost("recipes", "validate", recipe, check=2)
+        assert "r.yaml:8: stages[0].config.policy_args: temprature: unknown key" in r.stderr, r.stderr
+        assert "the valid keys of policy 'openai' are: model, base_url" in r.stderr
+        recipe.write_text(recipe.read_text().replace("temprature", "temperature"))
+        swepost("recipes", "validate", recipe, check=0)
 
 
 def test_valid_args_still_work(swepost, tasks, repo_root, tmp_path):

@@ -28,11 +28,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record, without_secrets
 from swepost.config import ArtifactInput, PathInput, StageConfig
 from swepost.errors import BadInput, WorkFailed
+from swepost.policies.args import check_policy_args
 from swepost.progress import StageBar
 from swepost.records import ExitStatus, SandboxLimits, Task, Trajectory
 from swepost.rewards.filters import failure_cause, is_infra_failure, is_ungraded
@@ -79,6 +80,13 @@ class CollectConfig(StageConfig):
     quarantine_after: int = Field(3, ge=0, description="runs (of the same command, resumed) in which a task's "
                                   "episodes failed for infrastructure reasons before it is quarantined: not run "
                                   "again, listed in quarantined.jsonl, left out of max_infra_failure_rate; 0: never")
+
+    @field_validator("policy_args")
+    @classmethod
+    def _typed_policy_args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """A built-in policy's arguments are checked as the config is read (`recipes validate`, --print-config),
+        naming the file and line; a plugged-in one's where it is built."""
+        return check_policy_args(info.data.get("policy"), value)
 
 
 def work_key(config: CollectConfig, tasks_id: str, stage: str) -> str:
