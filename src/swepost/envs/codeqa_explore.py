@@ -41,6 +41,9 @@ MAX_LISTED = 2000  # entries of a directory listing
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
 CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+DEFINITION = re.compile(r"^[ \t]*(?:export[ \t]+)?(?:async[ \t]+)?(?:def|class|function|func|fn|struct|"
+                        r"interface|enum|type|trait)[ \t]+(?:\([^)]*\)[ \t]*)?([A-Za-z_][A-Za-z0-9_]*)"
+                        r"|^([A-Za-z_][A-Za-z0-9_]*)[ \t]*(?::[^=\n]*)?=(?!=)", re.M)
 STOP = frozenset("a an and are as at be by can do does for from has have how i in is it its of on or that the "
                  "this to was what when where which who why will with".split())
 
@@ -120,16 +123,21 @@ def files_under(top, python_only):
             yield path
 
 
+def squashed(identifier):
+    """An identifier without case or underscores: days_in_month, daysInMonth and DAYS_IN_MONTH are one name."""
+    return re.sub(r"[^a-z0-9]", "", identifier.lower())
+
+
 def definitions(text, identifiers):
-    """The identifiers `text` defines, in the usual spellings of Python, JS/TS, Go, Rust, C-family types."""
-    out = []
-    for ident in identifiers:
-        name = re.escape(ident)
-        pattern = (r"^[ \t]*(?:async[ \t]+)?(?:def|class|function|func|fn|struct|interface|enum|type|trait)"
-                   r"[ \t]+(?:\([^)]*\)[ \t]*)?" + name + r"\b|^" + name + r"[ \t]*(?::[^=\n]*)?=[^=]")
-        if re.search(pattern, text, re.M):
-            out.append(ident)
-    return out
+    """The names `text` defines (def, class, function, func, fn, struct, interface, enum, type, trait; a top-level
+    assignment) that are one of `identifiers` in any naming style."""
+    wanted = set(squashed(i) for i in identifiers)
+    found = set()
+    for m in DEFINITION.finditer(text):
+        name = m.group(1) or m.group(2)
+        if squashed(name) in wanted:
+            found.add(name)
+    return sorted(found)
 
 
 def code_like(identifier, term):
@@ -150,8 +158,8 @@ def search(req):
     if scope == "file" and python_only and not path.endswith(".py"):
         raise Refused(f"python_only is true but {path} is not a Python file.")
     paths = files_under(path, python_only) if scope == "directory" else iter([path])
-    symbols = [i for i in identifiers if code_like(i, term)]
-    plain = [i for i in identifiers if i not in symbols]
+    symbols = set(squashed(i) for i in identifiers if code_like(i, term))
+    plain = set(squashed(i) for i in identifiers) - symbols
     phrase = term.strip().lower()
     docs, sizes, scanned, capped = [], [], 0, False
     for p in paths:
@@ -180,8 +188,7 @@ def search(req):
                 if w in tf:
                     tf[w] += PATH_WEIGHT
         if any(tf.values()):
-            near = [i for i in identifiers if i.lower() in lower]
-            defined = definitions(text, near) if near else []
+            defined = definitions(text, identifiers) if identifiers else []
             docs.append((rel, p, len(text) or 1, tf, defined, bool(phrase) and phrase in lower))
     n = max(len(sizes), 1)
     avg = (sum(sizes) / float(len(sizes))) if sizes else 1.0
@@ -193,8 +200,9 @@ def search(req):
             if f:
                 idf = math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5))
                 score += idf * f * (K1 + 1) / (f + K1 * (1 - B + B * dl / avg))
-        score += DEFINES_BONUS * sum(1 for i in defined if i in plain) + (PHRASE_BONUS if phrase_hit else 0.0)
-        ranked.append((-sum(1 for i in defined if i in symbols), -score, rel, p, defined))
+        names = set(squashed(d) for d in defined)
+        score += DEFINES_BONUS * len(names & plain) + (PHRASE_BONUS if phrase_hit else 0.0)
+        ranked.append((-len(names & symbols), -score, rel, p, defined))
     ranked.sort()
     files = []
     for _tier, neg, rel, p, defined in ranked[:req["max_files"]]:
@@ -344,14 +352,20 @@ def outline(text, lines):
 def main():
     req = json.loads(sys.argv[1])
     try:
-        text = search(req) if req["op"] == "search" else view(req)
-        reply = {"ok": True, "text": text}
+        reply = {"ok": True, "text": search(req) if req["op"] == "search" else view(req)}
     except Refused as e:
         reply = {"ok": False, "error": str(e)}
     except OSError as e:
         where = getattr(e, "filename", None) or req.get("path")
         reply = {"ok": False, "error": f"{where}: {e.strerror or e}"}
-    sys.stdout.write(MARKER + json.dumps(reply, ensure_ascii=False) + "\n")
+    except Exception as e:  # a file the parser chokes on (RecursionError, MemoryError...): the model goes on
+        reply = {"ok": False, "error": f"internal error of the tool: {type(e).__name__}: {str(e)[:500]}"}
+    out = getattr(sys.stdout, "buffer", None)
+    line = MARKER + json.dumps(reply, ensure_ascii=False) + "\n"
+    if out is not None:  # bytes: the locale of an image's python does not matter
+        out.write(line.encode("utf-8", "replace"))
+    else:
+        sys.stdout.write(line)
 
 
 if __name__ == "__main__":
