@@ -497,3 +497,59 @@ def test_eval_through_the_cli(swepost, base_image, tmp_path, tasks):
         rewards[name] = (traj["reward"], traj["resolved"])
     assert rewards["good"] == (1.0, "RESOLVED_FULL")
     assert rewards["wrong"][0] < rewards["good"][0] and rewards["wrong"][1] == "RESOLVED_NO"
+
+
+# --- a task image, and what a crash leaves ------------------------------------------------------------------
+
+@pytest.mark.docker
+def test_a_task_image_repo_is_read_only_too_and_its_volume_goes_with_the_sandbox(make_env, base_image,
+                                                                                docker_client, tmp_path):
+    """Without a mirror the engine fills the volume from the image's own /testbed; the image stays as it was."""
+    context = tmp_path / "image"
+    subprocess.run(["git", "clone", "--quiet", str(MIRRORS / "swepost__minicalc.bundle"), str(context / "repo")],
+                   check=True)
+    (context / "Dockerfile").write_text(f"FROM {base_image}\nCOPY repo /testbed\n")
+    tag = f"swepost-test/codeqa-env:{tmp_path.name.lower()}"
+    docker_client.images.build(path=str(context), tag=tag, rm=True, forcerm=True)
+    try:
+        task = Task(instance_id="img-1", kind="codeqa", env={"image": tag}, problem_statement="What is mean?",
+                    verify={"reference_answer": "The arithmetic mean."})
+        env = make_env("docker", repos=None)
+        env.reset(task)
+        run_id = env.box.run_id
+        assert env.box.info["workdir_read_only"] is True and "./minicalc/stats.py" in manifest(env)
+        assert EROFS in run(env, "touch new_file; rm -rf minicalc")
+        found = json.loads(env.step("semantic_search", {"term": "mean"}).content)
+        assert found["files"][0]["path"] == "minicalc/stats.py"
+        env.close()
+        assert docker_client.volumes.list(filters={"label": f"swepost.run={run_id}"}) == []
+        out = docker_client.containers.run(tag, ["ls", "/testbed/minicalc"], remove=True, network_mode="none")
+        assert b"stats.py" in out
+    finally:
+        docker_client.images.remove(tag, force=True)
+
+
+KILLED_PARENT = """
+import sys, time
+from swepost.sandbox import open_sandbox
+box = open_sandbox("docker", image=sys.argv[1], source_dir=sys.argv[2], read_only_workdir=True)
+print("READY", box.run_id, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.docker
+def test_gc_removes_a_killed_runs_read_only_volume(swepost, base_image, docker_client, tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, base_image, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        ready = proc.stdout.readline().split()
+        assert ready and ready[0] == "READY", ready
+        assert docker_client.volumes.list(filters={"label": f"swepost.run={ready[1]}"})
+    finally:
+        proc.kill()
+        proc.wait()
+    assert swepost("sandbox", "gc").returncode == 0
+    assert docker_client.containers.list(all=True, filters={"label": f"swepost.run={ready[1]}"}) == []
+    assert docker_client.volumes.list(filters={"label": f"swepost.run={ready[1]}"}) == []
