@@ -107,9 +107,10 @@ def test_edits_rerun_the_stages_that_depend_on_them_and_say_why(recipe, store, s
     assert steps["tasks"]["action"] == "reuse"
 
     # a credential changes no result and is never stored in the cache index
-    ran_before(recipe, store, ["stages.collect.policy_args.api_key=sk-cachekeytest"])
+    served = ["stages.collect.policy=openai", "stages.collect.policy_args={model: m, base_url: 'http://127.0.0.1:9/v1'}"]
+    ran_before(recipe, store, [*served, "stages.collect.policy_args.api_key=sk-cachekeytest"])
     assert "sk-cachekeytest" not in "".join(p.read_text() for p in (store.root / "cache").rglob("*.json"))
-    assert {s["action"] for s in plan(swepost, recipe).values()} == {"reuse"}
+    assert {s["action"] for s in plan(swepost, recipe, *served).values()} == {"reuse"}
 
     # a config value: the plain output says it too
     r = swepost("run", str(recipe), "--dry-run", "--set", "stages.rl.learning_rate=0.001")

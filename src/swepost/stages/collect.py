@@ -37,6 +37,7 @@ from swepost.policies.args import check_policy_args
 from swepost.progress import StageBar
 from swepost.records import ExitStatus, SandboxLimits, Task, Trajectory
 from swepost.rewards.filters import failure_cause, is_infra_failure, is_ungraded
+from swepost.rewards.judge import JudgeConfig
 from swepost.sandbox.task_sandbox import sandbox_kwargs
 from swepost.stages.tasks import load_tasks
 
@@ -63,7 +64,16 @@ class CollectConfig(StageConfig):
     policy_args: dict[str, Any] = Field(default_factory=dict, description="the policy's keyword arguments "
                                         "(model, base_url, temperature, max_turn_tokens, max_model_len, path, "
                                         "...)")
-    environment: str = Field("swe", description="swe | module:Class")
+    environment: str | None = Field(None, description="swe | codeqa | module:Class; unset: the tasks' kind's own "
+                                    "(swe for bug fixing, codeqa for code questions)")
+    environment_args: dict[str, Any] = Field(default_factory=dict, description="more keyword arguments of the "
+                                             "environment (codeqa: resolved_threshold, max_observation_chars, "
+                                             "prompts_dir; swe: max_observation_chars, prompts_dir); one it does "
+                                             "not take is an error")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge of an environment that has one "
+                               "(codeqa): an OpenAI-compatible endpoint (base_url, model), or with neither the "
+                               "lexical judge; judgements are cached under $SWEPOST_HOME/cache/judge unless "
+                               "cache_dir says otherwise")
     repos: Path | None = PathInput(description="mirror folder of owner__name repos (tasks without an image)")
     backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
     samples: int = Field(1, ge=1, le=1024, description="episodes per task")
@@ -85,8 +95,9 @@ class CollectConfig(StageConfig):
     @classmethod
     def _typed_policy_args(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """A built-in policy's arguments are checked as the config is read (`recipes validate`, --print-config),
-        naming the file and line; a plugged-in one's where it is built."""
-        return check_policy_args(info.data.get("policy"), value)
+        naming the file and line; a plugged-in one's where it is built. A missing `model` is asked for when the
+        policy is built (so --print-config works before it is given)."""
+        return check_policy_args(info.data.get("policy"), value, later=("model",))
 
 
 def work_key(config: CollectConfig, tasks_id: str, stage: str) -> str:
@@ -219,13 +230,13 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
     in task order, and the work folder (removed by the caller once its artifact is written)."""
     from swepost.agent import AgentLimits, run_episode
     from swepost.policies.args import validate_policy_args
-    from swepost.registry import ENVIRONMENTS, POLICIES, load_component
+    from swepost.registry import POLICIES, load_component
 
     source = store.resolve(config.tasks)
     tasks = load_tasks(source)[: config.limit]
     policy_cls = load_component(config.policy, POLICIES, "policy")
     policy_args = validate_policy_args(policy_cls, config.policy_args)  # exit 2 naming the key, before any episode
-    env_cls = load_component(config.environment, ENVIRONMENTS, "environment")
+    make_env = stage_environment(config, tasks, store.root)
     log = EpisodeLog(store.root / "work" / f"{stage}-{work_key(config, source.id, stage)}")
     failures = FailureLog(log.folder)
     wanted = [(task, s) for task in tasks for s in range(config.samples)]
@@ -246,8 +257,7 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
                 local.policy = policy_cls(**policy_args)
             except (TypeError, ValueError) as e:  # an argument the policy does not take, or a bad value
                 raise BadInput(f"policy {config.policy!r}: {e}", key="policy_args") from None
-        env = env_cls(repos=config.repos, backend=config.backend, tool_timeout=config.limits.tool_timeout,
-                      grade=config.grade, **sandbox_kwargs(config.sandbox_limits))
+        env = make_env()
         traj = run_episode(local.policy, env, task, sample=sample, limits=limits, grade=config.grade,
                            on_step=log.save_partial)
         log.finish(traj)
@@ -275,6 +285,18 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
     check_verdicts(stage, [t for t in trajectories if t.instance_id not in quarantine],
                    config.max_infra_failure_rate, log.folder, quarantined=len(quarantine))
     return source, tasks, trajectories, log.folder
+
+
+def stage_environment(config: CollectConfig, tasks: list[Task], home: Path):
+    """`make_env()` for this stage's episodes: the named environment or the tasks' kind's own, with the stage's
+    sandbox settings, judge (cached under home/cache/judge) and environment_args."""
+    from swepost.agent import environment_factory, pick_environment
+
+    name = pick_environment(config.environment, [t.kind for t in tasks])
+    settings = {"repos": config.repos, "backend": config.backend, "tool_timeout": config.limits.tool_timeout,
+                "grade": config.grade, **sandbox_kwargs(config.sandbox_limits)}
+    return environment_factory(name, settings=settings, args=config.environment_args, judge=config.judge,
+                               judge_cache=home / "cache" / "judge")
 
 
 def _any_verdict(done: dict[str, Trajectory]) -> bool:
