@@ -120,6 +120,49 @@ def validate_cmd(
     report(art, as_json)
 
 
+@app.command("synth-qa")
+def synth_qa_cmd(
+    issues: Annotated[Path | None, typer.Argument(help="Issue texts: JSONL of {repo, title, body} per line.",
+                                                  show_default=False)] = None,
+    repos: Annotated[Path | None, typer.Option(help="Folder of owner__name git repos (or .bundle files).",
+                                                  show_default=False)] = None,
+    commit: Annotated[list[str] | None, typer.Option("--commit", metavar="OWNER/NAME@COMMIT", help="The commit "
+                                                     "questions about a repo are about (repeatable).",
+                                                     show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Model of the LLM endpoint (llm.model).",
+                                              show_default=False)] = None,
+    base_url: Annotated[str | None, typer.Option(help="The endpoint's /v1 URL (llm.base_url).",
+                                                 show_default=False)] = None,
+    backend: Annotated[str | None, typer.Option(help="Sandbox backend of the teacher: auto | docker | bwrap "
+                                                "[default: auto].", show_default=False)] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", help="Teacher episodes at once [default: 2].",
+                                             show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Output artifact name "
+                                             "[default: tasks-synth-qa].", show_default=False)] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    print_config_: PrintConfigOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Synthesize codeqa tasks from issue texts: an LLM writes what / why / where / how questions, near-duplicates
+    go, topic clusters are sampled for balance, a teacher agent answers with the codeqa tools (the judge keeps
+    good answers as references), and questions a direct answer without tools already solves are dropped. Writes
+    a tasks artifact and report.json; says on stderr what was dropped or failed, and why."""
+    import json
+
+    from swepost.stages.synth_qa import REPORT_FILE, TasksSynthQaConfig, run_synth_qa, summary_lines
+
+    cfg = resolve_config(TasksSynthQaConfig, config, set_,
+                         {"issues": issues, "repos": repos, "commits": commit or None, "llm.model": model,
+                          "llm.base_url": base_url, "backend": backend, "jobs": jobs, "name": name})
+    if print_config_:
+        return print_config(cfg)
+    art = run_synth_qa(cfg, store())
+    for line in summary_lines(json.loads((art.path / REPORT_FILE).read_text())):
+        err_console.print(line, markup=False)
+    report(art, as_json)
+
+
 @app.command("select")
 def select_cmd(
     tasks: Annotated[str | None, typer.Argument(help="Tasks artifact to select from.", show_default=False)] = None,

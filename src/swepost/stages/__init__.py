@@ -39,6 +39,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               "swepost.stages.tasks:TasksImportConfig", "swepost.stages.tasks:run_import"),
     StageSpec("tasks-validate", "check tasks in sandboxes; drop flaky or broken tests (tasks)",
               "swepost.stages.validate:TasksValidateConfig", "swepost.stages.validate:run_validate"),
+    StageSpec("tasks-synth-qa", "code questions from issue texts, answered by a teacher agent, calibrated (tasks)",
+              "swepost.stages.synth_qa:TasksSynthQaConfig", "swepost.stages.synth_qa:run_synth_qa"),
     StageSpec("tasks-select", "keep the tasks earlier attempts found hard, by solve rate (tasks)",
               "swepost.stages.select:TasksSelectConfig", "swepost.stages.select:run_select"),
     StageSpec("collect", "run a policy on tasks in sandboxes; graded trajectories (trajectories)",
