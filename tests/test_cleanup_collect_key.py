@@ -18,7 +18,7 @@ def test_work_key_leaves_out_credentials_at_any_depth():
                         "t@1", "collect")
 
     assert key(api_key="sk-a") == key(api_key="sk-b") == key()
-    assert key(extra_headers={"Authorization": "Bearer a"}) == key(extra_headers={"Authorization": "Bearer b"})
+    assert key(extra_body={"top_k": 5, "hf_token": "a"}) == key(extra_body={"top_k": 5, "hf_token": "b"})
     assert key(api_key="sk-a", temperature=0.2) != key(api_key="sk-a", temperature=0.7)
 
 
