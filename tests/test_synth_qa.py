@@ -76,7 +76,8 @@ POOR = {"correctness": 2, "completeness": 2, "relevance": 3, "clarity": 4, "reas
 
 class LoopbackLLM:
     """An OpenAI chat-completions server on 127.0.0.1 (any free port) that answers by what each request asks:
-    `respond(body)` -> {"content": str} or {"tool_calls": [{"name", "arguments"}]}. Records every body."""
+    `respond(body)` -> {"content": str}, {"tool_calls": [{"name", "arguments"}]} or {"status": int} (an error).
+    Records every body."""
 
     def __init__(self, respond: Callable[[dict[str, Any]], dict[str, Any]]):
         self.respond = respond
@@ -115,23 +116,24 @@ def _handler(server: LoopbackLLM) -> type[BaseHTTPRequestHandler]:
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             if self.path.rstrip("/") != "/v1/chat/completions":
-                status, payload = 404, {"error": {"message": f"no route {self.path}"}}
-            else:
-                with server._lock:
-                    server.requests.append(body)
-                    n = len(server.requests)
-                entry = server.respond(body)
-                calls = [{"id": f"call_{n}_{i}", "type": "function",
-                          "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
-                         for i, c in enumerate(entry.get("tool_calls", []))]
-                message = {"role": "assistant", "content": entry.get("content"), **({"tool_calls": calls} if calls
-                                                                                    else {})}
-                status, payload = 200, {
-                    "id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
-                    "model": body.get("model"), "usage": {"prompt_tokens": 50, "completion_tokens": 20,
-                                                          "total_tokens": 70},
-                    "choices": [{"index": 0, "message": message,
-                                 "finish_reason": "tool_calls" if calls else "stop"}]}
+                return self.send(404, {"error": {"message": f"no route {self.path}"}})
+            with server._lock:
+                server.requests.append(body)
+                n = len(server.requests)
+            entry = server.respond(body)
+            if "status" in entry:
+                return self.send(entry["status"], {"error": {"message": "scripted failure", "code": entry["status"]}})
+            calls = [{"id": f"call_{n}_{i}", "type": "function",
+                      "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+                     for i, c in enumerate(entry.get("tool_calls", []))]
+            message = {"role": "assistant", "content": entry.get("content"), **({"tool_calls": calls} if calls else {})}
+            self.send(200, {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
+                            "model": body.get("model"),
+                            "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70},
+                            "choices": [{"index": 0, "message": message,
+                                         "finish_reason": "tool_calls" if calls else "stop"}]})
+
+        def send(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -267,6 +269,53 @@ def test_synth_qa_end_to_end_on_minicalc(backend, request, swepost, home, tmp_pa
     assert len([p for p in llm.prompts("You write questions") if "add_months(date(2024, 1, 31), 1)" in p]) == 3
     assert len(llm.prompts("You cannot see the repository")) == 5  # only questions with a reference
     assert all(b["model"] == "synth-model" for b in llm.requests)
+
+
+def judge_failures(mode: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """`respond`, one question per issue, with judge failures: the teacher answer to Q_EMPTY cannot be judged (500),
+    and the direct answers to Q_WHERE_MEDIAN (mode["direct_judge"] "one") or to all questions ("all") get replies
+    that are not scores."""
+    one_each = {"mean() of an empty": Q_EMPTY, "median([1, 2])": Q_WHERE_MEDIAN, "slugify leaves": Q_SLUG}
+
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body["messages"][0]["content"]
+        if "You write questions for a benchmark" in prompt:
+            question = one_each[_asked(prompt, one_each)]
+            return {"content": json.dumps({"questions": [{"question": question, "qa_type": "what"}]})}
+        if "## The issue the question was written from" in prompt and Q_EMPTY in prompt:
+            return {"status": 500}
+        if "## Reference answer" in prompt and (mode["direct_judge"] == "all" or Q_WHERE_MEDIAN in prompt):
+            return {"content": "A fine answer, I would say."}
+        return respond(body)
+
+    return answer
+
+
+def test_judge_failures_are_failures_not_drops_and_most_failing_exits_1(request, swepost, home, tmp_path):
+    require_backend("bwrap", request)
+    issues = tmp_path / "issues.jsonl"
+    issues.write_text("".join(line + "\n" for n, line in enumerate(ISSUES.read_text().splitlines()) if n in (0, 1, 4)))
+    store, mode = ArtifactStore(home), {}
+    with LoopbackLLM(judge_failures(mode)) as llm:
+        for direct_judge in ("one", "all"):
+            mode["direct_judge"] = direct_judge
+            llm.requests.clear()
+            r = swepost("tasks", "synth-qa", issues, "--repos", MIRRORS, "--commit", "swepost/minicalc@6439748",
+                        "--model", "m", "--base-url", llm.base_url, "--backend", "bwrap", "-j", "3", "--json",
+                        "--set", "judge.max_retries=0", "--set", "judge.backoff=0", "--set", "llm.backoff=0",
+                        "--set", "teacher.limits.max_turns=5", "--set", f"judge.cache_dir={tmp_path / direct_judge}",
+                        check=0 if direct_judge == "one" else 1)
+            if direct_judge == "one":
+                report = json.loads((store.resolve(json.loads(r.stdout)["id"]).path / "report.json").read_text())
+                assert report["counts"]["kept"] == 1 and report["dropped"] == []
+                failed = {f["question"]: f for f in report["failed"]}
+                assert failed[Q_EMPTY]["step"] == "reference_judge" and "500" in failed[Q_EMPTY]["cause"]
+                assert failed[Q_WHERE_MEDIAN]["step"] == "direct_judge"
+                assert "no usable reply in 3 attempts" in failed[Q_WHERE_MEDIAN]["cause"]
+                assert [t.problem_statement for t in load_tasks(store.resolve("tasks-synth-qa"))] == [Q_SLUG]
+            else:  # both questions with a reference fail calibration's judge: no artifact, the cause said
+                assert "2 of 2 direct-answer judge requests failed" in r.stderr and "no usable reply" in r.stderr
+                assert not any(b.get("tools") for b in llm.requests)  # the teacher's run was reused
 
 
 def test_malformed_issues_exit_2_naming_line_and_field(swepost, tmp_path):

@@ -575,7 +575,7 @@ def answer_with_teacher(questions: list[Question], config: TasksSynthQaConfig, s
         "limits": config.teacher.limits.model_dump(), "sandbox_limits": config.sandbox_limits.model_dump(),
         "max_infra_failure_rate": config.max_infra_failure_rate, "seed": config.seed,
         "judge": judge_config(config, store.root)}, prefix=("teacher",))
-    trajectories = _finished(store, collect, candidates.id) or stage.runner()(collect, store)
+    trajectories = _finished(store, collect, candidates) or stage.runner()(collect, store)
     episodes = defaultdict(list)
     for line in (trajectories.path / "trajectories.jsonl").read_text().splitlines():
         traj = Trajectory.model_validate_json(line)
@@ -616,12 +616,21 @@ def answer_with_teacher(questions: list[Question], config: TasksSynthQaConfig, s
     return kept, [candidates.id, trajectories.id]
 
 
-def _finished(store: ArtifactStore, collect: Any, tasks_id: str) -> Artifact | None:
-    """The teacher run of an earlier, identical call (same candidates, same settings; credentials aside), so a
-    re-run after a later step failed pays no episode twice."""
-    wanted = json.loads(json.dumps(redact_secrets({**collect.model_dump(mode="json"), "tasks": tasks_id})))
+def _finished(store: ArtifactStore, collect: Any, candidates: Artifact) -> Artifact | None:
+    """The teacher run of an earlier call on the same questions (candidates of the same content) with the same
+    settings (credentials and the judge aside: the teacher's episodes are not graded), so a re-run after a later
+    step failed pays no episode twice."""
+    def settings(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in ("judge", "tasks")}
+
+    def questions(tasks_id: Any) -> Any:
+        found = store.find(tasks_id) if isinstance(tasks_id, str) else None
+        return found.manifest.get("files", {}).get(TASKS_FILE) if found is not None else None
+
+    wanted = settings(json.loads(json.dumps(redact_secrets(collect.model_dump(mode="json")))))
     done = [a for a in store.all() if a.name == collect.name and a.kind == "trajectories"
-            and a.manifest.get("producer", {}).get("config") == wanted]
+            and settings(config := a.manifest.get("producer", {}).get("config") or {}) == wanted
+            and questions(config.get("tasks")) == candidates.manifest["files"][TASKS_FILE]]
     return done[-1] if done else None
 
 
