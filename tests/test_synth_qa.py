@@ -342,6 +342,7 @@ def test_malformed_issues_exit_2_naming_line_and_field(swepost, tmp_path):
     ("swepost/minicalc@0123456789abcdef", "commits.0.commit: 0123456789abcdef is not a commit of swepost/minicalc"),
     ("swepost/minicalc@main", "commits.0.commit: 'main' names a ref"),
     ("swepost/nothere@6439748", "commits.0.repo: repo 'swepost/nothere': no swepost__nothere"),
+    ("swepost/minicalc@--output=/tmp/x", "commits.0.commit: '--output=/tmp/x' is not a commit hash"),
 ])
 def test_a_pin_that_is_not_a_commit_in_the_mirror_exits_2(swepost, tmp_path, pin, message):
     issues = tmp_path / "issues.jsonl"

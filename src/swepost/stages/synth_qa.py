@@ -213,6 +213,8 @@ def resolve_pins(config: TasksSynthQaConfig) -> dict[str, str]:
             mirror = mirror_path(config.repos, pin.repo)
         except BadInput as e:
             raise BadInput(e.detail, key=f"commits.{i}.repo") from None
+        if not re.fullmatch(r"[0-9A-Za-z][\w./-]*", pin.commit):  # never an option to git
+            raise BadInput(f"{pin.commit!r} is not a commit hash", key=f"commits.{i}.commit")
         with tempfile.TemporaryDirectory(prefix="swepost-synth-") as tmp:
             git_dir = mirror
             if mirror.is_file():
@@ -220,7 +222,7 @@ def resolve_pins(config: TasksSynthQaConfig) -> dict[str, str]:
                 git("clone", "--quiet", "--bare", str(mirror), str(git_dir))
             found = git("rev-parse", "--verify", "--quiet", f"{pin.commit}^{{commit}}", cwd=git_dir, check=False)
         full = found.stdout.strip()
-        if found.returncode != 0 or pin.commit.startswith("-"):
+        if found.returncode != 0:
             raise BadInput(f"{pin.commit} is not a commit of {pin.repo} in {mirror}", key=f"commits.{i}.commit")
         if not full.startswith(pin.commit.lower()):
             raise BadInput(f"{pin.commit!r} names a ref (now {full[:12]}), not a commit: pin the commit",
