@@ -11,7 +11,8 @@ Writes a codeqa tasks artifact (tasks.jsonl) and report.json: the counts at each
 question and why, and every infrastructure failure (a request that failed, a reply never readable) with its
 cause, apart from the drops: a failed request is never a bad question. When more than max_infra_failure_rate of a
 step's requests fail, the stage exits 1 and writes nothing. The candidates the teacher answers
-(`<name>-candidates`) and its trajectories (`<name>-teacher`) are artifacts of their own, parents of the result.
+(`<name>-candidates`) and its trajectories (`<name>-teacher`) are artifacts of their own, parents of the result;
+a re-run reuses a teacher run on the same questions, and the judge's cache (home/cache/judge) pays no judgement twice.
 """
 
 from __future__ import annotations
