@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/rollout.py --out bench/results/rollout.json
 	$(PY) bench/rl_rollout.py --out bench/results/rl_rollout.json
 	$(PY) bench/sft.py --out bench/results/sft.json
+	$(PY) bench/judge.py --out bench/results/judge.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
