@@ -7,19 +7,25 @@ sandbox_error, policy_error; the last two are infrastructure failures and never 
 many in a row end the episode as format_error. Every error observation carries its TurnError under ERROR_KEY
 (format, tool, sandbox), which the policy never sees. The trajectory is handed to `on_step` after every step, so
 a crash leaves a usable partial record.
+
+`pick_environment` and `environment_factory` say which environment a stage's episodes run in and build it from the
+stage's settings (collect, eval and rl share them): the tasks' kind's own environment unless one is named, the
+judge for an environment that takes one, and `environment_args` checked against the constructor.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from swepost.envs.base import Environment, EnvironmentBroken, MalformedCall, ToolError
-from swepost.errors import WorkFailed
+from swepost.errors import BadInput, WorkFailed
 from swepost.policies.base import ContextOverflow, Policy, PolicyError
 from swepost.records import ERROR_KEY, ERROR_PREFIX, NO_TOOL_CALL, ExitStatus, Task, Trajectory, TurnError
 
@@ -199,3 +205,90 @@ def _call_name(call: Any) -> str:
         return str(call["function"]["name"])[:100]
     except (TypeError, KeyError):
         return ""
+
+
+# --- which environment, built how -----------------------------------------------------------------------------
+
+# an environment's arguments a stage fills from its own settings (sandbox_limits -> limits)
+STAGE_SETTINGS = ("repos", "backend", "tool_timeout", "grade", "limits", "judge")
+
+
+def pick_environment(name: str | None, kinds: Iterable[str]) -> str:
+    """The environment a stage runs its tasks in: `name` when given, else the one environment of the tasks' kinds
+    (swe tasks in `swe`, codeqa tasks in `codeqa`). BadInput when the kinds' environments differ or one has none,
+    and when `name` is another built-in environment than the kinds' own (a swe environment cannot answer a code
+    question); a plugged-in module:Class is taken at its word."""
+    from swepost.registry import ENVIRONMENTS
+    from swepost.taskkinds import task_kind
+
+    own = {kind: task_kind(kind).environment for kind in sorted(set(kinds))}
+    if name is None:
+        homeless = [kind for kind, env in own.items() if env is None]
+        if homeless:
+            raise BadInput(f"tasks of kind {', '.join(homeless)} have no environment of their own: set environment "
+                           "(module:Class)", key="environment")
+        envs = sorted(set(own.values()))
+        if len(envs) > 1:
+            kinds_in = ", ".join(f"{kind} in {env}" for kind, env in own.items())
+            raise BadInput(f"the tasks are of kinds that run in different environments ({kinds_in}): import them "
+                           "as separate tasks artifacts, or set environment", key="environment")
+        return envs[0] if envs else "swe"
+    if name in ENVIRONMENTS:
+        wrong = {kind: env for kind, env in own.items() if env in ENVIRONMENTS and env != name}
+        if wrong:
+            kind, env = next(iter(wrong.items()))
+            raise BadInput(f"environment {name!r} cannot run {kind} tasks (they run in {env!r}): leave environment "
+                           f"unset to run each kind in its own, or set it to {env}", key="environment")
+    return name
+
+
+def environment_factory(name: str, *, settings: Mapping[str, Any], args: Mapping[str, Any] | None = None,
+                        judge: Any = None, judge_cache: str | Path | None = None) -> Callable[[], Any]:
+    """`make_env()` for the environment `name` (a short name or module:Class): its class called with the stage's
+    `settings` (repos, backend, tool_timeout, grade, limits), the judge (a rewards.judge.JudgeConfig; its
+    cache_dir, when unset, becomes `judge_cache`) when the constructor takes `judge`, and `args`, the stage's
+    `environment_args`. BadInput, naming `environment_args.<key>` or `judge`, for an argument the constructor does
+    not take, one the stage sets itself, or a judge other than the default given to an environment without one.
+    One environment is built here, so a bad value (an endpoint judge without a model) stops the stage before any
+    episode."""
+    from swepost.registry import ENVIRONMENTS, load_component
+
+    cls = load_component(name, ENVIRONMENTS, "environment")
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # a builtin or C class: nothing to check against
+        params = {}
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = [p for p, v in params.items() if v.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                            inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    args = dict(args or {})
+    for key in args:
+        if key in settings or key in STAGE_SETTINGS:
+            raise BadInput(f"{key} comes from the stage's own settings (repos, backend, tool_timeout, "
+                           "sandbox_limits, grade, judge), not from environment_args", key=f"environment_args.{key}")
+        if not open_ended and key not in accepted:
+            known = ", ".join(k for k in accepted if k not in settings and k not in STAGE_SETTINGS) or "none"
+            raise BadInput(f"environment {name!r} takes no argument {key!r} (it takes: {known})",
+                           key=f"environment_args.{key}")
+    kwargs = {**settings, **args}
+    if "judge" in params:
+        if judge is not None and judge_cache is not None and getattr(judge, "cache_dir", "") is None:
+            judge = judge.model_copy(update={"cache_dir": Path(judge_cache)})
+        kwargs["judge"] = judge
+    elif judge is not None and _not_default(judge, exclude={"cache_dir"}):
+        raise BadInput(f"environment {name!r} takes no judge (its reward is its own grade): drop the judge "
+                       "setting, or run an environment that has one (codeqa)", key="judge")
+
+    def make_env():
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # a setting the constructor does not take (a plugged-in environment)
+            raise BadInput(f"environment {name!r}: {e}", key="environment") from None
+
+    make_env()
+    return make_env
+
+
+def _not_default(config: Any, exclude: set[str]) -> bool:
+    """Does a settings model (a JudgeConfig) differ from its defaults, `exclude` aside?"""
+    return config.model_dump(exclude=exclude) != type(config)().model_dump(exclude=exclude)

@@ -1,7 +1,10 @@
-"""OraclePolicy: applies the task's gold patch through the editor tool, one call per turn, then submits.
+"""OraclePolicy: applies the task's gold patch through the editor tool, one call per turn, then submits; in an
+environment that takes answers (a `finish(answer)` tool and no `submit`: codeqa), it views the first code the
+reference answer cites (`path: line s-e`), then finishes with the reference answer itself.
 
-It checks the environment and the grader end to end (the oracle must resolve every valid task), and gives
-reference trajectories. The conversion of a unified git diff into tool calls (`patch_to_calls`) is:
+It checks the environment and the grader (or judge) end to end (the oracle must resolve every valid task), and
+gives reference trajectories without a model. The conversion of a unified git diff into tool calls
+(`patch_to_calls`) is:
 
 - each hunk of a modified file -> `str_replace_editor str_replace` with old_str = context + removed lines and
   new_str = context + added lines, exactly as in the file: every line with its "\\n" (the last one too, so
@@ -240,6 +243,25 @@ def patch_to_calls(patch: str) -> tuple[list[dict[str, Any]], list[str]]:
     return calls, skipped
 
 
+# `minicalc/stats.py: line 7-14`, `a/b.py: lines 3-5`, `a/b.py: line 8` (SWE-QA-Pro's citation form)
+_CITATION_RE = re.compile(r"([\w./-]+\.\w+):\s*lines?\s*(\d+)(?:\s*-\s*(\d+))?")
+NO_REFERENCE = "The task has no reference answer."
+
+
+def answer_calls(task: Task, tools: set[str]) -> list[dict[str, Any]]:
+    """An answering task's oracle turns: view the first cited lines (when view_codebase is offered and the answer
+    cites any), then finish with the reference answer."""
+    reference = (task.verify.reference_answer or "").strip() or NO_REFERENCE
+    calls: list[dict[str, Any]] = []
+    cited = _CITATION_RE.search(reference)
+    if cited and "view_codebase" in tools:
+        start = int(cited.group(2))
+        end = int(cited.group(3) or start)
+        calls.append({"name": "view_codebase", "arguments": {"path": cited.group(1),
+                                                             "view_range": [start, max(start, end)]}})
+    return [*calls, {"name": "finish", "arguments": {"answer": reference}}]
+
+
 class OracleArgs(BaseModel):
     """policy_args of `oracle`."""
 
@@ -260,18 +282,26 @@ class OraclePolicy:
         self._calls: list[dict[str, Any]] = [{"name": "submit", "arguments": {}}]
         self._skipped: list[str] = []
         self._next = 0
+        self._task: Task | None = None
+        self._source = "task.patch"
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "delay": self.delay, "source": "task.patch", "model": self.model}
+        return {"name": self.name, "delay": self.delay, "source": self._source, "model": self.model}
 
     def start(self, task: Task) -> None:
         calls, self._skipped = patch_to_calls(task.patch or "")
         self._calls = [*calls, {"name": "submit", "arguments": {}}]
         self._next = 0
+        self._task, self._source = task, "task.patch"
 
     def reply(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> PolicyReply:
         if self.delay:
             time.sleep(self.delay)
+        names = {t.get("function", {}).get("name") for t in tools if isinstance(t, dict)}
+        if self._next == 0 and self._task is not None and "finish" in names and "submit" not in names:
+            # the environment wants an answer, not a diff: the reference answer is the oracle's
+            self._calls, self._skipped = answer_calls(self._task, names), []
+            self._source = "task.verify.reference_answer"
         extra = {"skipped": list(self._skipped)} if self._skipped else {}
         if self._next >= len(self._calls):
             return PolicyReply(message={"role": "assistant", "content": "(oracle done)", "tool_calls": []},
