@@ -2,8 +2,13 @@
 
 Writes an `eval` artifact: metrics.json (resolved rate over graded episodes, ungraded count and rate, unbiased
 pass@k over graded samples, exit statuses, mean turns and tokens), predictions.jsonl in SWE-bench's format
-(instance_id, model_name_or_path, model_patch), a Markdown summary, the trajectories themselves, and
-quarantined.jsonl when tasks were quarantined (their episodes stay in the trajectories, ungraded).
+(instance_id, model_name_or_path, model_patch; `answer` too for answering tasks), a Markdown summary, the
+trajectories themselves, and quarantined.jsonl when tasks were quarantined (their episodes stay in the
+trajectories, ungraded).
+
+Episodes graded by a judge (codeqa) add `judge` to metrics.json: the mean of each axis (1-10), of the total (their
+sum, 5-50: SWE-QA-Pro's score) and of the RL reward over the judged answers, judge failures counted apart (no
+score, never a 0), missing answers (scored at the floor), cache hits, and the same broken down by qa_type.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from math import comb
 from pydantic import Field
 
 from swepost.artifacts import Artifact, ArtifactStore, producer_record, redact_secrets
-from swepost.records import Trajectory
+from swepost.records import Task, Trajectory
 from swepost.rewards.filters import is_ungraded
+from swepost.rewards.judge import AXES, Judgement, summarize
 from swepost.stages.collect import (
     CollectConfig,
     episode_stats,
@@ -41,7 +47,37 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def metrics(trajectories: list[Trajectory], samples: int) -> dict:
+def judgement_of(traj: Trajectory) -> Judgement | None:
+    """The judge's verdict as the environment recorded it in the evidence, or None when no judge saw the episode
+    (it failed before its end, or its task has no reference answer)."""
+    ev = traj.evidence
+    if ev.get("judge_failed"):
+        return Judgement.failure(str(ev.get("judge") or "judge"), str(ev.get("cause") or "judge failed"),
+                                 model=ev.get("model"))
+    if not isinstance(ev.get("scores"), dict) or ev.get("total") is None:
+        return None
+    return Judgement(judge=str(ev.get("judge") or "judge"), model=ev.get("model"), scores=ev["scores"],
+                     total=ev["total"], reward=ev.get("reward"), missing_answer=bool(ev.get("missing_answer")),
+                     truncated=bool(ev.get("truncated")), cached=bool(ev.get("cached")))
+
+
+def judge_metrics(trajectories: list[Trajectory], tasks: dict[str, Task]) -> dict | None:
+    """summarize() over the judged episodes, with the judge's name and model, and by qa_type (the task's
+    metadata, else the evidence's; `unknown` when neither says). None when no episode was judged."""
+    judged = [(t, j) for t in trajectories if (j := judgement_of(t)) is not None]
+    if not judged:
+        return None
+    by_type: dict[str, list[Judgement]] = {}
+    for t, j in judged:
+        task = tasks.get(t.instance_id)
+        qa_type = (task.metadata.get("qa_type") if task else None) or t.evidence.get("qa_type") or "unknown"
+        by_type.setdefault(str(qa_type), []).append(j)
+    first = judged[0][1]
+    return {"judge": first.judge, "model": first.model, **summarize([j for _, j in judged]),
+            "by_qa_type": {qa: summarize(js) for qa, js in sorted(by_type.items())}}
+
+
+def metrics(trajectories: list[Trajectory], samples: int, tasks: list[Task] | None = None) -> dict:
     by_task: dict[str, list[Trajectory]] = {}
     for t in trajectories:
         by_task.setdefault(t.instance_id, []).append(t)
@@ -56,7 +92,31 @@ def metrics(trajectories: list[Trajectory], samples: int) -> dict:
                   for ts in graded if ts]
         out["pass_at_k"][str(k)] = round(sum(scores) / len(scores), 4) if scores else 0.0
     out["resolved_tasks"] = sorted(i for i, ts in by_task.items() if any(t.resolved == "RESOLVED_FULL" for t in ts))
+    judge = judge_metrics(trajectories, {t.instance_id: t for t in tasks or []})
+    if judge is not None:
+        out["judge"] = judge
     return out
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def judge_markdown(j: dict) -> str:
+    who = f"{j['judge']}" + (f" `{j['model']}`" if j.get("model") else "")
+    lexical = ("\n\nThe lexical judge counts shared words with the reference and rubric: a smoke test, not a "
+               "model's judgement." if j["judge"] == "lexical" else "")
+    axes = " | ".join(AXES)
+    rows = "\n".join(f"| {qa} | {s['n']} | {s['graded']} | {s['judge_failed']} | {_num(s['total'])} | "
+                     f"{_num(s['reward'], 3)} | " + " | ".join(_num(s['axes'][a]) for a in AXES) + " |"
+                     for qa, s in j["by_qa_type"].items())
+    return (f"\n## Judge: {who}{lexical}\n\n- score (the sum of the five axes, 5-50): **{_num(j['total'])}** mean "
+            f"over {j['graded']} judged answers; reward (weighted, 0-1): {_num(j['reward'], 3)}\n"
+            f"- judge failures: {j['judge_failed']} (no score: left out of the means, not counted as 0); missing "
+            f"answers: {j['missing_answer']} (scored at the floor); from the cache: {j['cached']}\n\n"
+            f"| axis | mean (1-10) |\n|---|---|\n" + "\n".join(f"| {a} | {_num(j['axes'][a])} |" for a in AXES) +
+            f"\n\n| qa_type | answers | judged | failed | total | reward | {axes} |\n"
+            f"|---|---|---|---|---|---|{'---|' * len(AXES)}\n{rows}\n")
 
 
 def summary_markdown(name: str, config: EvalConfig, m: dict) -> str:
@@ -68,12 +128,13 @@ def summary_markdown(name: str, config: EvalConfig, m: dict) -> str:
             f"episodes ({m['resolved_rate']:.1%})\n- ungraded: {m['ungraded']} / {m['episodes']} episodes "
             f"({m['ungraded_rate']:.1%}; the grader could not judge them: not counted as wrong)\n- {passes}"
             f"\n- mean turns: {m['mean_turns']}, tokens: {m['tokens']}, "
-            f"tool errors: {m['tool_errors']}\n\n| exit status | episodes |\n|---|---|\n{rows}\n")
+            f"tool errors: {m['tool_errors']}\n\n| exit status | episodes |\n|---|---|\n{rows}\n"
+            + (judge_markdown(m["judge"]) if "judge" in m else ""))
 
 
 def run_eval(config: EvalConfig, store: ArtifactStore) -> Artifact:
-    source, _, trajectories, work = run_episodes(config, store, "eval")
-    m = metrics(trajectories, config.samples)
+    source, tasks, trajectories, work = run_episodes(config, store, "eval")
+    m = metrics(trajectories, config.samples, tasks)
     model_name = config.model_name or str(config.policy_args.get("model") or config.policy)
     data = config.model_dump(mode="json")
     data["tasks"] = source.id
@@ -84,12 +145,17 @@ def run_eval(config: EvalConfig, store: ArtifactStore) -> Artifact:
         with open(w.path / "predictions.jsonl", "w") as f:
             for t in trajectories:
                 if t.sample == 0:  # SWE-bench takes one prediction per instance
-                    f.write(json.dumps({"instance_id": t.instance_id, "model_name_or_path": model_name,
-                                        "model_patch": t.final_diff}) + "\n")
+                    row = {"instance_id": t.instance_id, "model_name_or_path": model_name, "model_patch": t.final_diff}
+                    if t.answer is not None:  # an answering task (codeqa): the answer itself
+                        row["answer"] = t.answer
+                    f.write(json.dumps(row) + "\n")
         (w.path / "summary.md").write_text(summary_markdown(config.name, config, m))
         w.stats.update({k: m[k] for k in ("episodes", "resolved", "resolved_rate", "ungraded", "ungraded_rate",
                                           "mean_turns", "tokens")})
         w.stats["pass_at_1"] = m["pass_at_k"]["1"]
+        if "judge" in m:
+            w.stats.update(judge_total=m["judge"]["total"], judge_reward=m["judge"]["reward"],
+                           judge_failed=m["judge"]["judge_failed"])
         w.stats["quarantined"] = publish_quarantine(work, w.path)
     shutil.rmtree(work, ignore_errors=True)
     return w.artifact
