@@ -1,10 +1,12 @@
 """Stage `rl`: reinforcement learning of an agent in its environment, on TRL's GRPOTrainer (checkpoint).
 
 RLVR by default: the reward is the environment's own grade (for `swe`, the task's hidden tests run on the final
-diff in a fresh sandbox). The defaults follow the published SWE-agent RL recipes (DAPO, DeepSWE, SkyRL-SWE):
-token-level DAPO loss, clip 0.2 / 0.28, no KL term and no reference model, group-normalised advantages, dynamic
-sampling (groups whose rewards are all equal carry no signal: dropped from the loss, or resampled on other
-tasks), truncated trajectories masked out of the loss. Every default is a config key below.
+diff in a fresh sandbox). On codeqa tasks it is RLAIF: the reward is the `judge`'s score of the final answer, and
+a judge failure gets its group's mean reward (no advantage) or is masked (`judge.on_failure`). The defaults
+follow the published SWE-agent RL recipes (DAPO, DeepSWE, SkyRL-SWE): token-level DAPO loss, clip 0.2 / 0.28, no
+KL term and no reference model, group-normalised advantages, dynamic sampling (groups whose rewards are all equal
+carry no signal: dropped from the loss, or resampled on other tasks), truncated trajectories masked out of the
+loss. Every default is a config key below.
 
 Rollouts are ordinary swepost episodes run many at once (see `swepost.train.rollout`); training runs in a work
 folder `$SWEPOST_HOME/work/rl-<key>` with a checkpoint every `save_steps`: run the same command again after a
@@ -30,6 +32,7 @@ from swepost.config import ArtifactInput, ModelInput, PathInput, StageConfig
 from swepost.errors import BadInput
 from swepost.fingerprint import hash_memo, with_file_contents
 from swepost.records import SandboxLimits
+from swepost.rewards.judge import JudgeConfig
 from swepost.stages.sft import resolve_model
 from swepost.train.launch import LaunchFields, check_launch, train_or_launch
 
@@ -45,14 +48,24 @@ class RlConfig(StageConfig, LaunchFields):
     name: str = Field("rl", description="output artifact name")
     seed: int = 0
     # --- environment
-    environment: str = Field("swe", description="swe | module:Class")
+    environment: str | None = Field(None, description="swe | codeqa | module:Class; unset: the tasks' kind's own "
+                                    "(swe for bug fixing, codeqa for code questions)")
+    environment_args: dict[str, Any] = Field(default_factory=dict, description="more keyword arguments of the "
+                                             "environment (codeqa: resolved_threshold, max_observation_chars, "
+                                             "prompts_dir; swe: max_observation_chars, prompts_dir); one it does "
+                                             "not take is an error")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge of an environment that has one "
+                               "(codeqa; RLAIF): an OpenAI-compatible endpoint (base_url, model), or with neither "
+                               "the lexical judge. on_failure: a judge failure's reward is its group's mean (no "
+                               "advantage; counted as rl/judge_failed) or none (masked). Judgements are cached "
+                               "under $SWEPOST_HOME/cache/judge unless cache_dir says otherwise")
     repos: Path | None = PathInput(description="mirror folder of owner__name repos (tasks without an image)")
     backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
     tool_timeout: float = Field(120.0, gt=0, description="seconds for one bash command")
     sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits, description="sandbox limits over every "
                                           "task's own (cpus, memory_mb, pids, disk_mb, timeout_s, network_allow)")
-    reward: str = Field("env", description="env (the environment's grade: hidden tests for swe) or "
-                        "module:function(trajectory, task) -> float | None (an LLM judge, answer matching, ...)")
+    reward: str = Field("env", description="env (the environment's grade: hidden tests for swe, the judge for "
+                        "codeqa) or module:function(trajectory, task) -> float | None (answer matching, ...)")
     # --- batch and optimisation
     max_steps: int = Field(200, ge=1, description="optimizer steps (one rollout batch each)")
     tasks_per_step: int = Field(32, ge=1, description="tasks (prompts) per step, over all processes")
@@ -206,8 +219,12 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
         model_path = rope_scaled_model(model_path, config.rope_scaling, work / "model-rope")
     check_colocate_memory(fit_context(config, model_path), model_path)  # refuse what cannot fit, before launching
     resolved = config.model_copy(update={"tasks": source.id, "model": model_ref})
+    training = config
+    if config.judge.cache_dir is None:  # after the work key: where the cache lives changes no reward
+        training = config.model_copy(update={"judge": config.judge.model_copy(
+            update={"cache_dir": store.root / "cache" / "judge"})})
     if not train_or_launch("rl", resolved, store, work, STATS_FILE, FINAL,
-                           lambda: train_rl(tasks, model_path, work, config), run=run_rl):
+                           lambda: train_rl(tasks, model_path, work, training), run=run_rl):
         return None
 
     stats = json.loads((work / STATS_FILE).read_text())

@@ -12,6 +12,8 @@ the environment's grade, and this module adds what TRL lacks:
   (running out of room is no evidence the actions were wrong, yet a success among truncated attempts is still
   better than they are), or given DAPO's soft overlong penalty;
 * a linear penalty per model turn;
+* judge failures (RLAIF on codeqa): the failed rollout gets its group's mean reward, so no advantage
+  (`judge.on_failure: group_mean`, SWE-QA-Pro), or is masked (`mask`); counted as rl/judge_failed;
 * a step-level rollout deadline: episodes still running when it passes are cut, and left out of the loss and of
   their group's baseline (as ungraded ones are), so one slow episode does not idle every GPU.
 
@@ -147,17 +149,18 @@ class RolloutFunc:
     num_generations), scores it, applies dynamic sampling and truncation masking, and logs it."""
 
     def __init__(self, cfg: Any, tasks: list[Task], log: RolloutLog):
-        from swepost.agent import AgentLimits
-        from swepost.registry import ENVIRONMENTS, load_component
+        from swepost.agent import AgentLimits, environment_factory, pick_environment
         from swepost.sandbox.task_sandbox import sandbox_kwargs
 
         self.cfg, self.log = cfg, log
         self.tasks = {t.instance_id: t for t in tasks}
         self.order = [t.instance_id for t in tasks]
         self.reward = episode_reward(cfg.reward)
-        env_cls = load_component(cfg.environment, ENVIRONMENTS, "environment")
-        self.make_env = lambda: env_cls(repos=cfg.repos, backend=cfg.backend, tool_timeout=cfg.tool_timeout,
-                                        grade=True, **sandbox_kwargs(cfg.sandbox_limits))
+        settings = {"repos": cfg.repos, "backend": cfg.backend, "tool_timeout": cfg.tool_timeout, "grade": True,
+                    **sandbox_kwargs(cfg.sandbox_limits)}
+        self.make_env = environment_factory(pick_environment(cfg.environment, [t.kind for t in tasks]),
+                                            settings=settings, args=cfg.environment_args, judge=cfg.judge)
+        self.on_judge_failure = cfg.judge.on_failure
         self.limits = AgentLimits(max_turns=cfg.max_turns, max_context_tokens=10 ** 9, max_seconds=cfg.max_seconds,
                                   max_consecutive_errors=cfg.max_consecutive_errors)
         self.generator = None
@@ -230,6 +233,22 @@ class RolloutFunc:
             rollout.rewards["task"] = value
         return rollout.rewards["task"]
 
+    def _group_rewards(self, group: list) -> list[float | None]:
+        """The task rewards of one group, judge failures filled in by `judge.on_failure` (rewards.judge's
+        group_rewards): group_mean gives a failed one the mean of the group's graded rewards, so it carries no
+        advantage (SWE-QA-Pro); mask leaves it None (ungraded). Other rollouts keep their own reward."""
+        from swepost.rewards.judge import Judgement, group_rewards
+
+        own = [self._task_reward(r) for r in group]
+        if not any(judge_failed(r.trajectory) for r in group):
+            return own
+        judgements = [Judgement.failure("judge", "judge failed") if judge_failed(r.trajectory)
+                      else Judgement(judge="env", reward=value, failed=False) if value is not None
+                      else None for r, value in zip(group, own, strict=True)]
+        graded = [j for j in judgements if j is not None]
+        filled = iter(group_rewards(graded, on_failure=self.on_judge_failure).rewards)
+        return [None if j is None else next(filled) for j in judgements]
+
     def _truncated(self, rollout) -> bool:
         return rollout.trajectory.exit_status in TRUNCATED_STATUSES
 
@@ -259,8 +278,7 @@ class RolloutFunc:
         resampled: set[int] = set()
         if cfg.dynamic_sampling == "resample":
             for round_ in range(1, cfg.max_resample_rounds + 1):
-                flat = [g for g, group in enumerate(groups)
-                        if self._zero_variance([self._task_reward(r) for r in group])]
+                flat = [g for g, group in enumerate(groups) if self._zero_variance(self._group_rewards(group))]
                 flat = flat[: len(spare)]
                 if not flat:
                     break
@@ -275,14 +293,16 @@ class RolloutFunc:
                                 "instance_id": [], **{f"rl_{p}": [] for p in REWARD_PARTS}}
         rows, trajectories = [], []
         counts = {"dropped_groups": 0, "resampled_groups": len(resampled), "masked_truncated": 0, "ungraded": 0,
-                  "masked_deadline": 0, "quarantine_substituted": substituted}
+                  "masked_deadline": 0, "quarantine_substituted": substituted, "judge_failed": 0}
         for g, group in enumerate(groups):
-            scored = [self._task_reward(r) for r in group]
+            scored = self._group_rewards(group)
             drop = cfg.dynamic_sampling != "off" and self._zero_variance(scored)
             counts["dropped_groups"] += drop
             for k, r in enumerate(group):
                 t = r.trajectory
-                task_reward = self._task_reward(r)
+                task_reward = scored[k]
+                failed_judge = judge_failed(t)
+                counts["judge_failed"] += failed_judge
                 why = None
                 if t.exit_status == ExitStatus.DEADLINE:
                     why = "deadline"
@@ -315,7 +335,9 @@ class RolloutFunc:
                              "tool_errors": t.tool_errors, "prompt_tokens": len(r.prompt_ids),
                              "completion_tokens": len(r.completion_ids), "model_tokens": r.model_tokens,
                              "masked": why, "group_dropped": drop, "resampled": g in resampled,
-                             "error": t.error or (t.evidence.get("reason") if t.resolved == UNGRADED else None),
+                             "judge_failed": failed_judge,
+                             "error": t.error or ((t.evidence.get("reason") or t.evidence.get("cause"))
+                                                  if t.resolved == UNGRADED else None),
                              "seconds": t.seconds})
                 trajectories.append(t)
         if not any(any(lp) for lp in out["logprobs"]) or cfg.generation == "transformers":
@@ -365,9 +387,10 @@ class RolloutFunc:
                           wall: float) -> None:
         """Append this step's rl/* and time/* metrics, over all processes: raw sums are gathered (one collective,
         every process, once per step), then the rates are computed from them."""
+        # a judge failure's filled-in group mean is trained on, but is no verdict: out of the reward metric
+        verdicts = [r["reward"] for r in rows if r["reward"] is not None and not r["judge_failed"]]
         local = {
-            "rollouts": len(rows), "graded": sum(r["reward"] is not None for r in rows),
-            "reward": sum(r["reward"] for r in rows if r["reward"] is not None),
+            "rollouts": len(rows), "graded": len(verdicts), "reward": sum(verdicts),
             "resolved": sum(r["resolved"] == "RESOLVED_FULL" for r in rows), "turns": sum(r["turns"] for r in rows),
             "trained": sum(r["masked"] is None for r in rows), **counts, "wall": wall, **totals,
             **{f"exit_{s}": sum(r["exit_status"] == s for r in rows) for s in EXIT_STATUSES},
@@ -569,6 +592,11 @@ def _time_split(rollout: dict[str, float], total: float) -> dict[str, float]:
             "training": round(max(total - rollout["rollout"], 0.0), 2)}
 
 
+def judge_failed(traj) -> bool:
+    """The environment's judge could not score this episode's answer (an endpoint down, garbage replies)."""
+    return traj.resolved == UNGRADED and traj.evidence.get("judge_failed") is True
+
+
 def infra_failed(row: dict) -> bool:
     """A rollout the task's own infrastructure failed: its sandbox (an install, a checkout) or its grader (a
     timeout, the memory limit). Not policy errors: generation failing is the trainer's or the server's fault."""
@@ -604,7 +632,7 @@ def summarize(folder: Path, log_history: list[dict], quarantine_after: int = 0) 
     reward_by_step = []
     dropped = 0
     for step, group_rows in sorted(per_step.items()):
-        graded = [r["reward"] for r in group_rows if r["reward"] is not None]
+        graded = [r["reward"] for r in group_rows if r["reward"] is not None and not r.get("judge_failed")]
         reward_by_step.append({"step": step, "reward": round(sum(graded) / len(graded), 4) if graded else None,
                                "rollouts": len(group_rows),
                                "trained": sum(r["masked"] is None for r in group_rows)})
@@ -617,6 +645,7 @@ def summarize(folder: Path, log_history: list[dict], quarantine_after: int = 0) 
         exits[r["exit_status"] or "unfinished"] = exits.get(r["exit_status"] or "unfinished", 0) + 1
     losses = [e["loss"] for e in log_history if "loss" in e]
     return {"rollouts": len(rows), "dropped_groups": dropped, "masked": masked, "exit_status": exits,
+            "judge_failed": sum(bool(r.get("judge_failed")) for r in rows),
             "resolved": sum(r["resolved"] == "RESOLVED_FULL" for r in rows),
             "reward_by_step": reward_by_step, "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
