@@ -1,5 +1,6 @@
-"""The shipped recipes' contents: quickstart ends in RL, swe-bugfix chains every stage with the documented DAPO
-settings. Fast: nothing runs (test_recipes.py checks that every shipped recipe validates)."""
+"""The shipped recipes' contents: quickstart ends in RL and has a codeqa branch, swe-bugfix chains every stage with
+the documented DAPO settings, code-qa spells out SWE-QA-Pro's. Fast: nothing trains (test_recipes.py checks that
+every shipped recipe validates)."""
 
 from __future__ import annotations
 
@@ -61,4 +62,60 @@ def test_swe_bugfix_dry_run_plans_every_stage_and_starts_nothing(swepost, home):
     assert [s["kind"] for s in plan][-3:] == ["rft", "rl", "eval"] and len(plan) == 8
     assert all(s["action"] == "run" for s in plan)
     assert json.loads(swepost("artifacts", "ls", "--json", check=0).stdout) == []
+    assert not (home / "work").exists()
+
+
+def test_quickstart_has_a_codeqa_branch_on_the_lexical_judge(load):
+    stages = {s.name: s for s in load("quickstart.yaml").stages}
+    qa = [s for s in load("quickstart.yaml").stages if s.name.startswith("qa-")]
+    assert [s.stage for s in qa] == ["tasks-import", "collect", "filter", "sft", "rl", "eval"]
+    assert stages["qa-tasks"].config == {"source": "../data/minicalc_qa.jsonl", "kind": "codeqa"}
+    assert stages["qa-trajectories"].config["policy"] == "oracle"
+    assert stages["qa-sft-data"].config["min_reward"] >= 0.5  # kept by the judge's score
+    rl = stages["qa-rl"].config
+    assert rl["model"] == "${stages.qa-sft}" and rl["tasks"] == "${stages.qa-tasks}"
+    assert rl["max_steps"] <= 2 and rl["tasks_per_step"] * rl["num_generations"] <= 4
+    # no judge endpoint and no environment named: the tasks' kind picks codeqa, the judge is the lexical one
+    for s in qa:
+        assert "judge" not in s.config and "environment" not in s.config, s.name
+    assert stages["qa-eval"].config["policy_args"]["model"] == "${stages.qa-rl}"
+
+
+def test_code_qa_chains_the_stages_and_spells_out_swe_qa_pro_at_8b(load):
+    recipe = load("code-qa.yaml")
+    assert [s.stage for s in recipe.stages] == ["tasks-import", "tasks-validate", "collect", "filter", "sft", "rl",
+                                                "eval"]
+    assert recipe.model == "Qwen/Qwen3-8B"
+    stages = {s.stage: s.config for s in recipe.stages}
+    name = {s.stage: s.name for s in recipe.stages}
+    assert stages["tasks-import"]["kind"] == "codeqa"
+    collect = stages["collect"]
+    assert collect["policy"] == "openai" and collect["policy_args"]["base_url"].endswith("/v1")
+    assert stages["filter"]["min_reward"] == 0.7 and stages["filter"]["max_tokens"] == stages["sft"]["max_length"]
+    sft = stages["sft"]
+    assert (sft["learning_rate"], sft["epochs"], sft["max_length"], sft["accelerate_config"]) == (
+        5e-6, 3, 32768, "zero3")
+    assert "lora" not in sft or sft["lora"] is False  # full fine-tuning
+    rl = stages["rl"]
+    assert rl["model"] == f"${{stages.{name['sft']}}}" and rl["reward"] == "env"
+    assert (rl["num_generations"], rl["tasks_per_step"], rl["learning_rate"], rl["beta"], rl["max_turns"]) == (
+        8, 8, 1e-6, 0.02, 25)
+    assert rl["max_completion_tokens"] == 28672 and rl["judge"]["on_failure"] == "group_mean"
+    ev = stages["eval"]
+    assert ev["limits"] == {"max_turns": 15, "max_context_tokens": 32768}
+    assert ev["policy_args"]["max_model_len"] == 32768 and ev["policy_args"]["model"] == f"${{stages.{name['rl']}}}"
+    # one judge for collect, rl and eval; the RL reward's weights are the judge's defaults (SWE-QA-Pro's)
+    rl_only = ("on_failure", "missing_answer_reward")
+    judges = [{k: v for k, v in stages[s]["judge"].items() if k not in rl_only} for s in ("collect", "rl", "eval")]
+    assert judges[0] == judges[1] == judges[2] and judges[0]["base_url"] and judges[0]["model"]
+    from swepost.rewards.judge import DEFAULT_WEIGHTS, JudgeConfig
+
+    assert "weights" not in judges[0] and JudgeConfig().weights == DEFAULT_WEIGHTS == {
+        "correctness": 0.3, "completeness": 0.2, "relevance": 0.2, "clarity": 0.1, "reasoning": 0.2}
+
+
+def test_code_qa_validates_and_plans_every_stage(swepost, home):
+    swepost("recipes", "validate", "recipes/code-qa.yaml", check=0)
+    plan = json.loads(swepost("run", "recipes/code-qa.yaml", "--dry-run", "--json", check=0).stdout)
+    assert [s["kind"] for s in plan] == ["tasks-import", "tasks-validate", "collect", "filter", "sft", "rl", "eval"]
     assert not (home / "work").exists()
