@@ -142,6 +142,7 @@ def test_rlaif_trains_on_judge_rewards_and_a_failed_judgement_gets_its_groups_me
     judge = ScoringJudge()
     with JudgeServer(respond=judge) as srv:
         config = RlConfig(tasks="qa", model=str(tmp_path / "tiny"), repos=REPO / "data" / "repos", backend="docker",
+                          reward="judge",  # RLAIF by name; `env` gives the same reward through the same path
                           judge={"base_url": srv.base_url, "model": "judge", "max_attempts": 1, "max_retries": 0},
                           max_steps=2, tasks_per_step=2, num_generations=2, max_turns=2, max_prompt_tokens=2560,
                           max_completion_tokens=512, max_turn_tokens=256, concurrency=4, learning_rate=1e-3,
@@ -189,3 +190,15 @@ def test_rlaif_trains_on_judge_rewards_and_a_failed_judgement_gets_its_groups_me
     before = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny")
     assert any(not torch.equal(a, b) for a, b in zip(after.state_dict().values(), before.state_dict().values(),
                                                      strict=True))
+
+
+def test_reward_judge_is_refused_for_an_environment_graded_by_its_tests(home, swepost, repo_root, tmp_path):
+    """`--reward judge` names RLAIF; on bug-fixing tasks (graded by hidden tests) it exits 2 before training."""
+    swepost("tasks", "import", repo_root / "data" / "minicalc_tasks.jsonl", "--name", "bugs", check=0)
+    from swepost.train.tiny_model import build_tiny_model
+
+    build_tiny_model(tmp_path / "tiny", vocab_size=512)
+    r = swepost("rl", "bugs", "--model", tmp_path / "tiny", "--repos", repo_root / "data" / "repos",
+                "--backend", "local", "--reward", "judge", "--max-steps", "1", "--tasks-per-step", "1", "-G", "2")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "reward: reward 'judge' needs an environment graded by a judge (codeqa); 'swe'" in r.stderr, r.stderr

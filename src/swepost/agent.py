@@ -242,6 +242,17 @@ def pick_environment(name: str | None, kinds: Iterable[str]) -> str:
     return name
 
 
+def takes_judge(name: str) -> bool:
+    """Whether the environment `name` (a short name or module:Class) is graded by a judge: its constructor takes
+    `judge`."""
+    from swepost.registry import ENVIRONMENTS, load_component
+
+    try:
+        return "judge" in inspect.signature(load_component(name, ENVIRONMENTS, "environment")).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def environment_factory(name: str, *, settings: Mapping[str, Any], args: Mapping[str, Any] | None = None,
                         judge: Any = None, judge_cache: str | Path | None = None) -> Callable[[], Any]:
     """`make_env()` for the environment `name` (a short name or module:Class): its class called with the stage's

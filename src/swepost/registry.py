@@ -29,6 +29,7 @@ TASK_KINDS = {  # what a task's `kind` means: how rows import, what makes one un
 }
 REWARDS = {
     "env": "",  # the environment's own grade (rl): no module
+    "judge": "",  # the same, for an environment graded by a judge (codeqa): RLAIF, checked when rl starts
 }
 # Config fields that name a component, wherever a stage has them: (the registry of short names, what it is)
 COMPONENT_FIELDS = {

@@ -39,6 +39,8 @@ def rl_cmd(
     generation: Annotated[str | None, _opt("transformers | vllm_colocate | vllm_server [default: transformers].")
                           ] = None,
     launch: Annotated[str | None, _opt("none (this process) | accelerate (multi-GPU, multi-node).")] = None,
+    reward: Annotated[str | None, _opt("env (the environment's grade) | judge (RLAIF: codeqa's judge) | "
+                                       "module:function [default: env].")] = None,
     name: Annotated[str | None, _opt("Output artifact name [default: rl].", "--name", "-n")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -46,15 +48,15 @@ def rl_cmd(
     as_json: JsonOpt = False,
 ):
     """Reinforcement learning on TRL's GRPOTrainer: episodes run concurrently in sandboxes, rewards from the
-    tasks' hidden tests; DAPO loss, clip 0.2/0.28, no KL, dynamic sampling and truncation masking by default.
-    Resumable (run the same command again after a crash). Writes a checkpoint artifact. Every setting:
-    --print-config; change one with --set KEY=VALUE."""
+    tasks' hidden tests (RLVR) or, on codeqa tasks, a judge (RLAIF); DAPO loss, clip 0.2/0.28, no KL, dynamic
+    sampling and truncation masking by default. Resumable (run the same command again after a crash). Writes a
+    checkpoint artifact. Every setting: --print-config; change one with --set KEY=VALUE."""
     from swepost.stages.rl import RlConfig, run_rl
 
     cfg = resolve_config(RlConfig, config, set_, {
         "tasks": tasks, "model": model, "max_steps": max_steps, "tasks_per_step": tasks_per_step,
         "num_generations": num_generations, "learning_rate": learning_rate, "repos": repos, "backend": backend,
-        "concurrency": concurrency, "generation": generation, "launch": launch, "name": name})
+        "concurrency": concurrency, "generation": generation, "launch": launch, "reward": reward, "name": name})
     if print_config_:
         return print_config(cfg)
     art = run_rl(cfg, store())

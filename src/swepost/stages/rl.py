@@ -65,7 +65,8 @@ class RlConfig(StageConfig, LaunchFields):
     sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits, description="sandbox limits over every "
                                           "task's own (cpus, memory_mb, pids, disk_mb, timeout_s, network_allow)")
     reward: str = Field("env", description="env (the environment's grade: hidden tests for swe, the judge for "
-                        "codeqa) or module:function(trajectory, task) -> float | None (answer matching, ...)")
+                        "codeqa), judge (the same, refused unless a judge grades the environment) or "
+                        "module:function(trajectory, task) -> float | None (answer matching, ...)")
     # --- batch and optimisation
     max_steps: int = Field(200, ge=1, description="optimizer steps (one rollout batch each)")
     tasks_per_step: int = Field(32, ge=1, description="tasks (prompts) per step, over all processes")

@@ -54,8 +54,10 @@ REWARD_PARTS = ("task", "turn_penalty", "overlong_penalty")
 # --- rewards ------------------------------------------------------------------------------------------------
 
 def episode_reward(name: str):
-    """The reward of a finished episode: 'env' (the environment's grade) or module:function(trajectory, task)."""
-    if name == "env":
+    """The reward of a finished episode: 'env' (the environment's grade), 'judge' (the same, for an environment
+    whose grade is its judge's: RLAIF, checked where the environment is chosen) or module:function(trajectory,
+    task)."""
+    if name in ("env", "judge"):
         return lambda trajectory, task: trajectory.reward
     from swepost.registry import load_component
 
@@ -149,7 +151,7 @@ class RolloutFunc:
     num_generations), scores it, applies dynamic sampling and truncation masking, and logs it."""
 
     def __init__(self, cfg: Any, tasks: list[Task], log: RolloutLog):
-        from swepost.agent import AgentLimits, environment_factory, pick_environment
+        from swepost.agent import AgentLimits, environment_factory, pick_environment, takes_judge
         from swepost.sandbox.task_sandbox import sandbox_kwargs
 
         self.cfg, self.log = cfg, log
@@ -158,8 +160,12 @@ class RolloutFunc:
         self.reward = episode_reward(cfg.reward)
         settings = {"repos": cfg.repos, "backend": cfg.backend, "tool_timeout": cfg.tool_timeout, "grade": True,
                     **sandbox_kwargs(cfg.sandbox_limits)}
-        self.make_env = environment_factory(pick_environment(cfg.environment, [t.kind for t in tasks]),
-                                            settings=settings, args=cfg.environment_args, judge=cfg.judge)
+        environment = pick_environment(cfg.environment, [t.kind for t in tasks])
+        self.make_env = environment_factory(environment, settings=settings, args=cfg.environment_args,
+                                            judge=cfg.judge)
+        if cfg.reward == "judge" and not takes_judge(environment):
+            raise BadInput(f"reward 'judge' needs an environment graded by a judge (codeqa); {environment!r} is "
+                           "graded by its own tests: use reward env", key="reward")
         self.on_judge_failure = cfg.judge.on_failure
         self.limits = AgentLimits(max_turns=cfg.max_turns, max_context_tokens=10 ** 9, max_seconds=cfg.max_seconds,
                                   max_consecutive_errors=cfg.max_consecutive_errors)
