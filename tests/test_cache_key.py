@@ -325,3 +325,26 @@ def test_sandbox_base_image_enters_the_key_by_id(recipe, store, docker_client, b
     old = {"values": {**parts.values, "sandbox image": "sha256:0123"}, "about": parts.about}
     assert recipes.why_rerun(parts, old) == [f"sandbox image {base_image} changed (sha256:0123 → "
                                              f"{recipes._short(parts.values['sandbox image'])})"]
+
+
+def test_a_judge_prompt_file_is_relative_to_the_recipe_and_keyed_by_content(tmp_path, repo_root, store, swepost):
+    """judge.prompt (and an environment's prompts_dir) name local files inside a settings block: they resolve
+    next to the recipe, a missing one exits 2 naming the line, and an edit reruns the stage that reads it."""
+    (tmp_path / "prompts").mkdir()
+    prompt = tmp_path / "prompts" / "judge.md"
+    prompt.write_text((repo_root / "src" / "swepost" / "rewards" / "prompts" / "judge.md").read_text())
+    (tmp_path / "qa.jsonl").write_text((repo_root / "data" / "minicalc_qa.jsonl").read_text().splitlines()[0] + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: nj\nmodel: x\nstages:\n  - name: tasks\n    stage: tasks-import\n"
+                      "    config: {source: qa.jsonl, kind: codeqa}\n  - name: eval\n    stage: eval\n    config:\n"
+                      "      tasks: ${stages.tasks}\n      policy: oracle\n      backend: local\n"
+                      "      judge: {prompt: prompts/judge.md}\n")
+    ran_before(recipe, store)
+    assert {s["action"] for s in plan(swepost, recipe).values()} == {"reuse"}
+    prompt.write_text(prompt.read_text() + "\nBe strict.\n")
+    steps = plan(swepost, recipe)
+    assert steps["tasks"]["action"] == "reuse" and steps["eval"]["action"] == "run"
+    assert any(str(prompt) in reason and "changed" in reason for reason in steps["eval"]["reasons"]), steps["eval"]
+    recipe.write_text(recipe.read_text().replace("prompts/judge.md", "prompts/nope.md"))
+    r = swepost("recipes", "validate", str(recipe), check=2)
+    assert "r.yaml:13: stages[1].config.judge.prompt: file not found" in r.stdout + r.stderr

@@ -218,6 +218,10 @@ def key_parts(spec: StageSpec, config: BaseModel, store: ArtifactStore) -> KeyPa
                     _file_part(values, about, label, Path(args.pop(arg)), memo, label)
                 else:
                     _model_part(values, about, label, args.pop(arg), store, memo)
+    for block, key, value in _nested_inputs(model, data):
+        label = f"{block}.{key}"
+        data[block].pop(key)
+        _file_part(values, about, label, Path(value), memo, label)
     if data.get("backend") in ("auto", "docker"):
         image = docker_image_id(DEFAULT_BASE_IMAGE)  # None without an engine: the stage runs without one too
         if image:
@@ -321,7 +325,24 @@ def _stage_config(loaded: LoadedRecipe, i: int, outputs: dict[str, str], check_o
     for arg, kind, value in _policy_inputs(model, data):
         if not check_only:
             data["policy_args"][arg] = str((base / value).resolve()) if kind == "file" else _local_model(base, value)
+    for block, key, value in _nested_inputs(model, data):
+        if not check_only:
+            data[block] = {**data[block], key: str((base / value).resolve())}
     return validate(model, data, loaded.where, prefix=("stages", i, "config"))
+
+
+def _nested_inputs(model: type[BaseModel], data: dict) -> list[tuple[str, str, str]]:
+    """(block, key, value) of the keys inside settings blocks that name local files or folders
+    (registry.NESTED_INPUTS: a judge's prompt file, an environment's prompts folder)."""
+    from swepost.registry import NESTED_INPUTS
+
+    out = []
+    for block, keys in NESTED_INPUTS.items():
+        settings = data.get(block)
+        if block in model.model_fields and isinstance(settings, dict):
+            out += [(block, key, settings[key]) for key in keys if isinstance(settings.get(key), str)
+                    and settings[key]]
+    return out
 
 
 def _policy_inputs(model: type[BaseModel], data: dict) -> list[tuple[str, str, str]]:
@@ -364,6 +385,7 @@ def _check_inputs(loaded: LoadedRecipe, i: int) -> None:
     files = [((*at, f), st.config[f]) for f in file_inputs(model, st.config) if isinstance(st.config[f], str)]
     files += [((*at, "policy_args", arg), value) for arg, kind, value in _policy_inputs(model, st.config)
               if kind == "file"]
+    files += [((*at, block, key), value) for block, key, value in _nested_inputs(model, st.config)]
     for loc, value in files:
         if not _REF.search(value) and not (loaded.path.parent / value).exists():
             _fail(loaded, loc, f"file not found: {loaded.path.parent / value} "

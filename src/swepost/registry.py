@@ -45,6 +45,12 @@ POLICY_INPUTS = {
     "scripted": {"path": "file"},
     "hf": {"model": "model"},
 }
+# keys inside a stage's settings blocks that name local files or folders: relative to the recipe, and in cache
+# keys by content (a judge's prompt file, an environment's own prompts folder)
+NESTED_INPUTS = {
+    "judge": ("prompt",),
+    "environment_args": ("prompts_dir",),
+}
 
 
 def check_component(name: str, registry: dict[str, str], what: str) -> str | None:
