@@ -24,10 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
+from swepost.config import PathInput
 from swepost.envs.base import Environment, EnvironmentBroken, MalformedCall, ToolError
 from swepost.errors import BadInput, WorkFailed
 from swepost.policies.base import ContextOverflow, Policy, PolicyError
 from swepost.records import ERROR_KEY, ERROR_PREFIX, NO_TOOL_CALL, ExitStatus, Task, Trajectory, TurnError
+from swepost.rewards.judge import JudgeConfig
 
 
 @dataclass
@@ -240,6 +244,24 @@ def pick_environment(name: str | None, kinds: Iterable[str]) -> str:
             raise BadInput(f"environment {name!r} cannot run {kind} tasks (they run in {env!r}): leave environment "
                            f"unset to run each kind in its own, or set it to {env}", key="environment")
     return name
+
+
+class EnvironmentFields(BaseModel):
+    """The settings of where episodes run, declared once for every stage that runs them (collect, eval, rl)."""
+
+    environment: str | None = Field(None, description="swe | codeqa | module:Class; unset: the tasks' kind's own "
+                                    "(swe for bug fixing, codeqa for code questions)")
+    environment_args: dict[str, Any] = Field(default_factory=dict, description="more keyword arguments of the "
+                                             "environment (codeqa: resolved_threshold, max_observation_chars, "
+                                             "prompts_dir; swe: max_observation_chars, prompts_dir); one it does "
+                                             "not take is an error")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge of an environment that has one "
+                               "(codeqa): an OpenAI-compatible endpoint (base_url, model), or with neither the "
+                               "lexical judge. In rl (RLAIF), on_failure: a judge failure's reward is its group's "
+                               "mean (no advantage; counted as rl/judge_failed) or none (masked). Judgements are "
+                               "cached under $SWEPOST_HOME/cache/judge unless cache_dir says otherwise")
+    repos: Path | None = PathInput(description="mirror folder of owner__name repos (tasks without an image)")
+    backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
 
 
 def takes_judge(name: str) -> bool:

@@ -53,3 +53,23 @@ class Environment(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def command_observation(result: Any, timeout: float, empty: str) -> str:
+    """What a model sees of a shell command's result (a sandbox CommandResult): its output, then notes for a
+    timeout, a non-zero exit code, an out-of-memory kill or a restarted shell; `empty` when there is neither."""
+    notes = []
+    if result.timed_out:
+        notes.append(f"[timed out after {timeout:g} s]")
+    elif result.exit_code != 0:
+        notes.append(f"[exit code {result.exit_code}]")
+    if result.oom_killed:
+        notes.append("[a process was killed: out of memory]")
+    if result.session_restarted:
+        notes.append("[the shell was restarted: the working directory and variables are reset]")
+    output = result.output
+    if not output and not notes:
+        return empty
+    if output and notes and not output.endswith("\n"):
+        output += "\n"
+    return output + "\n".join(notes)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from swepost.config import validate
-from swepost.envs.base import EnvironmentBroken, MalformedCall, Observation, ToolError
+from swepost.envs.base import EnvironmentBroken, MalformedCall, Observation, ToolError, command_observation
 from swepost.errors import BadInput
 from swepost.records import SandboxLimits, Task
 from swepost.rewards.judge import Judge, JudgeConfig, make_judge
@@ -430,21 +430,7 @@ class CodeQAEnvironment:
             r = box.run(command, timeout=self.tool_timeout)
         except SandboxError as e:
             raise EnvironmentBroken(str(e)) from None
-        notes = []
-        if r.timed_out:
-            notes.append(f"[timed out after {self.tool_timeout:g} s]")
-        elif r.exit_code != 0:
-            notes.append(f"[exit code {r.exit_code}]")
-        if r.oom_killed:
-            notes.append("[a process was killed: out of memory]")
-        if r.session_restarted:
-            notes.append("[the shell was restarted: the working directory and variables are reset]")
-        output = r.output
-        if not output and not notes:
-            return "(no output)"
-        if output and notes and not output.endswith("\n"):
-            output += "\n"
-        return self._truncate(output + "\n".join(notes))
+        return self._truncate(command_observation(r, self.tool_timeout, empty="(no output)"))
 
     def _truncate(self, text: str) -> str:
         limit = self.max_observation_chars

@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from swepost.envs.base import EnvironmentBroken, MalformedCall, Observation, ToolError
+from swepost.envs.base import EnvironmentBroken, MalformedCall, Observation, ToolError, command_observation
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
 from swepost.sandbox.base import Limits, Sandbox, SandboxError
@@ -432,21 +432,8 @@ class SweEnvironment:
             raise ToolError(f"The command is {len(command)} characters long; the limit is {MAX_COMMAND_CHARS}. "
                             "Write long content with str_replace_editor instead.")
         r = self._live_box().run(command, timeout=self.tool_timeout)
-        notes = []
-        if r.timed_out:
-            notes.append(f"[timed out after {self.tool_timeout:g} s]")
-        elif r.exit_code != 0:
-            notes.append(f"[exit code {r.exit_code}]")
-        if r.oom_killed:
-            notes.append("[a process was killed: out of memory]")
-        if r.session_restarted:
-            notes.append("[the shell was restarted: the working directory and variables are reset]")
-        output = r.output
-        if not output and not notes:
-            return "Your command ran successfully and did not produce any output."
-        if output and notes and not output.endswith("\n"):
-            output += "\n"
-        return output + "\n".join(notes)
+        return command_observation(r, self.tool_timeout,
+                                   empty="Your command ran successfully and did not produce any output.")
 
     # --- str_replace_editor ---------------------------------------------------------------------------------
     def _editor(self, args: dict[str, Any]) -> str:

@@ -15,7 +15,6 @@ without a request.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from swepost.artifacts import REDACTED
+from swepost.errors import api_error_text, retry_after
 from swepost.policies.base import MIN_TURN_TOKENS, ContextOverflow, PolicyError, PolicyReply, one_name, turn_budget
 from swepost.policies.toolcalls import OPEN, assistant_turn, call_id, parse_tool_calls, render_tool_call
 from swepost.records import Task
@@ -224,10 +224,10 @@ class OpenAIPolicy:
             try:
                 response = self._create(messages, tools, mode, remaining, budget)
             except openai.APIStatusError as e:
-                status, text = e.status_code, _error_text(e)
+                status, text = e.status_code, api_error_text(e)
                 if status in RETRYABLE_STATUS or status >= 500:
                     last = e
-                    delay = _retry_after(e)
+                    delay = retry_after(e, MAX_RETRY_AFTER_S)
                 elif _CONTEXT_OVERFLOW.search(text):
                     smaller = self._budget_from_error(text, budget)
                     if smaller is None:
@@ -485,43 +485,11 @@ def _plain_tool_call(tc: Any, turn: int, index: int) -> dict[str, Any]:
                          "arguments": getattr(fn, "arguments", None) or ""}}
 
 
-def _error_text(e: Any) -> str:
-    text = str(getattr(e, "message", "") or e)
-    body = getattr(e, "body", None)
-    if body is not None:
-        extra = body if isinstance(body, str) else json.dumps(body, default=str)
-        if extra not in text:
-            text = f"{text} {extra}"
-    return text
 
 
 def _describe_error(e: Exception) -> str:
     status = getattr(e, "status_code", None)
-    detail = _error_text(e) if status is not None else str(e)
+    detail = api_error_text(e) if status is not None else str(e)
     return f"{type(e).__name__}{f' {status}' if status else ''}: {detail}"
 
 
-def _retry_after(e: Any) -> float | None:
-    """Seconds the server asked us to wait (Retry-After / retry-after-ms), or None."""
-    response = getattr(e, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return min(max(float(ms) / 1000, 0.0), MAX_RETRY_AFTER_S)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)

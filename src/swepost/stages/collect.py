@@ -30,14 +30,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from swepost.agent import EnvironmentFields
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record, without_secrets
-from swepost.config import ArtifactInput, PathInput, StageConfig
+from swepost.config import ArtifactInput, StageConfig
 from swepost.errors import BadInput, WorkFailed
 from swepost.policies.args import check_policy_args
 from swepost.progress import StageBar
 from swepost.records import ExitStatus, SandboxLimits, Task, Trajectory
 from swepost.rewards.filters import failure_cause, is_infra_failure, is_ungraded
-from swepost.rewards.judge import JudgeConfig
 from swepost.sandbox.task_sandbox import sandbox_kwargs
 from swepost.stages.tasks import load_tasks
 
@@ -55,7 +55,7 @@ class EpisodeLimits(BaseModel):
     tool_timeout: float = Field(120.0, gt=0, description="seconds for one bash command")
 
 
-class CollectConfig(StageConfig):
+class CollectConfig(StageConfig, EnvironmentFields):
     NOT_IN_KEY = frozenset({"concurrency"})  # -j changes the speed, not the episodes: resume under another -j
 
     tasks: str = ArtifactInput(description="the tasks artifact to run on")
@@ -64,18 +64,6 @@ class CollectConfig(StageConfig):
     policy_args: dict[str, Any] = Field(default_factory=dict, description="the policy's keyword arguments "
                                         "(model, base_url, temperature, max_turn_tokens, max_model_len, path, "
                                         "...)")
-    environment: str | None = Field(None, description="swe | codeqa | module:Class; unset: the tasks' kind's own "
-                                    "(swe for bug fixing, codeqa for code questions)")
-    environment_args: dict[str, Any] = Field(default_factory=dict, description="more keyword arguments of the "
-                                             "environment (codeqa: resolved_threshold, max_observation_chars, "
-                                             "prompts_dir; swe: max_observation_chars, prompts_dir); one it does "
-                                             "not take is an error")
-    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge of an environment that has one "
-                               "(codeqa): an OpenAI-compatible endpoint (base_url, model), or with neither the "
-                               "lexical judge; judgements are cached under $SWEPOST_HOME/cache/judge unless "
-                               "cache_dir says otherwise")
-    repos: Path | None = PathInput(description="mirror folder of owner__name repos (tasks without an image)")
-    backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
     samples: int = Field(1, ge=1, le=1024, description="episodes per task")
     concurrency: int = Field(4, ge=1, le=512, description="episodes (sandboxes) at once")
     limit: int | None = Field(None, ge=1, description="only the first N tasks")

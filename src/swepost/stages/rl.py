@@ -27,12 +27,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from swepost.agent import EnvironmentFields
 from swepost.artifacts import Artifact, ArtifactStore, canonical_json, producer_record
-from swepost.config import ArtifactInput, ModelInput, PathInput, StageConfig
+from swepost.config import ArtifactInput, ModelInput, StageConfig
 from swepost.errors import BadInput
 from swepost.fingerprint import hash_memo, with_file_contents
 from swepost.records import SandboxLimits
-from swepost.rewards.judge import JudgeConfig
 from swepost.stages.sft import resolve_model
 from swepost.train.launch import LaunchFields, check_launch, train_or_launch
 
@@ -40,7 +40,7 @@ from swepost.train.launch import LaunchFields, check_launch, train_or_launch
 _NOT_IN_KEY = {"name", "report_to", "logging_steps", "launch_args", "save_steps", "max_batch_wait", "concurrency"}
 
 
-class RlConfig(StageConfig, LaunchFields):
+class RlConfig(StageConfig, LaunchFields, EnvironmentFields):
     NOT_IN_KEY = frozenset(_NOT_IN_KEY - {"name"})  # the name names the artifact: it stays in recipe cache keys
 
     tasks: str = ArtifactInput(description="the tasks to train on (validated tasks: their tests must work)")
@@ -48,19 +48,6 @@ class RlConfig(StageConfig, LaunchFields):
     name: str = Field("rl", description="output artifact name")
     seed: int = 0
     # --- environment
-    environment: str | None = Field(None, description="swe | codeqa | module:Class; unset: the tasks' kind's own "
-                                    "(swe for bug fixing, codeqa for code questions)")
-    environment_args: dict[str, Any] = Field(default_factory=dict, description="more keyword arguments of the "
-                                             "environment (codeqa: resolved_threshold, max_observation_chars, "
-                                             "prompts_dir; swe: max_observation_chars, prompts_dir); one it does "
-                                             "not take is an error")
-    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the judge of an environment that has one "
-                               "(codeqa; RLAIF): an OpenAI-compatible endpoint (base_url, model), or with neither "
-                               "the lexical judge. on_failure: a judge failure's reward is its group's mean (no "
-                               "advantage; counted as rl/judge_failed) or none (masked). Judgements are cached "
-                               "under $SWEPOST_HOME/cache/judge unless cache_dir says otherwise")
-    repos: Path | None = PathInput(description="mirror folder of owner__name repos (tasks without an image)")
-    backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
     tool_timeout: float = Field(120.0, gt=0, description="seconds for one bash command")
     sandbox_limits: SandboxLimits = Field(default_factory=SandboxLimits, description="sandbox limits over every "
                                           "task's own (cpus, memory_mb, pids, disk_mb, timeout_s, network_allow)")

@@ -9,8 +9,6 @@ its cause, never a score. The API key is cut out of every cause and log line.
 
 from __future__ import annotations
 
-import email.utils
-import json
 import logging
 import os
 import random
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from swepost.artifacts import REDACTED
+from swepost.errors import api_error_text, retry_after
 from swepost.rewards.judge.base import DEFAULT_MAX_ANSWER_CHARS, Judge, JudgeItem
 from swepost.rewards.judge.cache import JudgeCache, judgement_key
 from swepost.rewards.judge.prompt import load_prompt
@@ -142,9 +141,9 @@ class OpenAIJudge(Judge):
                 response = self.client.chat.completions.create(**kwargs)
             except openai.APIStatusError as e:
                 if e.status_code not in RETRYABLE_STATUS and e.status_code < 500:
-                    raise _Unavailable(f"refused the request ({e.status_code}): {_error_text(e)}", attempt + 1) \
+                    raise _Unavailable(f"refused the request ({e.status_code}): {api_error_text(e)}", attempt + 1) \
                         from None
-                last, delay = f"{e.status_code}: {_error_text(e)}", _retry_after(e)
+                last, delay = f"{e.status_code}: {api_error_text(e)}", retry_after(e, MAX_RETRY_AFTER_S)
             except openai.APIConnectionError as e:  # timeouts included
                 last = f"{type(e).__name__}: {e}"
             except openai.OpenAIError as e:
@@ -182,27 +181,5 @@ def _reply_text(response: Any) -> str:
     return content
 
 
-def _error_text(e: Any) -> str:
-    text = str(getattr(e, "message", "") or e)
-    body = getattr(e, "body", None)
-    if body is not None:
-        extra = body if isinstance(body, str) else json.dumps(body, default=str)
-        if extra not in text:
-            text = f"{text} {extra}"
-    return text
 
 
-def _retry_after(e: Any) -> float | None:
-    """Seconds the server asked us to wait (Retry-After, seconds or a date), or None."""
-    headers = getattr(getattr(e, "response", None), "headers", None)
-    value = headers.get("retry-after") if headers else None
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
