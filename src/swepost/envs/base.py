@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import string
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from swepost.errors import BadInput
 from swepost.records import Task
 
 
@@ -73,3 +77,27 @@ def command_observation(result: Any, timeout: float, empty: str) -> str:
     if output and notes and not output.endswith("\n"):
         output += "\n"
     return output + "\n".join(notes)
+
+
+def load_prompt_templates(folder: Path, files: dict[str, str], fields: Iterable[str]) -> dict[str, str]:
+    """An environment's prompt templates (role -> file name in `folder`), each checked to be a str.format
+    template using only `fields`, so a typo fails before any episode."""
+    fields = set(fields)
+    if not folder.is_dir():
+        raise BadInput("prompts folder not found", file=str(folder))
+    out = {}
+    for role, name in files.items():
+        path = folder / name
+        try:
+            text = path.read_text(encoding="utf-8")
+            used = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadInput(f"cannot read the {role} prompt template: {e}", file=str(path)) from None
+        except ValueError as e:
+            raise BadInput(f"not a valid str.format template: {e}", file=str(path)) from None
+        unknown = sorted(f for f in used if f.split(".")[0].split("[")[0] not in fields)
+        if unknown:
+            raise BadInput(f"unknown template field(s) {', '.join('{' + f + '}' for f in unknown)} "
+                           f"(known: {', '.join(sorted(fields))}; write {{{{ and }}}} for braces)", file=str(path))
+        out[role] = text
+    return out

@@ -26,12 +26,18 @@ import json
 import posixpath
 import re
 import shlex
-import string
 import uuid
 from pathlib import Path
 from typing import Any
 
-from swepost.envs.base import EnvironmentBroken, MalformedCall, Observation, ToolError, command_observation
+from swepost.envs.base import (
+    EnvironmentBroken,
+    MalformedCall,
+    Observation,
+    ToolError,
+    command_observation,
+    load_prompt_templates,
+)
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
 from swepost.sandbox.base import Limits, Sandbox, SandboxError
@@ -175,27 +181,8 @@ TOOL_ARGS = {t["function"]["name"]: tuple(t["function"]["parameters"]["propertie
 
 def load_prompts(prompts_dir: str | Path | None = None) -> dict[str, str]:
     """The system and user templates, checked for unknown fields so a typo fails before any episode."""
-    folder = Path(prompts_dir) if prompts_dir is not None else PROMPTS_DIR
-    if not folder.is_dir():
-        raise BadInput("prompts folder not found", file=str(folder))
-    out = {}
-    for role, name in PROMPT_FILES.items():
-        path = folder / name
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise BadInput(f"cannot read the {role} prompt template: {e}", file=str(path)) from None
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
-        except ValueError as e:
-            raise BadInput(f"not a valid str.format template: {e}", file=str(path)) from None
-        unknown = sorted(f for f in fields if f.split(".")[0].split("[")[0] not in PROMPT_FIELDS)
-        if unknown:
-            raise BadInput(f"unknown template field(s) {', '.join('{' + f + '}' for f in unknown)} "
-                           f"(known: {', '.join(sorted(PROMPT_FIELDS))}; write {{{{ and }}}} for braces)",
-                           file=str(path))
-        out[role] = text
-    return out
+    return load_prompt_templates(Path(prompts_dir) if prompts_dir is not None else PROMPTS_DIR, PROMPT_FILES,
+                                 PROMPT_FIELDS)
 
 
 def _show(value: Any, limit: int = 200) -> str:
