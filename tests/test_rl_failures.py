@@ -28,8 +28,11 @@ def tasks():
                    if t.instance_id == "swepost__minicalc-1")
     broken = healthy.model_copy(update={"instance_id": "broken-install", "env": healthy.env.model_copy(
         update={"install": ["echo the mirror is down >&2; exit 3"]})})
-    slow = healthy.model_copy(update={"instance_id": "slow-grader", "verify": healthy.verify.model_copy(
-        update={"timeout": 0.3})})  # the graded test run cannot finish in time
+    # the graded test run cannot finish in time on any machine: the hidden tests' own conftest sleeps 30 s
+    sleeper = ("diff --git a/tests/conftest.py b/tests/conftest.py\nnew file mode 100644\n--- /dev/null\n"
+               "+++ b/tests/conftest.py\n@@ -0,0 +1,2 @@\n+import time\n+time.sleep(30)\n")
+    slow = healthy.model_copy(update={"instance_id": "slow-grader", "test_patch": healthy.test_patch + sleeper,
+                                      "verify": healthy.verify.model_copy(update={"timeout": 3.0})})
     return {"healthy": healthy, "broken": broken, "slow": slow}
 
 

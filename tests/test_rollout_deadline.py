@@ -98,7 +98,8 @@ def test_a_straggler_in_a_long_tool_call_is_cut_and_its_container_removed(repo_r
     assert not ours_alive()
 
     assert stats.cut == 1 and stats.lost_seconds == pytest.approx(DEADLINE, abs=1.0)
-    others = sum(r.trajectory.seconds["total"] for r in fast)
-    assert others + stats.lost_seconds <= stats.episode_seconds <= others + stats.lost_seconds + 1.0
+    others = sum(r.trajectory.seconds["total"] for r in fast)  # each rounded to 0.01 s in the trajectory
+    slack = 0.01 * len(fast)
+    assert others + stats.lost_seconds - slack <= stats.episode_seconds <= others + stats.lost_seconds + 1.0
     assert 0.2 < stats.lost_fraction < 0.8
     assert stats.idle_seconds == pytest.approx(stats.wall - stats.generation, abs=0.1)  # a batching generator
