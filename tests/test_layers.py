@@ -13,8 +13,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # the layers of DESIGN.md, top to bottom; a module not listed (registry, fingerprint) is a small shared helper
 TOP = ["swepost.cli", "swepost.stages", "swepost.recipes", "swepost.serve"]
-MIDDLE = ["swepost.agent", "swepost.policies", "swepost.envs", "swepost.rewards", "swepost.sandbox", "swepost.train",
-          "swepost.taskkinds"]
+MIDDLE = ["swepost.agent", "swepost.policies", "swepost.envs", "swepost.rewards", "swepost.retrieval",
+          "swepost.sandbox", "swepost.train", "swepost.taskkinds"]
 BOTTOM = ["swepost.records", "swepost.artifacts", "swepost.config", "swepost.errors"]
 # (importer, imported): the importer package must not import the other, nor anything under it
 FORBIDDEN = [
