@@ -39,6 +39,7 @@ bench: install
 	$(PY) bench/rl_rollout.py --out bench/results/rl_rollout.json
 	$(PY) bench/sft.py --out bench/results/sft.json
 	$(PY) bench/judge.py --out bench/results/judge.json
+	$(PY) bench/retrieval.py --out bench/results/retrieval.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -29,7 +29,7 @@ from swepost import __version__
 from swepost.errors import BadInput
 
 FORMAT = 1
-KINDS = ("tasks", "trajectories", "sft-data", "checkpoint", "eval")
+KINDS = ("tasks", "trajectories", "sft-data", "checkpoint", "eval", "index")
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 KEY_LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "vllm")

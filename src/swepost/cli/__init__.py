@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from swepost import __version__
-from swepost.cli import artifacts, filter, grade, model, recipes, rft, rl, rollouts, sandbox, sft, tasks
+from swepost.cli import artifacts, corpus, filter, grade, model, recipes, rft, rl, rollouts, sandbox, serve, sft, tasks
 from swepost.errors import BadInput, WorkFailed
 
 
@@ -67,6 +67,8 @@ app.add_typer(grade.app, name="grade",
 app.add_typer(sandbox.app, name="sandbox",
               help="Run commands in a hardened sandbox (docker, bubblewrap, local); build base images; gc.")
 app.add_typer(model.app, name="model", help="Build the embedded tiny model used by tests and the demo.")
+app.add_typer(corpus.app, name="corpus", help="Index a corpus (JSONL passages) for the search environment.")
+app.add_typer(serve.app, name="serve", help="Long-running servers on loopback: the retriever (Search-R1 API).")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
