@@ -183,3 +183,42 @@ def test_the_record_says_the_tool_mode_an_episode_switched_to():
     assert traj.exit_status == ExitStatus.SUBMITTED and traj.tool_errors == 0
     assert traj.policy["tool_mode"] == "auto" and traj.policy["tool_mode_active"] == "text"
     assert Trajectory.model_validate_json(traj.model_dump_json()).policy["tool_mode_active"] == "text"
+
+
+class AnswersInText(FakeEnvironment):
+    """Reads `<answer>...</answer>` from a reply without a tool call, as the search environment does; "boom"
+    breaks it."""
+
+    def text_reply(self, content):
+        if "boom" in content:
+            raise RuntimeError("the hook broke")
+        if "<answer>" in content:
+            return Observation("", done=True, answer=content.split("<answer>")[-1].split("</answer>")[0])
+        return None
+
+
+def test_an_environment_may_take_an_answer_from_a_reply_without_a_tool_call():
+    policy = ScriptedPolicy(turns=[{"content": "thinking, no answer yet"}, {"content": "so <answer>Bonn</answer>"},
+                                   call("bash", {"command": "ls"})])
+    traj = run_episode(policy, AnswersInText(), TASK)
+    assert traj.exit_status is ExitStatus.SUBMITTED and traj.answer == "Bonn" and traj.turns == 2
+    # the first reply was declined: nudged and counted as a format error, as in any environment
+    assert answers(traj) == [("user", "format")] and traj.messages[3]["content"] == NO_TOOL_CALL
+    # an environment without the hook nudges on every text reply
+    traj = run_episode(ScriptedPolicy(turns=[{"content": "<answer>Bonn</answer>"}]), FakeEnvironment(), TASK,
+                       limits=AgentLimits(max_turns=1))
+    assert traj.exit_status is ExitStatus.MAX_TURNS and traj.answer is None
+    # a hook that raises ends the episode as the environment's failure, never as an answer
+    traj = run_episode(ScriptedPolicy(turns=[{"content": "boom"}]), AnswersInText(), TASK)
+    assert traj.exit_status is ExitStatus.SANDBOX_ERROR and "the hook broke" in traj.error and traj.reward is None
+
+
+def test_rl_s_gated_environment_passes_the_text_hook_through_only_when_there_is_one():
+    import threading
+
+    from swepost.train.rollout import GatedEnvironment
+
+    gate = threading.Semaphore(1)
+    assert GatedEnvironment(AnswersInText(), gate).text_reply("<answer>x</answer>").answer == "x"
+    assert gate.acquire(blocking=False)  # the slot was given back
+    assert not hasattr(GatedEnvironment(FakeEnvironment(), gate), "text_reply")

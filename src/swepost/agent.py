@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from swepost.config import PathInput
-from swepost.envs.base import Environment, EnvironmentBroken, MalformedCall, ToolError
+from swepost.envs.base import Environment, EnvironmentBroken, MalformedCall, Observation, ToolError
 from swepost.errors import BadInput, WorkFailed
 from swepost.policies.base import ContextOverflow, Policy, PolicyError
 from swepost.records import ERROR_KEY, ERROR_PREFIX, NO_TOOL_CALL, ExitStatus, Task, Trajectory, TurnError
@@ -134,9 +134,14 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
                 traj.exit_status = ExitStatus.CONTEXT_OVERFLOW
                 break
             if not calls:
-                errors_in_row += 1
-                traj.tool_errors += 1
-                traj.messages.append({"role": "user", "content": NO_TOOL_CALL, ERROR_KEY: TurnError.FORMAT.value})
+                ended = _text_reply(env, message["content"], traj)
+                if ended is None:
+                    errors_in_row += 1
+                    traj.tool_errors += 1
+                    traj.messages.append({"role": "user", "content": NO_TOOL_CALL,
+                                          ERROR_KEY: TurnError.FORMAT.value})
+                elif ended.done:
+                    traj.exit_status, traj.answer = ExitStatus.SUBMITTED, ended.answer
             for call in calls:
                 traj.tool_calls += 1
                 call_id = call.get("id") if isinstance(call, dict) else None
@@ -202,6 +207,23 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
         traj.finished = now()
         traj.policy = policy.describe()  # what the policy became (tool_mode auto -> text), not what it began as
         on_step(traj)
+
+
+def _text_reply(env: Environment, content: str, traj: Trajectory) -> Observation | None:
+    """A reply with no tool call, offered to an environment that reads answers from text (`text_reply`: a search
+    environment's `<answer>...</answer>`): its Observation, or None when it has no such hook or declines (the loop
+    then nudges the model to call a tool). A hook that breaks ends the episode as the environment's failure."""
+    hook = getattr(env, "text_reply", None)
+    if hook is None:
+        return None
+    try:
+        return hook(content)
+    except EnvironmentBroken as e:
+        traj.exit_status, traj.error = ExitStatus.SANDBOX_ERROR, str(e)
+    except Exception as e:  # noqa: BLE001 - an environment's own bug ends this episode, not the run
+        traj.exit_status = ExitStatus.SANDBOX_ERROR
+        traj.error = f"the environment raised {type(e).__name__}: {e}"[:2000]
+    return Observation("", done=False)
 
 
 def _call_name(call: Any) -> str:

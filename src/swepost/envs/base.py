@@ -58,6 +58,10 @@ class Environment(Protocol):
     def close(self) -> None:
         ...
 
+    # Optional: `text_reply(content) -> Observation | None`, for a reply with no tool call. An environment that
+    # reads answers from text (search: the response's last `<answer>...</answer>`) returns Observation(done=True,
+    # answer=...); None (or no such method) and the loop asks the model to call a tool.
+
 
 def command_observation(result: Any, timeout: float, empty: str) -> str:
     """What a model sees of a shell command's result (a sandbox CommandResult): its output, then notes for a

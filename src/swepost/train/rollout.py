@@ -351,6 +351,12 @@ class GatedEnvironment:
     def final_diff(self) -> str:
         return self._call("taking the final diff", self.env.final_diff)
 
+    def __getattr__(self, name: str):
+        # optional hooks of the wrapped environment (text_reply) pass through gated, and are absent when it has none
+        if name == "text_reply" and hasattr(self.env, "text_reply"):
+            return lambda content: self._call("reading an answer", self.env.text_reply, content)
+        raise AttributeError(name)
+
     def score(self) -> dict[str, Any]:
         return self._call("grading", self.env.score)
 
