@@ -147,6 +147,27 @@ def test_per_task_cap_keeps_shortest_first_ties_in_order():
          episode("a", 3, edit(), submit())]  # 2, after a#1
     assert filters.per_task_cap(t, 2) == ["per_task_cap", None, None, "per_task_cap", None]
     assert filters.per_task_cap(t, 1) == ["per_task_cap", None, None, "per_task_cap", "per_task_cap"]
+    # the longest first (BrowserAgent's RFT): a#0 (4 turns), then a#2 (3)
+    assert filters.per_task_cap(t, 1, "longest") == [None, "per_task_cap", None, "per_task_cap", "per_task_cap"]
+    assert filters.per_task_cap(t, 2, "longest") == [None, "per_task_cap", None, None, "per_task_cap"]
+
+
+def test_solve_rate_band_counts_every_graded_episode_and_keeps_partly_solved_tasks(store):
+    t = [episode("always", 0, edit(), submit()), episode("always", 1, edit(), submit()),
+         episode("half", 0, edit(), submit()), episode("half", 1, edit(), submit(), resolved="RESOLVED_NO"),
+         episode("half", 2, edit(), submit(), resolved="UNGRADED", reward=None),  # no verdict: not in the rate
+         episode("quarter", 0, edit(), submit()),
+         *[episode("quarter", i, bash(), submit(), resolved="RESOLVED_NO") for i in (1, 2, 3)],
+         episode("never", 0, edit(), submit(), resolved="RESOLVED_NO")]
+    assert filters.solve_rates(t) == {"always": 1.0, "half": 0.5, "quarter": 0.25, "never": 0.0}
+    assert filters.solve_rate_band(t, 0.0, 0.99) == [*(["solve_rate"] * 2), None, None, None, None, None, None,
+                                                     None, None]
+    art = run_filter(FilterConfig(trajectories=write_trajs(store, t), max_solve_rate=0.75, min_solve_rate=0.3,
+                                  max_per_task=1, prefer="longest"), store)
+    assert [r["episode_id"] for r in rows(art)] == ["half#0"]  # quarter: below 0.3; always: above 0.75
+    assert art.stats["dropped_by_reason"]["solve_rate"] == 3  # always#0-1, quarter#0; the rest were not resolved
+    with pytest.raises(ValueError, match="above max_solve_rate"):
+        FilterConfig(trajectories="x", min_solve_rate=0.8, max_solve_rate=0.5)
 
 
 def test_format_error_turns():

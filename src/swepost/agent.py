@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from swepost.config import PathInput
+from swepost.config import ArtifactInput, PathInput
 from swepost.envs.base import Environment, EnvironmentBroken, MalformedCall, Observation, ToolError
 from swepost.errors import BadInput, WorkFailed
 from swepost.policies.base import ContextOverflow, Policy, PolicyError
@@ -284,6 +284,8 @@ class EnvironmentFields(BaseModel):
                                "cached under $SWEPOST_HOME/cache/judge unless cache_dir says otherwise")
     repos: Path | None = PathInput(description="mirror folder of owner__name repos (tasks without an image)")
     backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
+    index: str | None = ArtifactInput(None, description="an index artifact (`swepost corpus index`) the "
+                                      "environment searches (search); a parent of the stage's artifact")
 
 
 def takes_judge(name: str) -> bool:

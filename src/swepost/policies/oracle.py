@@ -1,6 +1,8 @@
 """OraclePolicy: applies the task's gold patch through the editor tool, one call per turn, then submits; in an
 environment that takes answers (a `finish(answer)` tool and no `submit`: codeqa), it views the first code the
-reference answer cites (`path: line s-e`), then finishes with the reference answer itself.
+reference answer cites (`path: line s-e`), then finishes with the reference answer itself; in a retrieval
+environment (an `answer(text)` tool: search), it searches for the question, opens the supporting documents the task
+names, and answers with the first gold answer.
 
 It checks the environment and the grader (or judge) end to end (the oracle must resolve every valid task), and
 gives reference trajectories without a model. The conversion of a unified git diff into tool calls
@@ -262,6 +264,22 @@ def answer_calls(task: Task, tools: set[str]) -> list[dict[str, Any]]:
     return [*calls, {"name": "finish", "arguments": {"answer": reference}}]
 
 
+def search_calls(task: Task, tools: set[str]) -> list[dict[str, Any]]:
+    """A retrieval task's oracle turns: search for the question, open each supporting document its metadata names
+    (`supporting`: doc ids, as the bundled questions give them), then answer with the first gold answer."""
+    golds = [g for g in task.verify.gold_answers if g.strip()]
+    calls: list[dict[str, Any]] = []
+    if "search" in tools:
+        calls.append({"name": "search", "arguments": {"query": task.problem_statement}})
+    supporting = task.metadata.get("supporting")
+    if "open" in tools and isinstance(supporting, list):
+        calls += [{"name": "open", "arguments": {"doc_id": str(d)}} for d in supporting if isinstance(d, (str, int))]
+    return [*calls, {"name": "answer", "arguments": {"text": golds[0] if golds else NO_GOLD}}]
+
+
+NO_GOLD = "The task has no gold answer."
+
+
 class OracleArgs(BaseModel):
     """policy_args of `oracle`."""
 
@@ -302,6 +320,10 @@ class OraclePolicy:
             # the environment wants an answer, not a diff: the reference answer is the oracle's
             self._calls, self._skipped = answer_calls(self._task, names), []
             self._source = "task.verify.reference_answer"
+        elif self._next == 0 and self._task is not None and "answer" in names and "submit" not in names:
+            # a retrieval environment: look the supporting documents up, then give the gold answer
+            self._calls, self._skipped = search_calls(self._task, names), []
+            self._source = "task.verify.gold_answers"
         extra = {"skipped": list(self._skipped)} if self._skipped else {}
         if self._next >= len(self._calls):
             return PolicyReply(message={"role": "assistant", "content": "(oracle done)", "tool_calls": []},

@@ -113,16 +113,41 @@ def dedupe(trajectories: Sequence[Trajectory]) -> list[str | None]:
     return out
 
 
-def per_task_cap(trajectories: Sequence[Trajectory], limit: int) -> list[str | None]:
-    """At most `limit` trajectories per task: the fewest turns first, ties in list order."""
+def per_task_cap(trajectories: Sequence[Trajectory], limit: int, prefer: str = "shortest") -> list[str | None]:
+    """At most `limit` trajectories per task: the fewest turns first (`prefer` "shortest"), or the most
+    ("longest": BrowserAgent keeps the longest successful trajectory per question); ties by completion tokens the
+    same way, then in list order."""
+    if prefer not in ("shortest", "longest"):
+        raise ValueError(f"prefer must be shortest or longest, not {prefer!r}")
+    sign = 1 if prefer == "shortest" else -1
     by_task: dict[str, list[int]] = {}
     for i, traj in enumerate(trajectories):
         by_task.setdefault(traj.instance_id, []).append(i)
     out: list[str | None] = [None] * len(trajectories)
     for indices in by_task.values():
-        for i in sorted(indices, key=lambda i: (turn_count(trajectories[i]), i))[limit:]:
+        ranked = sorted(indices, key=lambda i: (sign * turn_count(trajectories[i]),
+                                                sign * trajectories[i].completion_tokens, i))
+        for i in ranked[limit:]:
             out[i] = "per_task_cap"
     return out
+
+
+def solve_rates(trajectories: Sequence[Trajectory]) -> dict[str, float | None]:
+    """Each task's fraction of graded episodes that resolved it (None when none was graded: no estimate)."""
+    graded: dict[str, list[bool]] = {}
+    for t in trajectories:
+        graded.setdefault(t.instance_id, [])
+        if not is_ungraded(t):
+            graded[t.instance_id].append(t.resolved == "RESOLVED_FULL")
+    return {task: (sum(v) / len(v) if v else None) for task, v in graded.items()}
+
+
+def solve_rate_band(trajectories: Sequence[Trajectory], low: float, high: float) -> list[str | None]:
+    """Drop every episode of a task whose solve rate (over all its graded episodes) is outside [low, high]: RFT
+    keeps the questions a model solves only partly (high < 1 leaves out what it already always solves)."""
+    rates = solve_rates(trajectories)
+    return [None if (r := rates[t.instance_id]) is not None and low <= r <= high else "solve_rate"
+            for t in trajectories]
 
 
 def _without_ids(message: dict[str, Any]) -> dict[str, Any]:

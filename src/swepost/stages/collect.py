@@ -222,9 +222,11 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
 
     source = store.resolve(config.tasks)
     tasks = load_tasks(source)[: config.limit]
+    if config.index is not None:  # by id in the work key: a rebuilt index under the same name is new work
+        config = config.model_copy(update={"index": index_artifact(config.index, store).id})
     policy_cls = load_component(config.policy, POLICIES, "policy")
     policy_args = validate_policy_args(policy_cls, config.policy_args)  # exit 2 naming the key, before any episode
-    make_env = stage_environment(config, tasks, store.root)
+    make_env = stage_environment(config, tasks, store)
     log = EpisodeLog(store.root / "work" / f"{stage}-{work_key(config, source.id, stage)}")
     failures = FailureLog(log.folder)
     wanted = [(task, s) for task in tasks for s in range(config.samples)]
@@ -275,16 +277,28 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
     return source, tasks, trajectories, log.folder
 
 
-def stage_environment(config: CollectConfig, tasks: list[Task], home: Path):
+def stage_environment(config: CollectConfig, tasks: list[Task], store: ArtifactStore):
     """`make_env()` for this stage's episodes: the named environment or the tasks' kind's own, with the stage's
-    sandbox settings, judge (cached under home/cache/judge) and environment_args."""
+    sandbox settings, judge (cached under the store's cache/judge), index (its artifact's folder) and
+    environment_args."""
     from swepost.agent import environment_factory, pick_environment
 
     name = pick_environment(config.environment, [t.kind for t in tasks])
     settings = {"repos": config.repos, "backend": config.backend, "tool_timeout": config.limits.tool_timeout,
                 "grade": config.grade, **sandbox_kwargs(config.sandbox_limits)}
+    if config.index is not None:
+        settings["index"] = str(index_artifact(config.index, store).path)
     return environment_factory(name, settings=settings, args=config.environment_args, judge=config.judge,
-                               judge_cache=home / "cache" / "judge")
+                               judge_cache=store.root / "cache" / "judge")
+
+
+def index_artifact(ref: str, store: ArtifactStore) -> Artifact:
+    """The index artifact `ref` names; BadInput naming `index` when it is another kind."""
+    art = store.resolve(ref)
+    if art.kind != "index":
+        raise BadInput(f"artifact {art.id} is a {art.kind!r} artifact, not an index (swepost corpus index)",
+                       key="index")
+    return art
 
 
 def _any_verdict(done: dict[str, Trajectory]) -> bool:
@@ -333,8 +347,11 @@ def check_verdicts(stage: str, trajectories: list[Trajectory], max_rate: float, 
 
 
 def input_parents(config: CollectConfig, store: ArtifactStore, tasks_id: str) -> list[str]:
-    """The tasks, and the policy's model when it is a stored checkpoint: lineage reaches both."""
+    """The tasks, the index searched, and the policy's model when it is a stored checkpoint: lineage reaches
+    them all."""
     parents = [tasks_id]
+    if config.index is not None:
+        parents.append(store.resolve(config.index).id)
     model = config.policy_args.get("model")
     if isinstance(model, str) and model:
         try:

@@ -9,6 +9,8 @@ trajectories, ungraded).
 Episodes graded by a judge (codeqa) add `judge` to metrics.json: the mean of each axis (1-10), of the total (their
 sum, 5-50: SWE-QA-Pro's score) and of the RL reward over the judged answers, judge failures counted apart (no
 score, never a 0), missing answers (scored at the floor), cache hits, and the same broken down by qa_type.
+Episodes scored by exact match and F1 (search) add `answers`: mean EM and F1, missing and spammed answers, and the
+same by hop count.
 """
 
 from __future__ import annotations
@@ -77,6 +79,38 @@ def judge_metrics(trajectories: list[Trajectory], tasks: dict[str, Task]) -> dic
             "by_qa_type": {qa: summarize(js) for qa, js in sorted(by_type.items())}}
 
 
+def answer_metrics(trajectories: list[Trajectory], tasks: dict[str, Task]) -> dict | None:
+    """Mean exact match and F1 of the scored short answers (retrieval), overall and by hop count (the task's
+    `hops`, else the evidence's; `unknown` when neither says). Ungraded episodes (a retriever that failed) are left
+    out, never counted as 0; missing answers count as 0 and are counted. None when no episode was scored so."""
+    scored = [t for t in trajectories if not is_ungraded(t) and "em" in t.evidence and "f1" in t.evidence]
+    if not scored:
+        return None
+
+    def summary(ts: list[Trajectory]) -> dict:
+        n = len(ts)
+        return {"n": n, "em": round(sum(float(t.evidence["em"]) for t in ts) / n, 4),
+                "f1": round(sum(float(t.evidence["f1"]) for t in ts) / n, 4),
+                "missing_answer": sum(bool(t.evidence.get("missing_answer")) for t in ts),
+                "spam": sum(bool(t.evidence.get("spam")) for t in ts)}
+
+    by_hops: dict[str, list[Trajectory]] = {}
+    for t in scored:
+        task = tasks.get(t.instance_id)
+        hops = (task.metadata.get("hops") if task else None) or t.evidence.get("hops") or "unknown"
+        by_hops.setdefault(str(hops), []).append(t)
+    return {**summary(scored), "by_hops": {h: summary(ts) for h, ts in sorted(by_hops.items())}}
+
+
+def answers_markdown(a: dict) -> str:
+    rows = "\n".join(f"| {h} | {s['n']} | {s['em']:.3f} | {s['f1']:.3f} | {s['missing_answer']} |"
+                     for h, s in a["by_hops"].items())
+    return (f"\n## Answers: exact match and F1\n\n- EM **{a['em']:.3f}**, F1 **{a['f1']:.3f}** over {a['n']} scored "
+            f"answers (SQuAD/HotpotQA normalisation, best gold); missing answers: {a['missing_answer']} (scored 0); "
+            f"answer spam penalised: {a['spam']}\n\n| hops | answers | EM | F1 | missing |\n|---|---|---|---|---|\n"
+            f"{rows}\n")
+
+
 def metrics(trajectories: list[Trajectory], samples: int, tasks: list[Task] | None = None) -> dict:
     by_task: dict[str, list[Trajectory]] = {}
     for t in trajectories:
@@ -92,9 +126,13 @@ def metrics(trajectories: list[Trajectory], samples: int, tasks: list[Task] | No
                   for ts in graded if ts]
         out["pass_at_k"][str(k)] = round(sum(scores) / len(scores), 4) if scores else 0.0
     out["resolved_tasks"] = sorted(i for i, ts in by_task.items() if any(t.resolved == "RESOLVED_FULL" for t in ts))
-    judge = judge_metrics(trajectories, {t.instance_id: t for t in tasks or []})
+    by_id = {t.instance_id: t for t in tasks or []}
+    judge = judge_metrics(trajectories, by_id)
     if judge is not None:
         out["judge"] = judge
+    answers = answer_metrics(trajectories, by_id)
+    if answers is not None:
+        out["answers"] = answers
     return out
 
 
@@ -129,7 +167,8 @@ def summary_markdown(name: str, config: EvalConfig, m: dict) -> str:
             f"({m['ungraded_rate']:.1%}; the grader could not judge them: not counted as wrong)\n- {passes}"
             f"\n- mean turns: {m['mean_turns']}, tokens: {m['tokens']}, "
             f"tool errors: {m['tool_errors']}\n\n| exit status | episodes |\n|---|---|\n{rows}\n"
-            + (judge_markdown(m["judge"]) if "judge" in m else ""))
+            + (judge_markdown(m["judge"]) if "judge" in m else "")
+            + (answers_markdown(m["answers"]) if "answers" in m else ""))
 
 
 def run_eval(config: EvalConfig, store: ArtifactStore) -> Artifact:
@@ -156,6 +195,8 @@ def run_eval(config: EvalConfig, store: ArtifactStore) -> Artifact:
         if "judge" in m:
             w.stats.update(judge_total=m["judge"]["total"], judge_reward=m["judge"]["reward"],
                            judge_failed=m["judge"]["judge_failed"])
+        if "answers" in m:
+            w.stats.update(em=m["answers"]["em"], f1=m["answers"]["f1"])
         w.stats["quarantined"] = publish_quarantine(work, w.path)
     shutil.rmtree(work, ignore_errors=True)
     return w.artifact

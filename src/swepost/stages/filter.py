@@ -27,7 +27,7 @@ import json
 from collections import Counter
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from swepost.artifacts import Artifact, ArtifactStore, producer_record
 from swepost.config import ArtifactInput, ModelInput, StageConfig
@@ -57,9 +57,25 @@ class FilterConfig(StageConfig):
                                   "tokenize it (its tokenizer, the training chat template, the tool schemas, "
                                   "masked and dropped turns applied), so a kept episode is never cut at the end")
     dedupe: bool = Field(True, description="drop episodes identical to an earlier one (tool call ids aside)")
-    max_per_task: int | None = Field(None, ge=1, description="keep at most N episodes per task, fewest turns first")
+    max_per_task: int | None = Field(None, ge=1, description="keep at most N episodes per task (see `prefer`)")
+    prefer: Literal["shortest", "longest"] = Field("shortest", description="which episodes max_per_task keeps: "
+                                                   "the fewest turns (shortest) or the most (longest, as "
+                                                   "BrowserAgent's RFT keeps one per question)")
+    min_solve_rate: float = Field(0.0, ge=0, le=1, description="keep only tasks resolved in at least this fraction "
+                                  "of their graded episodes (counted over all of them, before any other rule)")
+    max_solve_rate: float = Field(1.0, ge=0, le=1, description="keep only tasks resolved in at most this fraction "
+                                  "of their graded episodes: below 1, questions the model always solves are left "
+                                  "out (RFT on what it solves only partly)")
     format_errors: Literal["mask", "drop"] = Field(
         "mask", description="turns answered only with errors: mask (keep in context, `train: false`) or drop")
+
+
+    @model_validator(mode="after")
+    def _band(self) -> FilterConfig:
+        if self.min_solve_rate > self.max_solve_rate:
+            raise ValueError(f"min_solve_rate {self.min_solve_rate:g} is above max_solve_rate "
+                             f"{self.max_solve_rate:g}: no task could be kept")
+        return self
 
 
 def episode_reason(traj: Trajectory, config: FilterConfig) -> str | None:
@@ -161,6 +177,9 @@ def select(trajectories: list[Trajectory], config: FilterConfig,
     """Every episode's drop reason (None: kept) and, for the kept ones, (messages, format-error turns).
     `count_tokens(messages, tools)`, when given, measures max_tokens exactly on the messages SFT will see."""
     reasons: list[str | None] = [episode_reason(t, config) for t in trajectories]
+    if config.min_solve_rate > 0 or config.max_solve_rate < 1:  # rates over every episode, before other rules
+        band = filters.solve_rate_band(trajectories, config.min_solve_rate, config.max_solve_rate)
+        reasons = [r or b for r, b in zip(reasons, band, strict=True)]
     prepared: dict[int, tuple] = {}
     for i, t in enumerate(trajectories):
         if reasons[i] is None:
@@ -173,7 +192,7 @@ def select(trajectories: list[Trajectory], config: FilterConfig,
             else:
                 prepared[i] = (messages, bad)
     for rule in ([filters.dedupe] if config.dedupe else []) + (
-            [lambda ts: filters.per_task_cap(ts, config.max_per_task)] if config.max_per_task else []):
+            [lambda ts: filters.per_task_cap(ts, config.max_per_task, config.prefer)] if config.max_per_task else []):
         alive = [i for i, r in enumerate(reasons) if r is None]
         for i, reason in zip(alive, rule([trajectories[i] for i in alive]), strict=True):
             if reason:

@@ -4,26 +4,32 @@ Each round samples with the current model, keeps what passed, and fine-tunes the
 trajectories, data and checkpoint are artifacts of their own (`<name>-r<N>-trajectories`, `-r<N>-data`,
 `-r<N>`). The loop stops early when a round resolves no task that earlier rounds had not. The stage's
 artifact is the last round's checkpoint; `artifacts lineage` walks back through every round.
+
+Which episodes a round trains on is the `filter` block's: for BrowserAgent-style RFT on retrieval tasks, sample k
+per question at a temperature (samples, policy_args.temperature), keep the questions solved only partly
+(max_solve_rate < 1, min_solve_rate) and one trajectory per question (max_per_task: 1, prefer: longest or
+shortest); a search environment verifies answers strictly by exact match, or with the judge
+(environment_args.verify: judge).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from swepost.agent import EnvironmentFields
 from swepost.artifacts import Artifact, ArtifactStore
-from swepost.config import ArtifactInput, ModelInput, PathInput, StageConfig, validate
+from swepost.config import ArtifactInput, ModelInput, StageConfig, validate
 from swepost.errors import WorkFailed
 from swepost.policies.args import check_policy_args
 from swepost.stages import get_stage
 from swepost.stages.collect import EpisodeLimits  # collect's config vocabulary, shared by rft's `limits`
 
 
-class RftConfig(StageConfig):
+class RftConfig(StageConfig, EnvironmentFields):
     NOT_IN_KEY = frozenset({"concurrency"})  # speed, not results: a recipe's rft is reused under another -j
 
     tasks: str = ArtifactInput(description="the tasks to sample on")
@@ -35,8 +41,6 @@ class RftConfig(StageConfig):
                         "serves the current checkpoint, e.g. vLLM; set policy_args.base_url)")
     policy_args: dict[str, Any] = Field(default_factory=dict, description="the policy's arguments (sampling "
                                         "etc.; see the policy_args tables); `model` is set per round")
-    repos: Path | None = PathInput(description="mirror folder of owner__name repos")
-    backend: str = "auto"
     concurrency: int = Field(1, ge=1, le=512)
     limit: int | None = Field(None, ge=1, description="only the first N tasks")
     limits: EpisodeLimits = Field(default_factory=EpisodeLimits)
@@ -70,8 +74,8 @@ def run_rft(config: RftConfig, store: ArtifactStore) -> Artifact:
     for r in range(1, config.rounds + 1):
         collected = collect_stage.runner()(validate(collect_stage.config_model(), {
             "tasks": config.tasks, "name": f"{config.name}-r{r}-trajectories", "policy": config.policy,
-            "policy_args": {**config.policy_args, "model": current}, "repos": config.repos,
-            "backend": config.backend, "samples": config.samples, "concurrency": config.concurrency,
+            "policy_args": {**config.policy_args, "model": current}, **environment_fields(config),
+            "samples": config.samples, "concurrency": config.concurrency,
             "limits": config.limits, "limit": config.limit, "seed": config.seed + r}, prefix=("collect",)), store)
         resolved = _resolved_tasks(collected)
         new = resolved - solved
@@ -95,6 +99,11 @@ def run_rft(config: RftConfig, store: ArtifactStore) -> Artifact:
         raise WorkFailed(f"rft: round 1 resolved no task with {config.model}: nothing to train on "
                          f"(rounds: {json.dumps(rounds)})")
     return last
+
+
+def environment_fields(config: EnvironmentFields) -> dict[str, Any]:
+    """Where a round's episodes run (environment, its args, judge, index, repos, backend), as collect takes them."""
+    return {k: getattr(config, k) for k in EnvironmentFields.model_fields}
 
 
 def _resolved_tasks(trajectories: Artifact) -> set[str]:

@@ -200,6 +200,12 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
     tasks = load_tasks(source)
     if not tasks:
         raise BadInput(f"tasks artifact {source.id} holds no task", key="tasks")
+    index = None
+    if config.index is not None:  # by id in the work key; the training processes get its folder
+        from swepost.stages.collect import index_artifact
+
+        index = index_artifact(config.index, store)
+        config = config.model_copy(update={"index": index.id})
     model_path, base = resolve_model(config.model, store)
     model_ref = base.id if base else model_path
     work = store.root / "work" / f"rl-{work_key(config, source.id, model_ref, hash_memo(store.root))}"
@@ -207,9 +213,9 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
         model_path = rope_scaled_model(model_path, config.rope_scaling, work / "model-rope")
     check_colocate_memory(fit_context(config, model_path), model_path)  # refuse what cannot fit, before launching
     resolved = config.model_copy(update={"tasks": source.id, "model": model_ref})
-    training = config
+    training = config if index is None else config.model_copy(update={"index": str(index.path)})
     if config.judge.cache_dir is None:  # after the work key: where the cache lives changes no reward
-        training = config.model_copy(update={"judge": config.judge.model_copy(
+        training = training.model_copy(update={"judge": config.judge.model_copy(
             update={"cache_dir": store.root / "cache" / "judge"})})
     if not train_or_launch("rl", resolved, store, work, STATS_FILE, FINAL,
                            lambda: train_rl(tasks, model_path, work, training), run=run_rl):
@@ -218,7 +224,7 @@ def run_rl(config: RlConfig, store: ArtifactStore) -> Artifact | None:
     stats = json.loads((work / STATS_FILE).read_text())
     producer = producer_record("rl", config.model_dump(mode="json"), seed=config.seed,
                                inputs={"tasks": source.id, "model": model_ref})
-    parents = [source.id] + ([base.id] if base else [])
+    parents = [source.id] + ([base.id] if base else []) + ([index.id] if index else [])
     with store.write(config.name, "checkpoint", producer=producer, parents=parents) as w:
         w.adopt(work / FINAL, "model")  # moved, not copied: a large checkpoint is read once, by the hash
         if (work / "log_history.json").is_file():

@@ -160,6 +160,8 @@ class RolloutFunc:
         self.reward = episode_reward(cfg.reward)
         settings = {"repos": cfg.repos, "backend": cfg.backend, "tool_timeout": cfg.tool_timeout, "grade": True,
                     **sandbox_kwargs(cfg.sandbox_limits)}
+        if getattr(cfg, "index", None):  # the index artifact's folder (stages/rl.py resolved it)
+            settings["index"] = cfg.index
         environment = pick_environment(cfg.environment, [t.kind for t in tasks])
         self.make_env = environment_factory(environment, settings=settings, args=cfg.environment_args,
                                             judge=cfg.judge)
