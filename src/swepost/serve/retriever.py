@@ -36,7 +36,9 @@ def create_app(retriever: Retriever, *, default_topk: int = DEFAULT_TOPK, max_to
     from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
     if not 1 <= default_topk <= max_topk:
-        raise BadInput(f"default topk {default_topk} must be between 1 and max topk {max_topk}")
+        raise BadInput(f"default topk {default_topk} must be between 1 and max topk {max_topk}", key="--topk")
+    if max_queries < 1:
+        raise BadInput(f"max queries {max_queries} must be at least 1", key="--max-queries")
 
     class RetrieveRequest(BaseModel):
         model_config = ConfigDict(extra="ignore")  # clients send extras (Search-R1 forks add their own keys)
