@@ -15,6 +15,7 @@ POLICIES = {
 ENVIRONMENTS = {
     "swe": "swepost.envs.swe:SweEnvironment",
     "codeqa": "swepost.envs.codeqa:CodeQAEnvironment",
+    "search": "swepost.envs.search:SearchEnvironment",
 }
 SANDBOXES = {
     "docker": "swepost.sandbox.docker:DockerSandbox",
