@@ -35,6 +35,8 @@ def _load(target: str):
 STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("tiny-model", "build the embedded tiny Qwen2 model (checkpoint)",
               "swepost.stages.tiny_model:TinyModelConfig", "swepost.stages.tiny_model:run"),
+    StageSpec("corpus-index", "index a corpus JSONL for search: BM25 on tantivy (index)",
+              "swepost.stages.corpus:CorpusIndexConfig", "swepost.stages.corpus:run_corpus_index"),
     StageSpec("tasks-import", "import SWE-bench-format tasks (tasks)",
               "swepost.stages.tasks:TasksImportConfig", "swepost.stages.tasks:run_import"),
     StageSpec("tasks-validate", "check tasks in sandboxes; drop flaky or broken tests (tasks)",
