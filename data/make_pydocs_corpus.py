@@ -16,6 +16,7 @@ never regenerate it. Run: python data/make_pydocs_corpus.py [--out PATH]
 from __future__ import annotations
 
 import argparse
+import builtins
 import importlib
 import inspect
 import json
@@ -61,9 +62,14 @@ def public_members(module) -> list[tuple[str, object]]:
         obj = getattr(module, member_name, None)
         if not (inspect.isclass(obj) or inspect.isroutine(obj)):
             continue
+        if getattr(obj, "__module__", None) == "builtins" and getattr(builtins, obj.__name__, None) is obj:
+            continue  # `typing.Text` is `str`, `os.error` is `OSError`: builtins (`io.open` is io's own)
         if getattr(module, "__all__", None) is None and getattr(obj, "__module__", None) not in home:
             continue  # imported from elsewhere (e.g. `os` inside `shutil`)
         members.append((member_name, obj))
+    # An object under two names (`bisect.bisect` is `bisect_right`) is documented once, under its own name
+    # when that is one of them (`hashlib.md5`, named `openssl_md5`, keeps the only name it has here).
+    members.sort(key=lambda m: (getattr(m[1], "__name__", None) != m[0], m[0]))
     return members
 
 
@@ -75,6 +81,8 @@ def methods_of(cls) -> list[tuple[str, object]]:
         if name.startswith("_"):
             continue
         obj = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
+        if inspect.isroutine(obj) and getattr(obj, "__name__", name) != name:
+            continue  # a function stored under another name (`converter = time.localtime`) is documented at home
         if (inspect.isroutine(obj) or isinstance(obj, property)) and getattr(obj, "__doc__", None):
             methods.append((name, obj))
     return methods
@@ -100,8 +108,8 @@ def docstring_of(obj) -> str:
     """The object's own docstring, cleaned (`inspect.getdoc` would copy a base class's docstring onto every
     subclass that has none)."""
     doc = getattr(obj, "__doc__", None)
-    if not doc and inspect.isclass(obj) and "__init__" in vars(obj):
-        doc = getattr(vars(obj)["__init__"], "__doc__", None)  # some classes document their constructor only
+    if not doc and inspect.isclass(obj) and inspect.isfunction(vars(obj).get("__init__")):
+        doc = vars(obj)["__init__"].__doc__  # some classes document their constructor only (not a C slot's stub)
     if not doc or not isinstance(doc, str):
         return ""
     return _ADDRESS.sub("", inspect.cleandoc(doc)).strip()
@@ -145,18 +153,23 @@ def passages_for(dotted: str, obj) -> list[dict]:
 
 def iter_passages() -> Iterator[dict]:
     seen: set[str] = set()
+    seen_objects: set[int] = set()  # the objects documented so far: `secrets.SystemRandom` is random's
     for module_name in MODULES:
         module = importlib.import_module(module_name)
         objects: list[tuple[str, object]] = [(module_name, module)]
         for name, member in public_members(module):
+            if id(member) in seen_objects:
+                continue
+            seen_objects.add(id(member))
             dotted = f"{module_name}.{name}"
             objects.append((dotted, member))
             if inspect.isclass(member):
                 objects.extend((f"{dotted}.{m}", meth) for m, meth in methods_of(member))
+        objects[1:] = sorted(objects[1:], key=lambda o: o[0])  # by dotted name, whichever alias came first
         for dotted, obj in objects:
             for passage in passages_for(dotted, obj):
-                if passage["id"] in seen:  # a name exported twice (an alias): keep the first
-                    continue
+                if passage["id"] in seen:
+                    raise RuntimeError(f"two objects would share the id {passage['id']}")
                 seen.add(passage["id"])
                 yield passage
 
