@@ -111,6 +111,7 @@ class PageRenderer(HTMLParser):
         self._lists: list[str] = []
         self._cells = 0
         self._link: tuple[str, list[str], str] | None = None  # (href, text parts, fallback)
+        self._marker = 0  # where the open link's `[n]` is in self._line
 
     # the line being built
     def _flush(self) -> None:
@@ -121,8 +122,18 @@ class PageRenderer(HTMLParser):
         self._line, self._prefix = [], ""
 
     def _block(self, prefix: str = "") -> None:
+        carried = None
+        if self._link is not None:
+            if "".join(self._link[1]).strip():
+                self._end_link()  # an unclosed link ends with its line
+            else:  # a link wrapping a block: its number moves to the block's first line
+                carried = self._line[self._marker]
+                del self._line[self._marker:]
         self._flush()
         self._prefix = prefix
+        if carried is not None:
+            self._marker = len(self._line)
+            self._line.append(carried)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
@@ -143,6 +154,7 @@ class PageRenderer(HTMLParser):
             href = a.get("href", "").strip()
             if href and not href.lower().startswith("javascript:"):
                 self.links.append(["", href])
+                self._marker = len(self._line)
                 self._line.append(f" [{len(self.links)}] ")
                 self._link = (href, [], a.get("title") or a.get("aria-label") or "")
             return
@@ -210,7 +222,7 @@ class PageRenderer(HTMLParser):
         name = " ".join("".join(parts).split())
         if not name:
             name = fallback or posixpath.basename(urlsplit(href).path.rstrip("/")) or href
-            self._line.append(name)
+            self._line.append(name + " ")
         self.links[-1][0] = name
 
     def _text(self, data: str) -> None:
