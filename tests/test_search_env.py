@@ -151,6 +151,9 @@ def test_open_pages_and_find(env):
     ("find", {"text": ""}, ToolError, "`text` of find is empty"),
     ("answer", {}, MalformedCall, "Parameter `text` is required for answer"),
     ("answer", {"text": "   "}, ToolError, "`text` of answer is empty"),
+    ("answer", {"text": "<answer> </answer>"}, ToolError, "`text` of answer is empty"),
+    ("search", {"query": "Ada \ud800"}, MalformedCall, "`query` of search holds characters that are not valid"),
+    ("find", {"text": "\udfff"}, MalformedCall, "`text` of find holds characters that are not valid"),
 ])
 def test_bad_calls_are_refused_with_a_reason(env, name, args, error, match):
     started(env)
@@ -176,6 +179,7 @@ def test_snippets_show_the_query_words_and_long_observations_are_clipped(index_d
 # --- answers and scores -------------------------------------------------------------------------------------------
 
 def test_answers_are_scored_by_exact_match_and_f1(env, index_dir):
+    assert started(env).step("answer", {"text": "<answer>London</answer>"}).answer == "London"
     right = started(env).step("answer", {"text": " the London "})
     assert right.done and right.answer == "the London"
     s = env.score()

@@ -346,7 +346,8 @@ class SearchEnvironment:
     def _answer(self, args: dict[str, Any]) -> Observation:
         text = _string(args, "text", "answer")
         self.answer_count += max(count_answer_tags(text), 1)
-        text = (extract_answer(text) or text).strip()
+        tagged = extract_answer(text)  # `answer("<answer>x</answer>")` answers x
+        text = (text if tagged is None else tagged).strip()
         if not text:
             raise ToolError("Parameter `text` of answer is empty: give your answer to the question")
         self.answer = text
@@ -471,6 +472,10 @@ def _string(args: dict[str, Any], key: str, tool: str) -> str:
     if not isinstance(value, str):
         raise MalformedCall(f"Parameter `{key}` of {tool} must be a string, got {type(value).__name__}: "
                             f"{str(value)[:100]}")
+    try:
+        value.encode("utf-8")  # a lone surrogate would break the index or the server, not the model's episode
+    except UnicodeEncodeError:
+        raise MalformedCall(f"Parameter `{key}` of {tool} holds characters that are not valid Unicode") from None
     return value
 
 
