@@ -33,8 +33,9 @@ def test_the_tasks_kind_picks_the_environment_unless_one_is_named():
         pick_environment("swe", ["codeqa"])
     with pytest.raises(BadInput, match="different environments .*codeqa in codeqa, swe in swe"):
         pick_environment(None, ["swe", "codeqa"])
-    with pytest.raises(BadInput, match="search have no environment of their own"):
-        pick_environment(None, ["search"])
+    assert pick_environment(None, ["search"]) == "search"
+    with pytest.raises(BadInput, match="different environments"):
+        pick_environment(None, ["search", "codeqa"])
 
 
 def test_environment_args_and_the_judge_reach_the_constructor_checked(tmp_path):
@@ -50,6 +51,9 @@ def test_environment_args_and_the_judge_reach_the_constructor_checked(tmp_path):
     with pytest.raises(BadInput) as e:
         environment_factory("codeqa", settings=settings, args={"resolved_treshold": 0.9}, judge=JudgeConfig())
     assert e.value.key == "environment_args.resolved_treshold" and "resolved_threshold" in str(e.value)
+    with pytest.raises(BadInput) as e:  # a bad value the constructor refuses is named as the user wrote it
+        environment_factory("codeqa", settings=settings, args={"resolved_threshold": 2.0}, judge=JudgeConfig())
+    assert e.value.key == "environment_args.resolved_threshold" and "[0, 1]" in str(e.value)
     with pytest.raises(BadInput) as e:  # a stage setting is set on the stage
         environment_factory("codeqa", settings=settings, args={"backend": "local"}, judge=JudgeConfig())
     assert e.value.key == "environment_args.backend"

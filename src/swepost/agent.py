@@ -341,6 +341,10 @@ def environment_factory(name: str, *, settings: Mapping[str, Any], args: Mapping
             return cls(**kwargs)
         except TypeError as e:  # a setting the constructor does not take (a plugged-in environment)
             raise BadInput(f"environment {name!r}: {e}", key="environment") from None
+        except BadInput as e:  # a bad value of one of environment_args: named as the user wrote it
+            if e.key in args and not e.file:
+                raise BadInput(e.detail, key=f"environment_args.{e.key}") from None
+            raise
 
     make_env()
     return make_env

@@ -333,7 +333,7 @@ def _stage_config(loaded: LoadedRecipe, i: int, outputs: dict[str, str], check_o
 
 def _nested_inputs(model: type[BaseModel], data: dict) -> list[tuple[str, str, str]]:
     """(block, key, value) of the keys inside settings blocks that name local files or folders
-    (registry.NESTED_INPUTS: a judge's prompt file, an environment's prompts folder)."""
+    (registry.NESTED_INPUTS: a judge's prompt file, an environment's prompts folder or browse site)."""
     from swepost.registry import NESTED_INPUTS
 
     out = []
@@ -341,7 +341,7 @@ def _nested_inputs(model: type[BaseModel], data: dict) -> list[tuple[str, str, s
         settings = data.get(block)
         if block in model.model_fields and isinstance(settings, dict):
             out += [(block, key, settings[key]) for key in keys if isinstance(settings.get(key), str)
-                    and settings[key]]
+                    and settings[key] and "://" not in settings[key]]  # a URL (a browse site served) is no file
     return out
 
 

@@ -50,7 +50,7 @@ POLICY_INPUTS = {
 # keys by content (a judge's prompt file, an environment's own prompts folder)
 NESTED_INPUTS = {
     "judge": ("prompt",),
-    "environment_args": ("prompts_dir",),
+    "environment_args": ("prompts_dir", "site"),  # site: a browse environment's folder of pages (a URL is kept)
 }
 
 
