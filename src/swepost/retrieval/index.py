@@ -11,7 +11,6 @@ and becomes term queries, so quotes, colons, AND/OR or an unbalanced bracket in 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -47,8 +46,11 @@ def build_index(corpus: str | Path, out: str | Path, *, on_bad_line: OnBadLine =
     started = time.perf_counter()
     report = CorpusReport()
     index = tantivy.Index(_schema(tokenizer), path=str(out))
-    writer = index.writer(heap_size=heap_bytes, num_threads=threads)
-    digest = hashlib.sha256()
+    try:
+        writer = index.writer(heap_size=heap_bytes, num_threads=threads)
+    except ValueError as e:  # tantivy wants at least 3 MB of heap per thread
+        raise BadInput(f"cannot start the index writer with {heap_bytes} bytes and {threads or 'auto'} threads: "
+                       f"{e}", key="heap_mb") from None
     try:
         for row, doc in enumerate(iter_corpus(corpus, on_bad_line=on_bad_line, report=report, progress=progress)):
             title, body = title_and_text(doc)
@@ -56,11 +58,9 @@ def build_index(corpus: str | Path, out: str | Path, *, on_bad_line: OnBadLine =
             entry.add_text("id", doc["id"])
             entry.add_text("title", title)
             entry.add_text("body", body)
-            data = json.dumps(doc, ensure_ascii=False).encode()
-            entry.add_bytes("doc", data)
+            entry.add_bytes("doc", json.dumps(doc).encode())  # ASCII escapes: twice as fast to encode
             entry.add_unsigned("row", row)
             writer.add_document(entry)
-            digest.update(data)
         writer.commit()
         writer.wait_merging_threads()
     except BaseException:
@@ -77,7 +77,7 @@ def build_index(corpus: str | Path, out: str | Path, *, on_bad_line: OnBadLine =
              "corpus_bytes": report.bytes_read, "index_bytes": _size(out)}
     meta = {"format": FORMAT, "engine": "tantivy", "engine_version": _tantivy_version(),
             "passages": report.passages, "skipped": report.skipped, "corpus": str(corpus),
-            "corpus_sha256": report.sha256, "documents_sha256": digest.hexdigest(), "tokenizer": tokenizer,
+            "corpus_sha256": report.sha256, "tokenizer": tokenizer,
             "fields": {"id": "raw", "title": tokenizer, "body": tokenizer, "doc": "stored JSON", "row": "u64"},
             "scoring": "BM25 (k1=1.2, b=0.75) summed over title and body", "heap_bytes": heap_bytes}
     (out / META).write_text(json.dumps(meta, indent=2) + "\n")
