@@ -186,7 +186,7 @@ def test_answers_are_scored_by_exact_match_and_f1(env, index_dir):
     assert (s["reward"], s["resolved"]) == (1.0, "RESOLVED_FULL")
     assert s["evidence"] == {"answer": "the London", "golds": ["London", "London, England"], "hops": 2,
                              "metric": "em", "answer_tags": 1, "searches": 0, "opened": [], "em": 1.0, "f1": 1.0,
-                             "missing_answer": False, "spam": False}
+                             "missing_answer": False, "spam": False, "verify": "em"}
     started(env).step("answer", {"text": "London, UK"})
     s = env.score()
     assert (s["reward"], s["resolved"]) == (0.0, "RESOLVED_NO") and 0.5 < s["evidence"]["f1"] < 1.0
@@ -350,3 +350,36 @@ def test_own_prompts_replace_the_bundled_ones(index_dir, tmp_path):
     (tmp_path / "search_user.md").write_text("{question} {gold}")
     with pytest.raises(BadInput, match="unknown template field"):
         SearchEnvironment(index=index_dir, prompts_dir=tmp_path)
+
+
+def test_verify_judge_asks_the_stage_s_judge_and_a_judge_failure_is_never_a_score(index_dir):
+    from swepost.rewards.judge import JudgeConfig
+    from tests.test_judge import SCORES, JudgeServer, verdict
+
+    high = {axis: 9 for axis in SCORES}
+    with JudgeServer(respond=lambda body: {"content": verdict(high)}) as server:
+        judge = JudgeConfig(base_url=server.base_url, model="judge-model", max_retries=0, backoff=0.0)
+        make = environment_factory("search", settings=STAGE_SETTINGS, args={"index": str(index_dir),
+                                                                               "verify": "judge"}, judge=judge)
+        env = make()
+        started(env).step("answer", {"text": "the capital of England"})  # right, but not a string match
+        s = env.score()
+        assert s["resolved"] == "RESOLVED_FULL" and s["reward"] == pytest.approx(0.9)
+        assert s["evidence"]["em"] == 0.0 and s["evidence"]["verify"] == "judge" and not s["evidence"]["judge_failed"]
+        prompt = server.prompts()[-1]
+        assert "London" in prompt and "London, England" in prompt and "the capital of England" in prompt
+        # strict verification (the default) never asks the judge
+        asked = len(server.requests)
+        em = environment_factory("search", settings=STAGE_SETTINGS, args={"index": str(index_dir)}, judge=judge)()
+        started(em).step("answer", {"text": "the capital of England"})
+        assert em.score()["resolved"] == "RESOLVED_NO" and len(server.requests) == asked
+    with JudgeServer(respond=lambda body: {"status": 503, "error": "overloaded"}) as server:
+        judge = JudgeConfig(base_url=server.base_url, model="judge-model", max_retries=1, backoff=0.0)
+        env = environment_factory("search", settings=STAGE_SETTINGS, args={"index": str(index_dir),
+                                                                              "verify": "judge"}, judge=judge)()
+        started(env).step("answer", {"text": "London"})
+        s = env.score()
+        assert (s["reward"], s["resolved"]) == (None, "UNGRADED") and s["evidence"]["judge_failed"]
+    with pytest.raises(BadInput) as e:
+        environment_factory("search", settings=STAGE_SETTINGS, args={"index": str(index_dir), "verify": "vibes"})
+    assert e.value.key == "environment_args.verify"

@@ -18,7 +18,9 @@ down, times out or fails is EnvironmentBroken: the episode ends as sandbox_error
 never scored as a wrong answer.
 
 The answer is the `answer` tool's text or, in a reply without a tool call, the last `<answer>...</answer>` of that
-reply (`text_reply`); answers are counted over the episode for score_answer's spam guard. Prompts are
+reply (`text_reply`); answers are counted over the episode for score_answer's spam guard. The reward is exact
+match (or F1: `reward_metric`); with `verify: judge` the stage's judge scores the answer against the gold answers
+instead (resolved at `resolved_threshold` of its reward), EM and F1 still recorded. Prompts are
 `prompts/search_*.md` (or `browse_*.md`), str.format templates, replaceable with `prompts_dir`.
 """
 
@@ -32,10 +34,11 @@ from typing import Any
 
 from swepost.envs.base import EnvironmentBroken, MalformedCall, Observation, ToolError, load_prompt_templates
 from swepost.envs.browse import RenderedPage, find_in_text, open_site, paginate
+from swepost.envs.codeqa import shared_judge
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
 from swepost.retrieval.documents import Document, Retriever, title_and_text
-from swepost.rewards.answers import count_answer_tags, extract_answer, score_answer
+from swepost.rewards.answers import SPAM_DIVISOR, count_answer_tags, extract_answer, score_answer
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 PROMPT_FILES = {"search": {"system": "search_system.md", "user": "search_user.md"},
@@ -148,9 +151,16 @@ class SearchEnvironment:
                  page_chars: int = 2000, snippet_chars: int = 300, max_observation_chars: int = 16000,
                  prompts_dir: str | Path | None = None, mode: str = "search", site: str | Path | None = None,
                  start: str | None = None, allow_remote: bool = False, viewport_chars: int = 2000,
-                 reward_metric: str = "em", repos: Any = None, backend: str = "auto", tool_timeout: float = 30.0,
+                 reward_metric: str = "em", verify: str = "em", judge: Any = None, resolved_threshold: float = 0.7,
+                 repos: Any = None, backend: str = "auto", tool_timeout: float = 30.0,
                  grade: bool = True, limits: Any = None):
         # repos, backend and limits are the stage's sandbox settings: accepted, unused (no sandbox, see above)
+        if verify not in ("em", "judge"):
+            raise BadInput(f"expected em (exact match) or judge, got {verify!r}", key="verify")
+        if not 0.0 <= resolved_threshold <= 1.0:
+            raise BadInput(f"must be in [0, 1], not {resolved_threshold!r}", key="resolved_threshold")
+        self.verify, self.resolved_threshold = verify, resolved_threshold
+        self.judge = shared_judge(judge) if verify == "judge" else None  # the stage's judge, asked only then
         if mode not in TOOLS:
             raise BadInput(f"expected one of {', '.join(TOOLS)}, got {mode!r}", key="mode")
         if reward_metric not in ("em", "f1"):
@@ -261,9 +271,32 @@ class SearchEnvironment:
             return {"reward": None, "resolved": "UNGRADED",
                     "evidence": {**evidence, "reason": "the task has no gold answers to score against"}}
         s = score_answer(self.answer, golds, answer_count=self.answer_count, metric=self.reward_metric)
-        evidence.update(em=s["em"], f1=s["f1"], missing_answer=s["missing_answer"], spam=s.get("spam", False))
+        evidence.update(em=s["em"], f1=s["f1"], missing_answer=s["missing_answer"], spam=s.get("spam", False),
+                        verify=self.verify)
+        if self.judge is not None:
+            return self._judged(golds, evidence)
         return {"reward": s["reward"], "resolved": "RESOLVED_FULL" if s["em"] == 1.0 else "RESOLVED_NO",
                 "evidence": evidence}
+
+    def _judged(self, golds: list[str], evidence: dict[str, Any]) -> dict[str, Any]:
+        """verify: judge. The stage's judge scores the answer against the gold answers (BrowserAgent verifies RFT
+        samples with judges, not string match); EM and F1 stay in the evidence. A judge failure is never a score."""
+        reference = golds[0] if len(golds) == 1 else "Any one of these is correct: " + "; ".join(golds)
+        evidence.update(judge=self.judge.name, model=self.judge.model, threshold=self.resolved_threshold)
+        try:
+            j = self.judge.judge(self.task.problem_statement, self.answer, reference, [])
+        except BadInput:
+            raise
+        except Exception as e:  # noqa: BLE001 - a judge that raises instead of reporting: still never a score
+            return {"reward": None, "resolved": "UNGRADED",
+                    "evidence": {**evidence, "judge_failed": True, "cause": f"{type(e).__name__}: {e}"[:2000]}}
+        evidence.update(judge=j.judge, model=j.model, judge_failed=j.failed)
+        if j.failed:
+            return {"reward": None, "resolved": "UNGRADED", "evidence": {**evidence, "cause": j.cause}}
+        evidence.update(scores=j.scores, total=j.total, reward=j.reward, cached=j.cached, rationale=j.rationale)
+        reward = j.reward / SPAM_DIVISOR if evidence["spam"] else j.reward
+        passed = not evidence["missing_answer"] and j.reward >= self.resolved_threshold
+        return {"reward": reward, "resolved": "RESOLVED_FULL" if passed else "RESOLVED_NO", "evidence": evidence}
 
     def close(self) -> None:
         self._fresh()  # the shared index stays open for the next episode
