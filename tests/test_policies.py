@@ -338,6 +338,14 @@ def test_hf_reply_is_well_formed_and_reproducible(tiny_dir, monkeypatch):
         assert (r.message["content"], r.message["tool_calls"]) == parse_tool_calls(r.extra["raw"], turn=2)
     assert [r.extra["raw"] for r in ra] == [r.extra["raw"] for r in rb]
     assert ra[0].extra["raw"] != ra[1].extra["raw"]  # seed + call index: each call draws afresh
+    # in episodes the agent loop starts, a turn's draw is a function of (seed, episode, turn) alone: the samples of a
+    # task differ, and an episode replays the same on another instance (another worker thread) after other work
+    a.start(task(), episode="t#0")
+    s0 = a.reply(CHAT, TOOLS).extra["raw"]
+    a.start(task(), episode="t#1")
+    s1 = a.reply(CHAT, TOOLS).extra["raw"]
+    b.start(task(), episode="t#0")
+    assert s0 != s1 and b.reply(CHAT, TOOLS).extra["raw"] == s0
     d = a.describe()
     assert d == {**d, "name": "hf", "model": str(tiny_dir), "device": "cpu", "dtype": "float32", "temperature": 0.7,
                  "top_p": 0.9, "max_new_tokens": 12, "max_context_tokens": 4096, "seed": 5, "artifact": None}

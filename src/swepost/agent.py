@@ -100,7 +100,7 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
             return traj
         finally:
             traj.seconds["reset"] = round(time.monotonic() - t0, 3)
-        policy.start(task)
+        start_policy(policy, task, traj.episode_id)
         names = {t["function"]["name"] for t in traj.tools}
         errors_in_row = 0
         on_step(traj)
@@ -207,6 +207,20 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
         traj.finished = now()
         traj.policy = policy.describe()  # what the policy became (tool_mode auto -> text), not what it began as
         on_step(traj)
+
+
+def start_policy(policy: Policy, task: Task, episode: str) -> None:
+    """`policy.start(task)`, with `episode=` (task#sample) for a policy whose start takes it: a sampling policy
+    seeds each episode from it, so the k samples of a task differ, and do not depend on which worker thread ran
+    them (a per-thread call count repeated them across threads)."""
+    try:
+        takes = "episode" in inspect.signature(policy.start).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if takes:
+        policy.start(task, episode=episode)
+    else:
+        policy.start(task)
 
 
 def _text_reply(env: Environment, content: str, traj: Trajectory) -> Observation | None:

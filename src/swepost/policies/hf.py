@@ -3,13 +3,15 @@
 The conversation is rendered with the tokenizer's chat template (Qwen2.5 style: tool calls are
 `<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>` blocks) and the reply is parsed back into
 OpenAI tool calls by `toolcalls.parse_tool_calls`, as every policy does. Sampling draws from a torch.Generator
-seeded from `seed + call index`, so a run is reproducible without touching the global RNG.
+seeded from (seed, episode, turn) in an episode the agent loop started (`seed + call index` outside one), so a run
+is reproducible without touching the global RNG, and the samples of a task differ on any thread.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +62,8 @@ class HFArgs(BaseModel):
                                       "(default 4096)")
     min_turn_tokens: int = Field(MIN_TURN_TOKENS, ge=1, description="below this much room left the episode ends "
                                  "as context_overflow")
-    seed: int = Field(0, description="sampling seed: call i samples with torch.Generator(seed + i)")
+    seed: int = Field(0, description="sampling seed: each turn samples with a torch.Generator seeded from (seed, "
+                      "episode, turn)")
     device: str = Field("auto", description="auto (cuda when there is one, else cpu), cpu, cuda, cuda:1, ...")
     dtype: str = Field("auto", description="auto (bfloat16 or float16 on GPU, float32 on CPU), or a torch dtype "
                        "name: float32, bfloat16, float16")
@@ -144,6 +147,8 @@ class HFPolicy:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.stop_ids[0] if self.stop_ids else 0
         self.calls = 0
+        self._episode: str | None = None
+        self._turn = 0
         self._lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
@@ -153,10 +158,13 @@ class HFPolicy:
                 "max_new_tokens": self.max_new_tokens, "max_context_tokens": self.max_context_tokens,
                 "context": {"max_turn_tokens": self.max_new_tokens, "max_model_len": self.max_context_tokens,
                             "min_turn_tokens": self.min_turn_tokens},
-                "seed": self.seed, "seeding": "torch.Generator per call: seed + call index"}
+                "seed": self.seed, "seeding": "torch.Generator per turn: crc32(seed:episode:turn), or seed + call "
+                "index outside an episode"}
 
-    def start(self, task: Task) -> None:
-        pass
+    def start(self, task: Task, episode: str | None = None) -> None:
+        """An episode begins: with its id (task#sample, from the agent loop), each turn samples from a generator
+        seeded by (seed, episode, turn), whatever thread or order the episodes run in."""
+        self._episode, self._turn = episode, 0
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         return self.tokenizer.apply_chat_template(template_messages(messages), tools=tools or None,
@@ -178,9 +186,12 @@ class HFPolicy:
                              min_turn_tokens=self.min_turn_tokens, counted="counted with the chat template")
         with self._lock:
             index, self.calls = self.calls, self.calls + 1
+            turn, self._turn = self._turn, self._turn + 1
             processors = LogitsProcessorList()
             if self.temperature > 0:
-                generator = torch.Generator(device=self.device).manual_seed(self.seed + index)
+                seed = (self.seed + index if self._episode is None
+                        else zlib.crc32(f"{self.seed}:{self._episode}:{turn}".encode()))
+                generator = torch.Generator(device=self.device).manual_seed(seed)
                 processors.append(SeededSampler(self.temperature, self.top_p, [generator]))
             config = GenerationConfig(max_new_tokens=budget, do_sample=False,
                                       eos_token_id=self.stop_ids or None, pad_token_id=self.pad_id)
