@@ -241,7 +241,8 @@ def test_a_failed_build_leaves_no_index_behind(tmp_path):
     assert [f.name for f in (tmp_path / "index").iterdir()] == []
     with pytest.raises(BadInput, match="not a swepost index"):
         open_index(tmp_path / "index")
-    stats = build_index(path, tmp_path / "index", on_bad_line="skip")
+    with pytest.warns(UserWarning, match="skipped 1 malformed line"):
+        stats = build_index(path, tmp_path / "index", on_bad_line="skip")
     assert stats["passages"] == 5000 and stats["skipped"] == 1 and len(open_index(tmp_path / "index")) == 5000
     with pytest.raises(BadInput, match="not empty"):
         build_index(path, tmp_path / "index")

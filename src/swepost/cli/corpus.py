@@ -32,6 +32,9 @@ def index_cmd(
                                                     "skip (count it) [default: fail].", show_default=False)] = None,
     tokenizer: Annotated[str | None, typer.Option(help="en_stem | default [default: en_stem].",
                                                   show_default=False)] = None,
+    dense_model: Annotated[str | None, typer.Option(help="Also a dense (faiss) index with this sentence-"
+                                                    "transformers encoder: a folder or hub id (pip install -e "
+                                                    "'.[dense]').", show_default=False)] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     print_config_: PrintConfigOpt = False,
@@ -42,7 +45,8 @@ def index_cmd(
     from swepost.stages.corpus import CorpusIndexConfig
 
     cfg = resolve_config(CorpusIndexConfig, config, set_, {"corpus": corpus, "name": name,
-                                                           "on_bad_line": on_bad_line, "tokenizer": tokenizer})
+                                                           "on_bad_line": on_bad_line, "tokenizer": tokenizer,
+                                                           "dense_model": dense_model})
     if print_config_:
         return print_config(cfg)
     run_stage("corpus-index", cfg, as_json)
@@ -55,14 +59,22 @@ def search_cmd(
     query: Annotated[str, typer.Argument(help="Words to search for (any text: no query syntax).",
                                          show_default=False)],
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, help="Hits to show.")] = 5,
+    dense: Annotated[bool, typer.Option("--dense", help="Search the index's dense part (built with --dense-model) "
+                                        "instead of BM25.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the hits as Search-R1's result JSON.")] = False,
 ):
-    """Search an index and print the ranked titles, ids and BM25 scores."""
+    """Search an index and print the ranked titles, ids and scores (BM25, or cosine with --dense)."""
     from swepost.cli.serve import index_folder
     from swepost.retrieval.documents import title_and_text
     from swepost.retrieval.index import open_index
 
-    hits = open_index(index_folder(index)).search([query], topk)[0]
+    if dense:
+        from swepost.retrieval.dense import open_dense_index
+
+        retriever = open_dense_index(index_folder(index))
+    else:
+        retriever = open_index(index_folder(index))
+    hits = retriever.search([query], topk)[0]
     if as_json:
         print(json.dumps({"result": [[{"document": doc, "score": score} for doc, score in hits]]},
                          ensure_ascii=False))

@@ -134,6 +134,16 @@ class BM25Index:
         hits = self._searcher.search(query, 1, count=False).hits
         return self._document(hits[0][1]) if hits else None
 
+    def by_rows(self, rows: list[int]) -> list[Document | None]:
+        """Documents by row (their position among the corpus's passages, as a dense index numbers them), in the
+        order asked; None for a row the index does not have."""
+        Query = self._tantivy.Query
+        out: list[Document | None] = []
+        for row in rows:
+            hits = self._searcher.search(Query.term_query(self._schema, "row", int(row)), 1, count=False).hits
+            out.append(self._document(hits[0][1]) if hits else None)
+        return out
+
     def terms(self, text: str) -> list[str]:
         """The index terms a text becomes (lower-cased, stemmed as the index was built)."""
         return self._analyzer.analyze(text)
