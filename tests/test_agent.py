@@ -222,3 +222,15 @@ def test_rl_s_gated_environment_passes_the_text_hook_through_only_when_there_is_
     assert GatedEnvironment(AnswersInText(), gate).text_reply("<answer>x</answer>").answer == "x"
     assert gate.acquire(blocking=False)  # the slot was given back
     assert not hasattr(GatedEnvironment(FakeEnvironment(), gate), "text_reply")
+
+
+def test_an_environment_nudges_in_its_own_words():
+    class OwnWords(FakeEnvironment):
+        no_tool_call = "Call answer(text)."
+
+    traj = run_episode(ScriptedPolicy(turns=[{"content": "hmm"}]), OwnWords(), TASK, limits=AgentLimits(max_turns=1))
+    assert traj.messages[-1] == {"role": "user", "content": "Call answer(text).", ERROR_KEY: "format"}
+    assert filters.format_error_turns(traj) == [2]
+    traj = run_episode(ScriptedPolicy(turns=[{"content": "hmm"}]), FakeEnvironment(), TASK,
+                       limits=AgentLimits(max_turns=1))
+    assert traj.messages[-1]["content"] == NO_TOOL_CALL

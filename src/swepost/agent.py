@@ -138,8 +138,8 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
                 if ended is None:
                     errors_in_row += 1
                     traj.tool_errors += 1
-                    traj.messages.append({"role": "user", "content": NO_TOOL_CALL,
-                                          ERROR_KEY: TurnError.FORMAT.value})
+                    nudge = getattr(env, "no_tool_call", None) or NO_TOOL_CALL  # an environment's own words
+                    traj.messages.append({"role": "user", "content": nudge, ERROR_KEY: TurnError.FORMAT.value})
                 elif ended.done:
                     traj.exit_status, traj.answer = ExitStatus.SUBMITTED, ended.answer
             for call in calls:

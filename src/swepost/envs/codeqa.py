@@ -199,6 +199,8 @@ class CodeQAEnvironment:
     and finish; graded by a judge against the task's reference answer and rubric."""
 
     name = "codeqa"
+    no_tool_call = ("Your reply had no tool call. Explore the repository with the tools, then call finish(answer) "
+                    "with your answer.")
 
     def __init__(self, *, repos: str | Path | None = None, backend: str = "auto",
                  limits: Limits | SandboxLimits | dict | None = None, tool_timeout: float = 120.0,

@@ -147,6 +147,13 @@ class SearchEnvironment:
 
     name = "search"
 
+    @property
+    def no_tool_call(self) -> str:
+        """The agent loop's answer to a reply with neither a tool call nor an <answer> tag."""
+        look = "search, open and find" if self.mode == "search" else "goto, click, back, scroll and find"
+        return (f"Your reply had no tool call and no answer. Use the tools ({look}) to look things up, then "
+                "call answer(text), or write your final answer as <answer>...</answer>.")
+
     def __init__(self, *, index: str | Path | None = None, retriever_url: str | None = None, topk: int = 3,
                  page_chars: int = 2000, snippet_chars: int = 300, max_observation_chars: int = 16000,
                  prompts_dir: str | Path | None = None, mode: str = "search", site: str | Path | None = None,

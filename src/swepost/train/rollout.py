@@ -355,6 +355,8 @@ class GatedEnvironment:
         # optional hooks of the wrapped environment (text_reply) pass through gated, and are absent when it has none
         if name == "text_reply" and hasattr(self.env, "text_reply"):
             return lambda content: self._call("reading an answer", self.env.text_reply, content)
+        if name == "no_tool_call":  # the wrapped environment's own nudge, when it has one
+            return getattr(self.env, name)
         raise AttributeError(name)
 
     def score(self) -> dict[str, Any]:
