@@ -119,3 +119,44 @@ def test_code_qa_validates_and_plans_every_stage(swepost, home):
     plan = json.loads(swepost("run", "recipes/code-qa.yaml", "--dry-run", "--json", check=0).stdout)
     assert [s["kind"] for s in plan] == ["tasks-import", "tasks-validate", "collect", "filter", "sft", "rl", "eval"]
     assert not (home / "work").exists()
+
+
+def test_quickstart_has_a_retrieval_branch_sft_then_rft_on_the_local_index(load):
+    stages = {s.name: s for s in load("quickstart.yaml").stages}
+    ir = ["corpus", *[s.name for s in load("quickstart.yaml").stages if s.name.startswith("ir-")]]
+    assert [stages[n].stage for n in ir] == ["corpus-index", "tasks-import", "collect", "filter", "sft", "rft",
+                                             "eval"]
+    assert stages["corpus"].config["corpus"] == "../data/pydocs_corpus.jsonl"
+    assert stages["ir-tasks"].config == {"source": "../data/pydocs_questions.jsonl", "kind": "search"}
+    for n in ("ir-trajectories", "ir-rft", "ir-eval"):  # every episode searches the index the recipe built
+        assert stages[n].config["index"] == "${stages.corpus}", n
+    assert stages["ir-rft"].config["model"] == "${stages.ir-sft}"
+    assert stages["ir-eval"].config["policy_args"]["model"] == "${stages.ir-rft}"
+
+
+def test_web_retrieval_spells_out_search_r1_and_browseragent_at_7b(load):
+    from swepost.envs.search import SearchEnvironment
+
+    recipe = load("web-retrieval.yaml")
+    assert [s.stage for s in recipe.stages] == ["corpus-index", "tasks-import", "collect", "filter", "sft", "rft",
+                                                "eval"]
+    assert recipe.model == "Qwen/Qwen2.5-7B-Instruct"
+    stages = {s.stage: s.config for s in recipe.stages}
+    name = {s.stage: s.name for s in recipe.stages}
+    index = f"${{stages.{name['corpus-index']}}}"
+    assert stages["tasks-import"]["kind"] == "search"
+    collect, rft, ev = stages["collect"], stages["rft"], stages["eval"]
+    assert collect["index"] == rft["index"] == ev["index"] == index
+    assert collect["environment_args"]["topk"] == rft["environment_args"]["topk"] == 3  # Search-R1's top-3
+    # BrowserAgent's RFT: 4 samples at temperature 1, partly solved questions, the longest trajectory per question
+    assert (rft["samples"], rft["policy_args"]["temperature"]) == (4, 1.0)
+    assert rft["filter"]["max_solve_rate"] < 1 and rft["filter"]["max_per_task"] == 1
+    assert rft["filter"]["prefer"] == "longest" and stages["filter"]["prefer"] == "longest"
+    assert rft["environment_args"]["verify"] == "em" and rft["model"] == f"${{stages.{name['sft']}}}"
+    assert stages["filter"]["max_tokens"] == stages["sft"]["max_length"]
+    # every environment_args key is one the search environment takes
+    import inspect
+
+    takes = inspect.signature(SearchEnvironment).parameters
+    for block in (collect, rft, ev):
+        assert set(block["environment_args"]) <= set(takes), block["environment_args"]

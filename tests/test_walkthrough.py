@@ -54,7 +54,7 @@ def test_demo_then_walkthrough_as_written(tmp_path, base_image):
         return r
 
     demo = sh("swepost run recipes/quickstart.yaml --json")  # what `make demo` runs
-    assert [s["action"] for s in json.loads(demo.stdout)["steps"]] == ["run"] * 14
+    assert [s["action"] for s in json.loads(demo.stdout)["steps"]] == ["run"] * 21
 
     out = {}
     for command in walkthrough_commands((REPO / "README.md").read_text()):
@@ -69,7 +69,7 @@ def test_demo_then_walkthrough_as_written(tmp_path, base_image):
         return found
 
     plan = output_of("swepost run recipes/quickstart.yaml --dry-run")[0]
-    assert len(re.findall(r"^\s+\d+\. \S+ \([\w-]+\): reuse", plan, re.M)) == 14, plan  # right after the demo
+    assert len(re.findall(r"^\s+\d+\. \S+ \([\w-]+\): reuse", plan, re.M)) == 21, plan  # right after the demo
     full, nothing = output_of("swepost grade patch minicalc swepost__minicalc-1")
     assert "RESOLVED_FULL" in full and "RESOLVED_NO" in nothing
     assert output_of("swepost sandbox exec")[0].strip() == "1000"  # docker: an unprivileged uid, not root
