@@ -234,3 +234,17 @@ def test_an_environment_nudges_in_its_own_words():
     traj = run_episode(ScriptedPolicy(turns=[{"content": "hmm"}]), FakeEnvironment(), TASK,
                        limits=AgentLimits(max_turns=1))
     assert traj.messages[-1]["content"] == NO_TOOL_CALL
+
+
+def test_an_action_written_as_text_gets_its_result_as_the_next_user_turn():
+    class SearchesInText(AnswersInText):
+        def text_reply(self, content):
+            if "<search>" in content:
+                return Observation("<information>Doc 1(Title: \"Bonn\") a city</information>")
+            return super().text_reply(content)
+
+    policy = ScriptedPolicy(turns=[{"content": "<search>capital</search>"}, {"content": "<answer>Bonn</answer>"}])
+    traj = run_episode(policy, SearchesInText(), TASK)
+    assert traj.exit_status is ExitStatus.SUBMITTED and traj.answer == "Bonn" and traj.tool_errors == 0
+    assert traj.messages[3] == {"role": "user", "content": "<information>Doc 1(Title: \"Bonn\") a city</information>"}
+    assert filters.format_error_turns(traj) == []

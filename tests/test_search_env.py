@@ -250,6 +250,26 @@ def test_an_episode_may_end_with_an_answer_tag(env):
     assert traj.tool_errors == 0
 
 
+def test_search_r1_s_text_actions_search_and_answer(env):
+    """A Search-R1-trained model writes `<search>q</search>` and `<answer>a</answer>` as text, no tool calls: the
+    search runs and its passages come back as Search-R1 shows them, then the answer tag ends the episode."""
+    policy = ScriptedPolicy(turns=["<think>who wrote the notes?</think>\n<search>Analytical Engine Notes</search>",
+                                   "<search>Ada Lovelace born</search>",
+                                   "<think>London</think>\n<answer>London</answer>"])
+    traj = run_episode(policy, env, TASK)
+    assert traj.exit_status == ExitStatus.SUBMITTED and traj.answer == "London" and traj.reward == 1.0
+    assert traj.tool_errors == 0 and traj.evidence["searches"] == 2
+    first = traj.messages[3]
+    assert first["role"] == "user" and first["content"].startswith("\n\n<information>Doc 1(Title: ")
+    assert 'Doc 1(Title: "Analytical Engine Notes") The Analytical Engine Notes were written by Ada Lovelace' in \
+        first["content"] and first["content"].rstrip().endswith("</information>")
+    assert first["content"].count("\nDoc ") == 2  # topk 3: three passages, whole
+    # a text search against a retriever that is down is infrastructure, as the tool's is
+    down = SearchEnvironment(retriever_url=f"http://127.0.0.1:{dead_port()}", tool_timeout=5.0)
+    traj = run_episode(ScriptedPolicy(turns=["<search>Ada</search>"]), down, TASK)
+    assert traj.exit_status == ExitStatus.SANDBOX_ERROR and traj.reward is None and "retriever failed" in traj.error
+
+
 def dead_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

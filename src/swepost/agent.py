@@ -142,6 +142,9 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
                     traj.messages.append({"role": "user", "content": nudge, ERROR_KEY: TurnError.FORMAT.value})
                 elif ended.done:
                     traj.exit_status, traj.answer = ExitStatus.SUBMITTED, ended.answer
+                elif ended.content and traj.exit_status is None:  # an action written as text (<search>q</search>)
+                    errors_in_row = 0
+                    traj.messages.append({"role": "user", "content": ended.content})
             for call in calls:
                 traj.tool_calls += 1
                 call_id = call.get("id") if isinstance(call, dict) else None
@@ -224,9 +227,10 @@ def start_policy(policy: Policy, task: Task, episode: str) -> None:
 
 
 def _text_reply(env: Environment, content: str, traj: Trajectory) -> Observation | None:
-    """A reply with no tool call, offered to an environment that reads answers from text (`text_reply`: a search
-    environment's `<answer>...</answer>`): its Observation, or None when it has no such hook or declines (the loop
-    then nudges the model to call a tool). A hook that breaks ends the episode as the environment's failure."""
+    """A reply with no tool call, offered to an environment that reads actions from text (`text_reply`: a search
+    environment's `<answer>...</answer>` or `<search>...</search>`): its Observation (done: the answer; else its
+    content is the next user turn), or None when it has no such hook or declines (the loop then nudges the model to
+    call a tool). A hook that breaks ends the episode as the environment's failure."""
     hook = getattr(env, "text_reply", None)
     if hook is None:
         return None

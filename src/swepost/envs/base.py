@@ -60,7 +60,9 @@ class Environment(Protocol):
 
     # Optional: `text_reply(content) -> Observation | None`, for a reply with no tool call. An environment that
     # reads answers from text (search: the response's last `<answer>...</answer>`) returns Observation(done=True,
-    # answer=...); None (or no such method) and the loop asks the model to call a tool, in the words of the
+    # answer=...); one that reads an action from text (search: `<search>q</search>`, Search-R1's form) returns
+    # its result as Observation(content) for the next user turn; None (or no such method) and the loop asks the
+    # model to call a tool, in the words of the
     # environment's optional `no_tool_call` attribute (records.NO_TOOL_CALL, written for bug fixing, when unset).
 
 

@@ -18,7 +18,9 @@ down, times out or fails is EnvironmentBroken: the episode ends as sandbox_error
 never scored as a wrong answer.
 
 The answer is the `answer` tool's text or, in a reply without a tool call, the last `<answer>...</answer>` of that
-reply (`text_reply`); answers are counted over the episode for score_answer's spam guard. The reward is exact
+reply (`text_reply`); such a reply may instead search as Search-R1's models do, `<search>query</search>`, and gets
+the passages back as Search-R1 shows them (`<information>Doc i(Title: "T") text</information>`). Answers are
+counted over the episode for score_answer's spam guard. The reward is exact
 match (or F1: `reward_metric`); with `verify: judge` the stage's judge scores the answer against the gold answers
 instead (resolved at `resolved_threshold` of its reward), EM and F1 still recorded. Prompts are
 `prompts/search_*.md` (or `browse_*.md`), str.format templates, replaceable with `prompts_dir`.
@@ -50,6 +52,7 @@ MAX_QUERY_CHARS = 1000
 MAX_FIND_CHARS = 500
 MAX_ID_CHARS = 1000
 MAX_HISTORY = 100
+_SEARCH_TAG = re.compile(r"<search>(.*?)</search>", re.DOTALL | re.IGNORECASE)
 
 ANSWER_DESCRIPTION = ("Give your final answer and end the task. The answer is the shortest span that answers the "
                       "question: a name, a date, a number, or yes / no; no sentence, no explanation.")
@@ -253,13 +256,37 @@ class SearchEnvironment:
 
     def text_reply(self, content: str) -> Observation | None:
         """A reply without a tool call: its last `<answer>...</answer>` ends the episode (the prompt's own examples
-        are never read: this is the response); None when it holds no answer."""
+        are never read: this is the response). Without one, its first `<search>query</search>` (Search-R1's action,
+        where generation stops at the first `</search>`) is run, and the documents come back as Search-R1 shows
+        them: `<information>Doc i(Title: "T") text ...</information>`. None when it holds neither."""
         self.answer_count += count_answer_tags(content)
         answer = extract_answer(content)
-        if answer is None or not answer.strip():
+        if answer is not None and answer.strip():
+            self.answer = answer.strip()
+            return Observation("Your answer was recorded; the task is finished.", done=True, answer=self.answer)
+        query = _SEARCH_TAG.search(content or "")
+        if query is None or self.mode != "search":
             return None
-        self.answer = answer.strip()
-        return Observation("Your answer was recorded; the task is finished.", done=True, answer=self.answer)
+        return Observation(self._search_r1(query.group(1).strip()))
+
+    def _search_r1(self, query: str) -> str:
+        """A text `<search>`'s result in Search-R1's form (whole passages, top `topk`); a bad query is said so in
+        the same block, as a tool's refusal would be."""
+        if not query:
+            return "\n\n<information>The search query is empty: write a few keywords.</information>\n\n"
+        query = query[:MAX_QUERY_CHARS]
+        try:
+            hits = self.retriever.search([query], self.topk)[0]
+        except Exception as e:  # noqa: BLE001 - a retriever down or an index failing: infrastructure, not the model
+            raise EnvironmentBroken(f"the retriever failed: {type(e).__name__}: {e}"[:2000]) from None
+        self.searches += 1
+        lines = []
+        for i, (doc, _score) in enumerate(hits[: self.topk], 1):
+            self.seen[str(doc.get("id"))] = doc
+            title, text = title_and_text(doc)
+            lines.append(f'Doc {i}(Title: "{title}") {text}')
+        body = "\n".join(lines) if lines else f"No documents match {query!r}."
+        return self._clip(f"\n\n<information>{body}</information>\n\n")
 
     def final_diff(self) -> str:
         return ""
