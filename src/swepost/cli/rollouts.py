@@ -25,23 +25,27 @@ ReposOpt = Annotated[Path | None, typer.Option(help="Folder of owner__name git r
 BackendOpt = Annotated[str | None, typer.Option(help="auto | docker | bwrap | local.", show_default=False)]
 NameOpt = Annotated[str | None, typer.Option("--name", "-n", help="Output artifact name.", show_default=False)]
 LimitOpt = Annotated[int | None, typer.Option(help="Only the first N tasks.", show_default=False)]
+IndexOpt = Annotated[str | None, typer.Option(help="An index artifact to search (search tasks; swepost corpus "
+                                              "index).", show_default=False)]
 
 
-def _flags(tasks, policy, model, samples, concurrency, repos, backend, name, limit) -> dict:
+def _flags(tasks, policy, model, samples, concurrency, repos, backend, name, limit, index) -> dict:
     return {"tasks": tasks, "policy": policy, "policy_args.model": model, "samples": samples,
-            "concurrency": concurrency, "repos": repos, "backend": backend, "name": name, "limit": limit}
+            "concurrency": concurrency, "repos": repos, "backend": backend, "name": name, "limit": limit,
+            "index": index}
 
 
 def collect_cmd(tasks: TasksArg = None, policy: PolicyOpt = None, model: ModelOpt = None,
                 samples: SamplesOpt = None, concurrency: ConcurrencyOpt = None, repos: ReposOpt = None,
-                backend: BackendOpt = None, name: NameOpt = None, limit: LimitOpt = None, config: ConfigOpt = None,
-                set_: SetOpt = None, print_config_: PrintConfigOpt = False, as_json: JsonOpt = False):
+                backend: BackendOpt = None, name: NameOpt = None, limit: LimitOpt = None, index: IndexOpt = None,
+                config: ConfigOpt = None, set_: SetOpt = None, print_config_: PrintConfigOpt = False,
+                as_json: JsonOpt = False):
     """Run a policy on every task x sample in sandboxes, N at once; grade each episode; write trajectories.
     Crash-safe: run the same command again and only the missing episodes run."""
     from swepost.stages.collect import CollectConfig
 
     cfg = resolve_config(CollectConfig, config, set_,
-                         _flags(tasks, policy, model, samples, concurrency, repos, backend, name, limit))
+                         _flags(tasks, policy, model, samples, concurrency, repos, backend, name, limit, index))
     if print_config_:
         return print_config(cfg)
     run_stage("collect", cfg, as_json)
@@ -49,14 +53,15 @@ def collect_cmd(tasks: TasksArg = None, policy: PolicyOpt = None, model: ModelOp
 
 def eval_cmd(tasks: TasksArg = None, policy: PolicyOpt = None, model: ModelOpt = None,
              samples: SamplesOpt = None, concurrency: ConcurrencyOpt = None, repos: ReposOpt = None,
-             backend: BackendOpt = None, name: NameOpt = None, limit: LimitOpt = None, config: ConfigOpt = None,
-             set_: SetOpt = None, print_config_: PrintConfigOpt = False, as_json: JsonOpt = False):
+             backend: BackendOpt = None, name: NameOpt = None, limit: LimitOpt = None, index: IndexOpt = None,
+             config: ConfigOpt = None, set_: SetOpt = None, print_config_: PrintConfigOpt = False,
+             as_json: JsonOpt = False):
     """Evaluate a policy: resolved rate, unbiased pass@k, exit statuses, turns and tokens; an eval artifact
     with SWE-bench predictions.jsonl and a Markdown summary."""
     from swepost.stages.evaluate import EvalConfig
 
     cfg = resolve_config(EvalConfig, config, set_,
-                         _flags(tasks, policy, model, samples, concurrency, repos, backend, name, limit))
+                         _flags(tasks, policy, model, samples, concurrency, repos, backend, name, limit, index))
     if print_config_:
         return print_config(cfg)
     run_stage("eval", cfg, as_json)
