@@ -281,8 +281,11 @@ def test_ctrl_c_then_another_j_resumes_the_same_work_folder(repo_root, swepost, 
             "policy_args.delay=0.2", "--samples", "2", "--backend", "local", "--repos",
             str(repo_root / "data" / "repos"), "--json"]
     env = {**os.environ, "SWEPOST_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    # SIGINT at its default in the child whatever ran the tests: a shell's background job ignores it, and Python
+    # then installs no KeyboardInterrupt handler (the Ctrl-C below would be lost)
     proc = subprocess.Popen([sys.executable, "-m", "swepost", *args, "-j", "1"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, log = time.monotonic() + 120, None
     while time.monotonic() < deadline and proc.poll() is None:
         logs = list((home / "work").glob("collect-*/episodes.jsonl"))

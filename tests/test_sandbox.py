@@ -380,11 +380,13 @@ def test_ctrl_c_in_sandbox_shell_stops_the_command_not_the_session(backend, requ
     same shell (its variables) takes the next line; Ctrl-C at the prompt gives a fresh prompt; Ctrl-D leaves."""
     import pty
     import select
+    import signal
 
     kwargs = _require(backend, request)
     args = ["sandbox", "shell", "--backend", backend, *(["--image", kwargs["image"]] if "image" in kwargs else [])]
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI with the pty as its controlling terminal, as a user runs it
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # not inherited as ignored (tests run as a background job)
         os.environ.update({"SWEPOST_HOME": str(home), "NO_COLOR": "1"})
         os.execv(sys.executable, [sys.executable, "-m", "swepost", *args])
     buf = b""
