@@ -66,6 +66,25 @@ class Environment(Protocol):
     # environment's optional `no_tool_call` attribute (records.NO_TOOL_CALL, written for bug fixing, when unset).
 
 
+def ask_judge(judge: Any, question: str, answer: str | None, reference: str, rubric: list[str],
+              evidence: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """An environment's judged score, the part codeqa and search share: (the Judgement, None) with the judge's
+    name, model, scores, total, reward, cache hit and rationale added to `evidence`; or (None, the ungraded score
+    to return) when the judge failed or raised (BadInput aside) — a judge failure is never a score."""
+    try:
+        j = judge.judge(question, answer, reference, rubric)
+    except BadInput:
+        raise
+    except Exception as e:  # noqa: BLE001 - a judge that raises instead of reporting: still never a score
+        return None, {"reward": None, "resolved": "UNGRADED",
+                      "evidence": {**evidence, "judge_failed": True, "cause": f"{type(e).__name__}: {e}"[:2000]}}
+    evidence.update(judge=j.judge, model=j.model, judge_failed=j.failed)
+    if j.failed:
+        return None, {"reward": None, "resolved": "UNGRADED", "evidence": {**evidence, "cause": j.cause}}
+    evidence.update(scores=j.scores, total=j.total, reward=j.reward, cached=j.cached, rationale=j.rationale)
+    return j, None
+
+
 def command_observation(result: Any, timeout: float, empty: str) -> str:
     """What a model sees of a shell command's result (a sandbox CommandResult): its output, then notes for a
     timeout, a non-zero exit code, an out-of-memory kill or a restarted shell; `empty` when there is neither."""

@@ -45,6 +45,7 @@ from swepost.envs.base import (
     MalformedCall,
     Observation,
     ToolError,
+    ask_judge,
     command_observation,
     load_prompt_templates,
 )
@@ -303,18 +304,11 @@ class CodeQAEnvironment:
             return {"reward": None, "resolved": "UNGRADED",
                     "evidence": {**evidence, "judge_failed": False,
                                  "reason": "the task has no reference answer to judge against"}}
-        try:
-            j = self.judge.judge(task.problem_statement, self.answer, reference, task.verify.rubric)
-        except BadInput:
-            raise
-        except Exception as e:  # noqa: BLE001 - a judge that raises instead of reporting: still never a score
-            return {"reward": None, "resolved": "UNGRADED",
-                    "evidence": {**evidence, "judge_failed": True, "cause": f"{type(e).__name__}: {e}"[:2000]}}
-        evidence.update(judge=j.judge, model=j.model, judge_failed=j.failed)
-        if j.failed:
-            return {"reward": None, "resolved": "UNGRADED", "evidence": {**evidence, "cause": j.cause}}
-        evidence.update(scores=j.scores, total=j.total, reward=j.reward, missing_answer=j.missing_answer,
-                        truncated=j.truncated, cached=j.cached, rationale=j.rationale)
+        j, ungraded = ask_judge(self.judge, task.problem_statement, self.answer, reference, task.verify.rubric,
+                                evidence)
+        if ungraded is not None:
+            return ungraded
+        evidence.update(missing_answer=j.missing_answer, truncated=j.truncated)
         resolved = "RESOLVED_FULL" if not j.missing_answer and j.reward >= self.resolved_threshold else "RESOLVED_NO"
         return {"reward": j.reward, "resolved": resolved, "evidence": evidence}
 

@@ -34,7 +34,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from swepost.envs.base import EnvironmentBroken, MalformedCall, Observation, ToolError, load_prompt_templates
+from swepost.envs.base import (
+    EnvironmentBroken,
+    MalformedCall,
+    Observation,
+    ToolError,
+    ask_judge,
+    load_prompt_templates,
+)
 from swepost.envs.browse import RenderedPage, find_in_text, open_site, paginate
 from swepost.envs.codeqa import shared_judge
 from swepost.errors import BadInput, WorkFailed
@@ -317,17 +324,9 @@ class SearchEnvironment:
         samples with judges, not string match); EM and F1 stay in the evidence. A judge failure is never a score."""
         reference = golds[0] if len(golds) == 1 else "Any one of these is correct: " + "; ".join(golds)
         evidence.update(judge=self.judge.name, model=self.judge.model, threshold=self.resolved_threshold)
-        try:
-            j = self.judge.judge(self.task.problem_statement, self.answer, reference, [])
-        except BadInput:
-            raise
-        except Exception as e:  # noqa: BLE001 - a judge that raises instead of reporting: still never a score
-            return {"reward": None, "resolved": "UNGRADED",
-                    "evidence": {**evidence, "judge_failed": True, "cause": f"{type(e).__name__}: {e}"[:2000]}}
-        evidence.update(judge=j.judge, model=j.model, judge_failed=j.failed)
-        if j.failed:
-            return {"reward": None, "resolved": "UNGRADED", "evidence": {**evidence, "cause": j.cause}}
-        evidence.update(scores=j.scores, total=j.total, reward=j.reward, cached=j.cached, rationale=j.rationale)
+        j, ungraded = ask_judge(self.judge, self.task.problem_statement, self.answer, reference, [], evidence)
+        if ungraded is not None:
+            return ungraded
         reward = j.reward / SPAM_DIVISOR if evidence["spam"] else j.reward
         passed = not evidence["missing_answer"] and j.reward >= self.resolved_threshold
         return {"reward": reward, "resolved": "RESOLVED_FULL" if passed else "RESOLVED_NO", "evidence": evidence}
