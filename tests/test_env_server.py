@@ -405,3 +405,43 @@ def test_what_a_server_killed_with_sigkill_left_is_cleared_by_sandbox_gc(minical
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert containers_of(docker_client, [server.process.pid]) == []
+
+
+# --- failures are not rewards -------------------------------------------------------------------------------------
+
+def test_a_slow_action_a_slow_or_crashing_grader_and_a_broken_start_are_never_rewards(tmp_path):
+    home = tmp_path / "home"
+    rows = [{"id": f"t-{how}", "question": f"Do it. {what}", "golden_answers": ["x"]}
+            for how, what in (("ok", ""), ("slow", "grade=slow"), ("raise", "grade=raise"), ("start", "reset=raise"),
+                              ("hang", ""), ("broken", ""))]
+    (tmp_path / "tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "SWEPOST_HOME": str(home)}
+    subprocess.run([sys.executable, "-m", "swepost", "tasks", "import", str(tmp_path / "tasks.jsonl"), "--kind",
+                    "search", "--name", "slow"], env=env, cwd=REPO_ROOT, check=True, capture_output=True, timeout=120)
+    server = Server(home, "--tasks", "slow", "--env", "tests.env_server_plugins:SlowEnvironment",
+                    "--call-timeout", "1", "--grading-timeout", "1")
+    try:
+        ids = [r["id"] for r in rows]
+        opened = observe(server.url, ids, [""] * len(ids), [{"instance_id": i} for i in ids])
+        assert opened["dones"] == [False, False, False, True, False, False]
+        assert "setup always fails" in opened["observations"][3]["obs"]
+        t0 = time.monotonic()
+        actions = [call("submit")] * 3 + ["", call("sleep", seconds=6), call("break")]
+        reply = observe(server.url, ids, actions, [{}] * len(ids))
+        assert time.monotonic() - t0 < 5, "the slow action and the slow grader are cut, not waited for"
+        finals = dict(zip(ids, reply["observations"], strict=True))
+        assert reply["dones"] == [True] * len(ids)
+        assert finals["t-ok"]["reward"] == 1.0
+        for tid, words in (("t-slow", "grading timed out"), ("t-raise", "the grader crashed"),
+                           ("t-hang", "did not finish within"), ("t-broken", "the test broke the sandbox"),
+                           ("t-start", "setup always fails")):
+            assert finals[tid]["reward"] is None, (tid, finals[tid])
+            assert words in finals[tid]["obs"] + finals[tid].get("cause", ""), (tid, finals[tid])
+            assert finals[tid]["metrics"]["ungraded"] == 1 or finals[tid]["metrics"].get("graded") == 0
+        detailed = observe(server.url, ["t-slow-2"], [call("submit")], [{"instance_id": "t-slow", "details": True}])
+        final = detailed["observations"][0]["final"]
+        assert final["resolved"] == "UNGRADED" and "grading timed out" in final["evidence"]["reason"]
+        metrics = get(server.url, "/metrics")
+        assert re.search(r"^swepost_env_timeouts_total 1$", metrics, re.M)
+    finally:
+        assert server.stop() == 0

@@ -210,6 +210,9 @@ class Session:
                    "resolved": int(final["resolved"] == "RESOLVED_FULL"),
                    "env_seconds": round(self.env_seconds, 3)}
         observation: dict[str, Any] = {"obs": text, "reward": final["reward"], "metrics": metrics}
+        if grade and not final["graded"]:  # why there is no reward, for a client that reads no details
+            observation["cause"] = str(final["evidence"].get("reason") or final["evidence"].get("cause") or
+                                       "the grader gave no reward")[:2000]
         if details:
             observation.update(body)
             observation["final"] = final
