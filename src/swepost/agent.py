@@ -92,6 +92,7 @@ def run_episode(policy: Policy, env: Environment, task: Task, *, sample: int = 0
         try:
             traj.messages = env.reset(task)
             traj.tools = env.tools()
+            traj.environment = env.name  # a remote environment learns its name (the server's) at reset
         except EnvironmentBroken as e:
             traj.exit_status, traj.error = ExitStatus.SANDBOX_ERROR, str(e)
             return traj
@@ -254,14 +255,15 @@ def _call_name(call: Any) -> str:
 # --- which environment, built how -----------------------------------------------------------------------------
 
 # an environment's arguments a stage fills from its own settings (sandbox_limits -> limits)
-STAGE_SETTINGS = ("repos", "backend", "tool_timeout", "grade", "limits", "judge")
+STAGE_SETTINGS = ("repos", "backend", "tool_timeout", "grade", "limits", "judge", "env_url")
+REMOTE = "remote"  # the environment that runs episodes in an environment server (`swepost serve env`)
 
 
 def pick_environment(name: str | None, kinds: Iterable[str]) -> str:
     """The environment a stage runs its tasks in: `name` when given, else the one environment of the tasks' kinds
     (swe tasks in `swe`, codeqa tasks in `codeqa`). BadInput when the kinds' environments differ or one has none,
     and when `name` is another built-in environment than the kinds' own (a swe environment cannot answer a code
-    question); a plugged-in module:Class is taken at its word."""
+    question); a plugged-in module:Class, and `remote` (a server's environment), are taken at their word."""
     from swepost.registry import ENVIRONMENTS
     from swepost.taskkinds import task_kind
 
@@ -277,7 +279,7 @@ def pick_environment(name: str | None, kinds: Iterable[str]) -> str:
             raise BadInput(f"the tasks are of kinds that run in different environments ({kinds_in}): import them "
                            "as separate tasks artifacts, or set environment", key="environment")
         return envs[0] if envs else "swe"
-    if name in ENVIRONMENTS:
+    if name in ENVIRONMENTS and name != REMOTE:
         wrong = {kind: env for kind, env in own.items() if env in ENVIRONMENTS and env != name}
         if wrong:
             kind, env = next(iter(wrong.items()))
@@ -289,8 +291,9 @@ def pick_environment(name: str | None, kinds: Iterable[str]) -> str:
 class EnvironmentFields(BaseModel):
     """The settings of where episodes run, declared once for every stage that runs them (collect, eval, rl)."""
 
-    environment: str | None = Field(None, description="swe | codeqa | module:Class; unset: the tasks' kind's own "
-                                    "(swe for bug fixing, codeqa for code questions)")
+    environment: str | None = Field(None, description="swe | codeqa | search | remote | module:Class; unset: the "
+                                    "tasks' kind's own (swe for bug fixing, codeqa for code questions, search for "
+                                    "questions over an index); remote: an environment server's (env_url)")
     environment_args: dict[str, Any] = Field(default_factory=dict, description="more keyword arguments of the "
                                              "environment (codeqa: resolved_threshold, max_observation_chars, "
                                              "prompts_dir; swe: max_observation_chars, prompts_dir); one it does "
@@ -304,6 +307,32 @@ class EnvironmentFields(BaseModel):
     backend: str = Field("auto", description="sandbox backend: auto, docker, bwrap, local")
     index: str | None = ArtifactInput(None, description="an index artifact (`swepost corpus index`) the "
                                       "environment searches (search); a parent of the stage's artifact")
+    env_url: str | None = Field(None, description="the environment server's URL (`swepost serve env`), for "
+                                "environment remote: the episodes run there, graded there")
+
+
+def remote_settings(name: str, env_url: str | None, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings that say where a remote environment's server is: {"env_url": ...} for environment remote, {}
+    for any other. BadInput naming env_url when remote has none or another environment has one, and naming
+    `environment_args.<key>` for a remote one's argument that is the server's (its environment's own arguments are
+    given to `swepost serve env`)."""
+    if name != REMOTE:
+        if env_url is not None:
+            raise BadInput(f"env_url is the environment server's, for environment remote; these episodes run in "
+                           f"{name!r} here: drop env_url, or set environment remote", key="env_url")
+        return {}
+    if not env_url:
+        raise BadInput("environment remote runs the episodes in an environment server: set env_url to the URL "
+                       "`swepost serve env` prints (http://host:port)", key="env_url")
+    from swepost.registry import ENVIRONMENTS, load_component
+
+    own = [p for p, v in inspect.signature(load_component(REMOTE, ENVIRONMENTS, "environment")).parameters.items()
+           if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in STAGE_SETTINGS]
+    for key in args or {}:
+        if key not in own and key not in STAGE_SETTINGS:  # a stage's own setting is refused by environment_factory
+            raise BadInput(f"environment remote takes {', '.join(own)}; {key!r} is the server's environment's "
+                           "argument: give it to `swepost serve env`", key=f"environment_args.{key}")
+    return {"env_url": env_url}
 
 
 def takes_judge(name: str) -> bool:
@@ -340,7 +369,8 @@ def environment_factory(name: str, *, settings: Mapping[str, Any], args: Mapping
     for key in args:
         if key in settings or key in STAGE_SETTINGS:
             raise BadInput(f"{key} comes from the stage's own settings (repos, backend, tool_timeout, "
-                           "sandbox_limits, grade, judge), not from environment_args", key=f"environment_args.{key}")
+                           "sandbox_limits, grade, judge, env_url), not from environment_args",
+                           key=f"environment_args.{key}")
         if not open_ended and key not in accepted:
             known = ", ".join(k for k in accepted if k not in settings and k not in STAGE_SETTINGS) or "none"
             raise BadInput(f"environment {name!r} takes no argument {key!r} (it takes: {known})",

@@ -16,6 +16,7 @@ ENVIRONMENTS = {
     "swe": "swepost.envs.swe:SweEnvironment",
     "codeqa": "swepost.envs.codeqa:CodeQAEnvironment",
     "search": "swepost.envs.search:SearchEnvironment",
+    "remote": "swepost.envs.remote:RemoteEnvironment",  # an environment server's (`swepost serve env`)
 }
 SANDBOXES = {
     "docker": "swepost.sandbox.docker:DockerSandbox",

@@ -279,13 +279,14 @@ def run_episodes(config: CollectConfig, store: ArtifactStore, stage: str) -> tup
 
 def stage_environment(config: CollectConfig, tasks: list[Task], store: ArtifactStore):
     """`make_env()` for this stage's episodes: the named environment or the tasks' kind's own, with the stage's
-    sandbox settings, judge (cached under the store's cache/judge), index (its artifact's folder) and
-    environment_args."""
-    from swepost.agent import environment_factory, pick_environment
+    sandbox settings, judge (cached under the store's cache/judge), index (its artifact's folder), env_url (a remote
+    environment's server) and environment_args."""
+    from swepost.agent import environment_factory, pick_environment, remote_settings
 
     name = pick_environment(config.environment, [t.kind for t in tasks])
     settings = {"repos": config.repos, "backend": config.backend, "tool_timeout": config.limits.tool_timeout,
-                "grade": config.grade, **sandbox_kwargs(config.sandbox_limits)}
+                "grade": config.grade, **sandbox_kwargs(config.sandbox_limits),
+                **remote_settings(name, config.env_url, config.environment_args)}
     if config.index is not None:
         settings["index"] = str(index_artifact(config.index, store).path)
     return environment_factory(name, settings=settings, args=config.environment_args, judge=config.judge,

@@ -151,7 +151,7 @@ class RolloutFunc:
     num_generations), scores it, applies dynamic sampling and truncation masking, and logs it."""
 
     def __init__(self, cfg: Any, tasks: list[Task], log: RolloutLog):
-        from swepost.agent import AgentLimits, environment_factory, pick_environment, takes_judge
+        from swepost.agent import AgentLimits, environment_factory, pick_environment, remote_settings, takes_judge
         from swepost.sandbox.task_sandbox import sandbox_kwargs
 
         self.cfg, self.log = cfg, log
@@ -163,6 +163,7 @@ class RolloutFunc:
         if getattr(cfg, "index", None):  # the index artifact's folder (stages/rl.py resolved it)
             settings["index"] = cfg.index
         environment = pick_environment(cfg.environment, [t.kind for t in tasks])
+        settings.update(remote_settings(environment, getattr(cfg, "env_url", None), cfg.environment_args))
         self.make_env = environment_factory(environment, settings=settings, args=cfg.environment_args,
                                             judge=cfg.judge)
         if cfg.reward == "judge" and not takes_judge(environment):
