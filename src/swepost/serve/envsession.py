@@ -302,9 +302,10 @@ class SessionPool:
                 return error_reply("sandbox", f"the environment could not be built: {type(e).__name__}: {e}",
                                    details=details)
             session = Session(trajectory_id, task, env, self.spec)
-            with self._lock:
-                self.sessions[trajectory_id] = session
-            first = session.open(details)
+            with session.lock:  # a second request for the id waits for the opening to finish
+                with self._lock:
+                    self.sessions[trajectory_id] = session
+                first = session.open(details)
             if first["done"] or not action.strip() and not finish:
                 if first["done"]:
                     self.drop(trajectory_id)
