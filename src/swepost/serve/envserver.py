@@ -366,7 +366,7 @@ class EnvServer:
                 self.live.pop(tid, None)
                 self._remember(tid, error_reply(
                     "expired", f"the environment of trajectory {tid} was closed after {self.options.idle_ttl:g} s "
-                    "without an action (the server's --idle-ttl)", details=False))
+                    "without an action (the server's --idle-ttl)", details=True))
                 self.counters["expired"] += 1
                 await self.backend.close(tid)
 
@@ -375,7 +375,7 @@ class EnvServer:
         for tid in [t for t in self.live if worker_of(t, workers) == index]:
             self.live.pop(tid, None)
             self._remember(tid, error_reply("worker_died", f"the worker process that held trajectory {tid} died; "
-                                            "its environment is gone", details=False))
+                                            "its environment is gone", details=True))
         self.counters["worker_deaths"] += 1
 
     def _remember(self, tid: str, result: dict) -> None:
@@ -426,14 +426,17 @@ class EnvServer:
         if tid in self.ended:
             previous = self.ended[tid]
             self.counters["repeats"] += 1
-            return {**previous, "valid": not action.strip(), "queue_s": 0.0}
+            observation = previous["observation"]
+            if not details and isinstance(observation, dict):  # the protocol's keys only, for a plain client
+                observation = {k: v for k, v in observation.items() if k in ("obs", "reward", "metrics", "cause")}
+            return {**previous, "observation": observation, "valid": not action.strip(), "queue_s": 0.0}
         task = None
         if opening:
             task, problem = self._task(extra)
             if task is None:
                 self.live.pop(tid, None)
+                self._remember(tid, error_reply("bad_task", problem, details=True))
                 result = error_reply("bad_task", problem, details=details)
-                self._remember(tid, result)
                 self.counters["bad_task"] += 1
                 return result
             self.counters["opened"] += 1
