@@ -230,3 +230,54 @@ def audit_cmd(
             console.print(line, markup=False, highlight=False)
     if not report["ok"]:
         sys.exit(1)
+
+
+@app.command("mine")
+def mine_cmd(
+    repos: Annotated[Path | None, typer.Option(help="Folder of owner__name git repos (or .bundle files) to mine.",
+                                                  show_default=False)] = None,
+    repo: Annotated[list[str] | None, typer.Option("--repo", metavar="OWNER/NAME", help="Mine this repo "
+                                                   "(repeatable) [default: every mirror in --repos].",
+                                                   show_default=False)] = None,
+    since: Annotated[str | None, typer.Option(help="First commit date, YYYY-MM-DD.", show_default=False)] = None,
+    until: Annotated[str | None, typer.Option(help="Last commit date, YYYY-MM-DD.", show_default=False)] = None,
+    max_candidates: Annotated[int | None, typer.Option(help="Execute at most this many candidates.",
+                                                       show_default=False)] = None,
+    specs: Annotated[Path | None, typer.Option(help="YAML of per-repo install commands, test_cmd, network.",
+                                                  show_default=False)] = None,
+    runs: Annotated[int | None, typer.Option(help="Executions of each side; a test that flips is flaky "
+                                             "[default: 2].", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Candidates executing at once "
+                                                "[default: 2].", show_default=False)] = None,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Ray cluster (host:port or auto) "
+                                            "[default: a private local one].", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option(help="Model of the LLM endpoint that writes problem statements "
+                                              "(llm.model) [default: none, the commit message].",
+                                              show_default=False)] = None,
+    base_url: Annotated[str | None, typer.Option(help="The endpoint's /v1 URL (llm.base_url).",
+                                                 show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", "-n", help="Output artifact name [default: tasks-mined].",
+                                             show_default=False)] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    print_config_: PrintConfigOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Mine bug-fixing tasks from git history (SWE-Next style, on Ray): commits changing source and tests are
+    executed before and after in sandboxes from per-window environment profiles; strict improvements with no
+    regression and no flaky test become tasks. Writes a tasks artifact and report.json; resumable."""
+    import json
+    import sys
+
+    from swepost.stages.mine import REPORT_FILE, TasksMineConfig, run_mine, summary_lines
+
+    cfg = resolve_config(TasksMineConfig, config, set_,
+                         {"repos": repos, "repo": repo or None, "since": since, "until": until,
+                          "max_candidates": max_candidates, "specs": specs, "runs": runs, "workers": workers,
+                          "ray": ray, "llm.model": model, "llm.base_url": base_url, "name": name})
+    if print_config_:
+        return print_config(cfg)
+    art = run_mine(cfg, store(), progress=not as_json and sys.stderr.isatty())
+    for line in summary_lines(json.loads((art.path / REPORT_FILE).read_text())):
+        err_console.print(line, markup=False)
+    report(art, as_json)

@@ -84,6 +84,8 @@ class GradeResult:
     collected: int = 0
     output_tail: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    all_tests: dict[str, str] = field(default_factory=dict)  # every test run, canaries left out: a run of given
+    # test_files only (mining), where no FAIL_TO_PASS / PASS_TO_PASS list exists yet
 
     @property
     def ok(self) -> bool:
@@ -259,8 +261,11 @@ class _Grading:
         self.sh(f"rm -rf -- {q}{restore}")
 
 
-def grade_in_sandbox(box, task: Task, patch: str, *, timeout: float = GRADE_TIMEOUT) -> GradeResult:
-    """Grade `patch` for `task` in `box`, a fresh sandbox holding the repo at base_commit (see module doc)."""
+def grade_in_sandbox(box, task: Task, patch: str, *, timeout: float = GRADE_TIMEOUT,
+                     test_files: list[str] | None = None) -> GradeResult:
+    """Grade `patch` for `task` in `box`, a fresh sandbox holding the repo at base_commit (see module doc).
+    `test_files`: run these files instead of those the task's test ids name, and keep every test's status in
+    `all_tests` (task mining: the ids are what the run finds out)."""
     from swepost.sandbox.base import SandboxError
 
     started = time.monotonic()
@@ -268,7 +273,7 @@ def grade_in_sandbox(box, task: Task, patch: str, *, timeout: float = GRADE_TIME
     g = None
     try:
         g = _Grading(box, task, timeout)
-        _grade(g, task, patch, result)
+        _grade(g, task, patch, result, test_files)
     except SandboxError as e:
         result.resolved, result.reward = "UNGRADED", None
         result.reason = f"the grading sandbox failed: {e}"
@@ -288,7 +293,7 @@ def grade_in_sandbox(box, task: Task, patch: str, *, timeout: float = GRADE_TIME
     return result
 
 
-def _grade(g: _Grading, task: Task, patch: str, result: GradeResult) -> None:
+def _grade(g: _Grading, task: Task, patch: str, result: GradeResult, test_files: list[str] | None = None) -> None:
     from swepost.rewards.canaries import Canaries, make_canaries
 
     started = time.monotonic()
@@ -354,7 +359,8 @@ def _grade(g: _Grading, task: Task, patch: str, result: GradeResult) -> None:
             return
 
     # 5. canaries into the graded test files
-    files = sorted({t.split("::", 1)[0] for t in task.verify.fail_to_pass + task.verify.pass_to_pass})
+    files = sorted({t.split("::", 1)[0] for t in task.verify.fail_to_pass + task.verify.pass_to_pass}
+                   if test_files is None else set(test_files))
     home = folders[0] if folders else (files[0].rsplit("/", 1)[0] if files and "/" in files[0] else "")
     canaries = make_canaries(files, home)
     if "canaries" not in _active:
@@ -429,6 +435,8 @@ def _grade(g: _Grading, task: Task, patch: str, result: GradeResult) -> None:
     result.fail_to_pass = split_status(task.verify.fail_to_pass, statuses)
     result.pass_to_pass = split_status(task.verify.pass_to_pass, statuses)
     result.canaries = {c: statuses.get(c, "MISSING") for c in canaries.ids}
+    if test_files is not None:
+        result.all_tests = {t: s for t, s in statuses.items() if t not in result.canaries}
     result.collected = data.get("collected") or 0
     result.test_uid = data.get("uid")
     result.output_tail = data.get("output_tail", "")[-4000:]

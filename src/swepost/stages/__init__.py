@@ -43,6 +43,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               "swepost.stages.validate:TasksValidateConfig", "swepost.stages.validate:run_validate"),
     StageSpec("tasks-synth-qa", "code questions from issue texts, answered by a teacher agent, calibrated (tasks)",
               "swepost.stages.synth_qa:TasksSynthQaConfig", "swepost.stages.synth_qa:run_synth_qa"),
+    StageSpec("tasks-mine", "bug-fixing tasks mined from git history, executed on Ray (tasks)",
+              "swepost.stages.mine:TasksMineConfig", "swepost.stages.mine:run_mine"),
     StageSpec("tasks-select", "keep the tasks earlier attempts found hard, by solve rate (tasks)",
               "swepost.stages.select:TasksSelectConfig", "swepost.stages.select:run_select"),
     StageSpec("collect", "run a policy on tasks in sandboxes; graded trajectories (trajectories)",
