@@ -13,6 +13,7 @@ import typer
 
 from swepost import __version__
 from swepost.cli import artifacts, corpus, filter, grade, model, recipes, rft, rl, rollouts, sandbox, serve, sft, tasks
+from swepost.cli.view import report_cmd, view_cmd
 from swepost.errors import BadInput, WorkFailed
 
 
@@ -69,6 +70,8 @@ app.add_typer(sandbox.app, name="sandbox",
 app.add_typer(model.app, name="model", help="Build the embedded tiny model used by tests and the demo.")
 app.add_typer(corpus.app, name="corpus", help="Index a corpus (JSONL passages) for the search environment.")
 app.add_typer(serve.app, name="serve", help="Long-running servers on loopback: the retriever (Search-R1 API).")
+app.command("view", help="A static viewer of an artifact's episodes and run curves; --serve: on loopback.")(view_cmd)
+app.command("report", help="A Markdown report with PNG plots of an eval, rl, rft or trajectories artifact.")(report_cmd)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
