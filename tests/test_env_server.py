@@ -445,3 +445,17 @@ def test_a_slow_action_a_slow_or_crashing_grader_and_a_broken_start_are_never_re
         assert re.search(r"^swepost_env_timeouts_total 1$", metrics, re.M)
     finally:
         assert server.stop() == 0
+
+
+def test_the_listening_socket_says_tcp_so_replies_are_not_held_by_nagle():
+    """asyncio turns TCP_NODELAY on only for accepted sockets whose protocol is IPPROTO_TCP; with protocol 0 every
+    keep-alive reply (uvicorn writes head and body apart) waited ~40 ms for the client's delayed ACK."""
+    import socket
+
+    from swepost.serve.retriever import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

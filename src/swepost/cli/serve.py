@@ -101,6 +101,8 @@ def env_cmd(
                                          "crc32(id) % workers. 1: threads of the server's own process.")] = 1,
     ray: Annotated[str | None, typer.Option("--ray", help="A Ray cluster address (auto: the one `ray start` "
                                             "started here): one Ray actor per live environment.")] = None,
+    ray_cpus: Annotated[float, typer.Option(help="CPUs Ray reserves for each environment's actor (0.25: four "
+                                            "light environments per core).")] = 1.0,
     max_envs: Annotated[int, typer.Option(help="Live environments at most; more is a 503 with Retry-After.")]
     = 512,
     idle_ttl: Annotated[float, typer.Option(help="Seconds without an action before an environment is closed.")]
@@ -165,7 +167,11 @@ def env_cmd(
         log = st.root / "logs" / f"env-server-{stamp}-{__import__('os').getpid()}.jsonl"
     options = ServerOptions(max_envs=max_envs, idle_ttl=idle_ttl, call_timeout=call_timeout,
                             grading_timeout=grading_timeout, concurrency=concurrency, log_path=log)
-    server = EnvServer(make_backend(spec, workers=workers, ray=ray, concurrency=concurrency), spec, task_list,
+    if not ray_cpus > 0:
+        raise BadInput(f"must be above 0, not {ray_cpus}", key="--ray-cpus")
+    backend = make_backend(spec, workers=workers, ray=ray, concurrency=concurrency,
+                           ray_options={"num_cpus": ray_cpus})
+    server = EnvServer(backend, spec, task_list,
                        options, allow_task_rows=task_rows)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this address can run "

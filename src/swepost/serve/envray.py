@@ -21,6 +21,7 @@ from typing import Any
 
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
+from swepost.sandbox.gc import sweep_dead_owners
 from swepost.serve.envsession import EnvSpec, SessionPool, WorkerDied, error_reply
 
 CONNECT_TIMEOUT_S = 60.0  # ray.init retries an address nobody answers for minutes
@@ -28,41 +29,6 @@ CLOSE_WAIT_S = 10.0  # how long a closing actor may take before it is killed any
 DEATH_WAIT_S = 10.0  # how long the cleanup waits for a killed actor's process to be gone
 
 log = logging.getLogger(__name__)
-
-
-def sweep_leftovers(pids: list[int] | None = None, wait: float = DEATH_WAIT_S) -> int:
-    """What `swepost sandbox gc` does without --all, on this machine: remove the sandboxes, cgroups and temp copies
-    whose owner process is dead. First wait (up to `wait` s) for `pids` to be gone, so that a just-killed actor's
-    sandboxes count as orphans."""
-    from swepost.sandbox.bwrap import gc_bwrap
-    from swepost.sandbox.docker import docker_available, gc_docker
-    from swepost.sandbox.local import gc_local
-    from swepost.sandbox.task_sandbox import gc_checkouts
-
-    deadline = time.monotonic() + wait
-    for pid in pids or []:
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-    removed = 0
-    with contextlib.suppress(Exception):
-        if docker_available():
-            removed += len(gc_docker())
-    with contextlib.suppress(Exception):
-        removed += len(gc_bwrap()) + len(gc_local()) + len(gc_checkouts(False))
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # a killed child not yet reaped is gone for our purpose
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    return True
 
 
 @functools.cache
@@ -96,10 +62,10 @@ def actor_class():
 
 @functools.cache
 def remote_sweep():
-    """`sweep_leftovers` as a Ray task, to run on the node where a dead actor ran."""
+    """`sweep_dead_owners` as a Ray task, to run on the node where a dead actor ran."""
     import ray
 
-    return ray.remote(num_cpus=0, max_retries=0)(sweep_leftovers)
+    return ray.remote(num_cpus=0, max_retries=0)(sweep_dead_owners)
 
 
 class RayBackend:
@@ -283,7 +249,8 @@ class RayBackend:
         while (pids := self._dead_pids.pop(key, None)) is not None:
             try:
                 if host == socket.gethostname():
-                    removed = await asyncio.get_running_loop().run_in_executor(None, sweep_leftovers, pids)
+                    loop = asyncio.get_running_loop()
+                    removed = await loop.run_in_executor(None, sweep_dead_owners, pids, DEATH_WAIT_S)
                 else:
                     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
+from swepost.sandbox.gc import sweep_dead_owners
 from swepost.serve.envsession import EnvSpec, SessionPool, WorkerDied, error_reply
 
 MAX_BATCH = 4096  # trajectories in one request (a rollout batch)
@@ -57,22 +58,6 @@ class ServerOptions:
 def worker_of(trajectory_id: str, workers: int) -> int:
     """The worker that owns a trajectory: crc32 of its id modulo the workers, as VerlTool routes."""
     return zlib.crc32(trajectory_id.encode("utf-8")) % workers
-
-
-def clear_dead_sandboxes() -> int:
-    """What `swepost sandbox gc` does without --all: remove sandboxes whose owner process is dead."""
-    from swepost.sandbox.bwrap import gc_bwrap
-    from swepost.sandbox.docker import docker_available, gc_docker
-    from swepost.sandbox.local import gc_local
-    from swepost.sandbox.task_sandbox import gc_checkouts
-
-    removed = 0
-    with contextlib.suppress(Exception):
-        if docker_available():
-            removed += len(gc_docker())
-    with contextlib.suppress(Exception):
-        removed += len(gc_bwrap()) + len(gc_local()) + len(gc_checkouts(False))
-    return removed
 
 
 # --- backends --------------------------------------------------------------------------------------------------
@@ -226,8 +211,13 @@ class _Worker:
                                                 "running this trajectory's action"))
         self.on_death(self.index, generation)
 
-    async def request(self, op: str, *args: Any) -> Any:
+    async def request(self, op: str, *args: Any, generation: int | None = None) -> tuple[Any, int]:
+        """Send one request and await its answer: (result, the worker generation that ran it). With
+        `generation`, a worker restarted since then is WorkerDied (the trajectory's environment died with it)."""
         await self.ready.wait()
+        if generation is not None and generation != self.generation:
+            raise WorkerDied(f"environment worker {self.index} died and was restarted since this trajectory opened")
+        generation = self.generation
         request_id = next(self.ids)
         future = self.loop.create_future()
         self.pending[request_id] = future
@@ -239,7 +229,7 @@ class _Worker:
         result = await future
         if isinstance(result, dict) and "__error__" in result:
             raise WorkFailed(f"environment worker {self.index}: {result['__error__']}")
-        return result
+        return result, generation
 
     def stop(self) -> None:
         if self.conn is not None:
@@ -264,6 +254,7 @@ class ProcessBackend:
         self.workers: list[_Worker] = []
         self.on_worker_died: Callable[[int], None] = lambda index: None
         self.restarts = 0
+        self.generation_of: dict[str, int] = {}  # trajectory id -> the generation of the worker that opened it
         self._stopping = False
 
     def describe(self) -> dict[str, Any]:
@@ -283,12 +274,15 @@ class ProcessBackend:
         if self._stopping:
             return
         self.restarts += 1
+        for tid in [t for t in self.generation_of if worker_of(t, self.n) == index]:
+            del self.generation_of[tid]
         self.on_worker_died(index)
         asyncio.get_running_loop().create_task(self._restart(self.workers[index]))
 
     async def _restart(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, clear_dead_sandboxes)
+        pid = worker.process.pid if worker.process is not None else None
+        await loop.run_in_executor(None, sweep_dead_owners, [pid] if pid else [], 10.0)
         with contextlib.suppress(Exception):
             worker.process.join(1)
         while not self._stopping:
@@ -300,11 +294,24 @@ class ProcessBackend:
                 await asyncio.sleep(5)
 
     async def call(self, tid: str, task: Task | None, action: str, finish: bool, extra: dict) -> dict:
-        return await self.workers[worker_of(tid, self.n)].request("act", tid, task, action, finish, extra)
+        worker = self.workers[worker_of(tid, self.n)]
+        # an action waiting while its worker restarts must not reach the new worker, which never held it
+        expected = None if task is not None else self.generation_of.get(tid)
+        try:
+            result, generation = await worker.request("act", tid, task, action, finish, extra, generation=expected)
+        except WorkerDied:
+            self.generation_of.pop(tid, None)
+            raise
+        if result.get("done"):
+            self.generation_of.pop(tid, None)
+        elif task is not None:
+            self.generation_of[tid] = generation
+        return result
 
     async def close(self, tid: str) -> None:
+        generation = self.generation_of.pop(tid, None)
         with contextlib.suppress(Exception):
-            await self.workers[worker_of(tid, self.n)].request("close", tid)
+            await self.workers[worker_of(tid, self.n)].request("close", tid, generation=generation)
 
     async def shutdown(self) -> None:
         self._stopping = True

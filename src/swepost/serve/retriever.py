@@ -137,7 +137,9 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening socket: port 0 picks a free one. Bound before the server starts, so its URL can be printed
     (and connections queue) as soon as it is known."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose protocol says TCP, and uvicorn
+    # writes a response's head and body apart, so without it every keep-alive reply waits ~40 ms for a delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
