@@ -25,6 +25,9 @@ from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task, TaskEnv
 
 PASSING = ("PASSED", "XPASS")
+# rejections worth the remaining repeats: one may come from a flaky test that a later run shows flipping (a keep
+# needs every repeat); any other rejection stands whatever the repeats say, so its candidate stops there
+REPEATED = ("no_improvement",)
 
 
 # --- profiles ---------------------------------------------------------------------------------------------------
@@ -96,9 +99,11 @@ def execute_candidate(cand: dict[str, Any], profile: dict[str, Any], settings: d
         for _ in range(settings["runs"]):
             for side, patch in (("before", ""), ("after", cand["patch"])):
                 out[side].append(_run_side(task, patch, scratch / "repo", files, settings))
+            verdict, reason, detail, f2p, p2p = decide(out["before"], out["after"])
+            if verdict == "rejected" and reason not in REPEATED:
+                break  # no repeat can make it a task
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    verdict, reason, detail, f2p, p2p = decide(out["before"], out["after"])
     out.update(fail_to_pass=f2p, pass_to_pass=p2p)
     return done(verdict, reason, detail)
 
@@ -141,7 +146,7 @@ def _run_side(task: Task, patch: str, checkout: Path, test_files: list[str], set
     return {"resolved": result.resolved, "reason": result.reason, "tests": result.all_tests,
             "collected": result.collected, "exit_code": result.exit_code, "tampering": result.tampering,
             "apply": {k: v for k, v in result.apply.items() if k != "log"}, "output_tail": result.output_tail[-2000:],
-            "seconds": round(time.monotonic() - started, 2)}
+            "seconds": round(time.monotonic() - started, 2), "grader_seconds": result.seconds}
 
 
 def decide(before: list[dict], after: list[dict]) -> tuple[str, str, str, list[str], list[str]]:

@@ -1,10 +1,10 @@
 """Candidate commits from a repository's history: commits (and pull-request merges) that change both non-test
 Python source and tests, within size limits; every other commit is a skip with its reason counted.
 
-The history walked is the first-parent chain of the mirror's HEAD: direct commits and the merge commits of pull
-requests, each diffed against its first parent (a merge then stands for its whole branch, as a pull request
-does). A candidate's diff is split in two: `test_patch` (test files, test data, conftest.py) and `patch` (the
-rest: source, docs, config), exactly the two halves a task keeps.
+Every commit HEAD reaches is looked at, each against its first parent: a pull request's merge commit then stands
+for its whole branch (the branch's own commits are looked at too; a candidate whose diff an earlier one already
+has is a `duplicate`). A candidate's diff is split in two: `test_patch` (test files, test data, conftest.py) and
+`patch` (the rest: source, docs, config), exactly the two halves a task keeps.
 """
 
 from __future__ import annotations
@@ -106,9 +106,10 @@ class Mirror:
             self._tmp.cleanup()
 
 
-def first_parent_history(mirror: Mirror, ref: str = "HEAD") -> list[Commit]:
-    """Oldest first."""
-    out = mirror.git("log", "--first-parent", "--reverse", "-z", "--format=%H%x1f%P%x1f%cI%x1f%B", ref)
+def history(mirror: Mirror, ref: str = "HEAD", first_parent: bool = False) -> list[Commit]:
+    """Every commit `ref` reaches (or its first-parent chain), parents before children, oldest first."""
+    args = ["--first-parent"] if first_parent else []
+    out = mirror.git("log", *args, "--topo-order", "--reverse", "-z", "--format=%H%x1f%P%x1f%cI%x1f%B", ref)
     commits = []
     for record in out.split("\0"):
         if not record.strip():
@@ -157,18 +158,14 @@ def skip_reason(kinds: dict[str, list[str]], binary: bool, lines: int, max_files
         return "binary_change"
     if not kinds.get("source") and not kinds.get("test"):
         present = {k for k, v in kinds.items() if v}
-        if present == {"docs"}:
-            return "docs_only"
         if present == {"ci"}:
             return "ci_only"
-        if present <= {"docs", "ci"}:
-            return "docs_or_ci_only"
-        return "no_python_source"
+        return "docs_only" if present <= {"docs", "ci"} else "not_python"
     if not kinds.get("source"):
-        return "tests_only"
+        return "test_only"
     if not kinds.get("test"):
-        return "no_test_change"
-    if len(kinds["source"]) + len(kinds["test"]) > max_files:
+        return "no_tests"
+    if sum(len(v) for v in kinds.values()) > max_files:
         return "too_many_files"
     if lines > max_lines:
         return "too_many_lines"
@@ -180,8 +177,10 @@ def skip_reason(kinds: dict[str, list[str]], binary: bool, lines: int, max_files
 def scan(mirror: Mirror, *, window: str, since: str | None, until: str | None, max_files: int, max_lines: int,
          ref: str = "HEAD") -> tuple[list[Candidate], list[dict]]:
     """(candidates oldest first, skipped commits as {commit, window, reason}) in the date range."""
-    candidates, skipped = [], []
-    for c in first_parent_history(mirror, ref):
+    import hashlib
+
+    candidates, skipped, seen = [], [], {}
+    for c in history(mirror, ref):
         if not in_range(c.date, since, until):
             continue
         win = window_of(c.date, window)
@@ -195,7 +194,7 @@ def scan(mirror: Mirror, *, window: str, since: str | None, until: str | None, m
         for path, _, _ in stats:
             kinds.setdefault(file_kind(path), []).append(path)
         binary = any(a is None for _, a, _ in stats)
-        lines = sum((a or 0) + (d or 0) for p, a, d in stats if file_kind(p) in ("source", "test"))
+        lines = sum((a or 0) + (d or 0) for _, a, d in stats)
         present = _present(mirror, c.sha, kinds["test"]) if kinds.get("test") else []
         runnable = [p for p in present if RUNNABLE_TEST.search(p)]
         reason = skip_reason(kinds, binary, lines, max_files, max_lines, runnable)
@@ -205,19 +204,30 @@ def scan(mirror: Mirror, *, window: str, since: str | None, until: str | None, m
             continue
         tests = kinds["test"]
         rest = [p for p, _, _ in stats if p not in set(tests)]
+        patch, test_patch = _diff(mirror, parent, c.sha, rest), _diff(mirror, parent, c.sha, tests)
+        digest = hashlib.sha256((patch + "\0" + test_patch).encode()).hexdigest()
+        if digest in seen:  # a one-commit pull request: its merge has the commit's own diff
+            skipped.append({"repo": mirror.repo, "commit": c.sha, "window": win, "reason": "duplicate",
+                            "subject": c.subject, "detail": f"same diff as {seen[digest]}"})
+            continue
+        seen[digest] = c.sha
         candidates.append(Candidate(
             repo=mirror.repo, commit=c.sha, parent=parent, date=c.date, window=win, message=c.message,
-            merge=len(c.parents) > 1, patch=_diff(mirror, parent, c.sha, rest),
-            test_patch=_diff(mirror, parent, c.sha, tests), test_files=sorted(runnable),
+            merge=len(c.parents) > 1, patch=patch, test_patch=test_patch, test_files=sorted(runnable),
             suite=[p for p in _present(mirror, c.sha, []) if RUNNABLE_TEST.search(p) and file_kind(p) == "test"],
             files=kinds))
     return candidates, skipped
 
 
-def window_anchor(history: list[Commit], win: str, size: str) -> str:
+def window_anchor(mainline: list[Commit], everything: list[Commit], win: str, size: str) -> str:
     """The commit a window's environment profile is built at: the window's last commit on the first-parent
-    chain (what the window is, not which of its commits are candidates, so a resumed run builds the same)."""
-    return [c.sha for c in history if window_of(c.date, size) == win][-1]
+    chain, else its last commit at all (what the window is, not which of its commits are candidates, so a
+    resumed run builds the same profile)."""
+    for commits in (mainline, everything):
+        inside = [c.sha for c in commits if window_of(c.date, size) == win]
+        if inside:
+            return inside[-1]
+    raise ValueError(f"no commit in window {win}")
 
 
 def _present(mirror: Mirror, commit: str, paths: list[str] | None) -> list[str]:

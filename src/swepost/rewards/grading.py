@@ -201,7 +201,7 @@ def pytest_command(task: Task) -> tuple[str, list[str], dict[str, str]]:
     if words and words[0].rsplit("/", 1)[-1] in ("pytest", "py.test"):
         return "@" + words[0], words[1:], env  # resolved inside the sandbox from the script's shebang
     raise BadInput(f"{task.instance_id}: test_cmd {task.env.test_cmd!r} is not a pytest invocation "
-                   "(`python -m pytest ...` or `pytest ...`): the grader runs pytest itself", field="env.test_cmd")
+                   "(`python -m pytest ...` or `pytest ...`): the grader runs pytest itself", key="env.test_cmd")
 
 
 class _Grading:

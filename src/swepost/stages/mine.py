@@ -50,9 +50,8 @@ class TasksMineConfig(StageConfig):
     ref: str = Field("HEAD", description="the branch of each mirror whose first-parent history is mined")
     max_candidates: int | None = Field(None, ge=1, description="execute at most this many candidates (oldest "
                                        "first, repo by repo)")
-    max_files: int = Field(12, ge=2, description="a candidate changes at most this many source and test files")
-    max_lines: int = Field(600, ge=2, description="... and at most this many source and test lines (added + "
-                           "deleted)")
+    max_files: int = Field(10, ge=2, description="a candidate changes at most this many files")
+    max_lines: int = Field(500, ge=2, description="... and at most this many lines (added + deleted)")
     window: Literal["quarter", "month", "week", "year"] = Field(
         "quarter", description="the time window an environment profile serves (SWE-Next: a repo-quarter)")
     specs: Path | None = FileInput(None, description="YAML of per-repo install commands, test_cmd, network (and "
@@ -187,7 +186,7 @@ def run_mine(config: TasksMineConfig, store: ArtifactStore, progress: bool | Non
     """`progress`: a live bar on stderr (default: when stderr is a terminal)."""
     import sys
 
-    from swepost.mining.history import Mirror, first_parent_history, scan, window_anchor
+    from swepost.mining.history import Mirror, history, scan, window_anchor
 
     repos = config.repo or mirrors_in(Path(config.repos))
     if not repos:
@@ -200,14 +199,14 @@ def run_mine(config: TasksMineConfig, store: ArtifactStore, progress: bool | Non
         try:
             found, passed = scan(mirror, window=config.window, since=config.since, until=config.until,
                                  max_files=config.max_files, max_lines=config.max_lines, ref=config.ref)
-            history = first_parent_history(mirror, config.ref)
+            mainline, everything = history(mirror, config.ref, first_parent=True), history(mirror, config.ref)
         finally:
             mirror.close()
         commits_seen[repo] = len(found) + len(passed)
         candidates += found
         skipped += passed
         for c in found:
-            anchors[(repo, c.window)] = window_anchor(history, c.window, config.window)
+            anchors[(repo, c.window)] = window_anchor(mainline, everything, c.window, config.window)
     over = candidates[config.max_candidates:] if config.max_candidates else []
     candidates = candidates[:config.max_candidates] if config.max_candidates else candidates
     skipped += [{"repo": c.repo, "commit": c.commit, "window": c.window, "reason": "over_max_candidates",
@@ -221,7 +220,9 @@ def run_mine(config: TasksMineConfig, store: ArtifactStore, progress: bool | Non
     done = work.latest("executed")
     results = [done[c.id] for c in candidates]
     statements = _statements(config, candidates, results, work)
-    return _write(config, store, candidates, results, skipped, statements, work, commits_seen)
+    art = _write(config, store, candidates, results, skipped, statements, work, commits_seen,
+                 resumed=len(candidates) - len(pending))
+    return art
 
 
 def _execute(config: TasksMineConfig, pending: list, anchors: dict, specs: dict[str, RepoSpec], work: WorkLog,
@@ -423,10 +424,12 @@ def build_report(candidates: list, results: list[dict], skipped: list[dict], pro
 
 
 def _write(config: TasksMineConfig, store: ArtifactStore, candidates: list, results: list[dict],
-           skipped: list[dict], statements: dict[str, dict], work: WorkLog, commits_seen: dict[str, int]) -> Artifact:
+           skipped: list[dict], statements: dict[str, dict], work: WorkLog, commits_seen: dict[str, int],
+           resumed: int) -> Artifact:
     specs = repo_specs(config, sorted({c.repo for c in candidates}))
     profiles = {r["id"]: r for r in work.records if r.get("event") == "profile"}
     report = build_report(candidates, results, skipped, profiles, commits_seen)
+    report["resumed"] = resumed  # executed by an earlier, interrupted run of the same command: not run again
     report["statements"] = dict(Counter(
         "commit_message" if s.get("fallback") or s["source"] == "commit_message" else "llm"
         for s in statements.values()))
