@@ -286,8 +286,12 @@ def test_list_renders_filters_searches_and_opens_an_episode(site, page):
     assert tests.count() == 4
     assert tests.nth(1).text_content() == f"{F2P[0]}F2PFAILED"
     assert page.page.locator("#tests .t-pass").count() == 2
-    assert page.page.locator("#raw-link").get_attribute("href") == "raw/1.json"
     page.screenshot("viewer-episode")
+    page.page.locator("#raw-link").click()  # the line as the artifact holds it
+    page.page.wait_for_selector("#raw")
+    assert '"episode_id": "calc-1#1"' in page.page.locator("#raw").text_content()
+    page.page.keyboard.press("Escape")
+    page.page.wait_for_selector("#conversation")
     page.page.keyboard.press("Escape")
     page.page.wait_for_selector(".row")
     page.check_clean()
@@ -329,6 +333,9 @@ def test_hostile_episodes_render_as_text(site, page_without_csp):
     page.page.wait_for_selector("#conversation button.fold")
     assert "more characters in the raw JSON" in page.page.locator("#conversation").text_content()
     page.page.locator("#conversation button.fold").first.click()
+    page.open(url + "#/raw/4")  # the hostile line, raw: text too
+    page.page.wait_for_selector("#raw")
+    assert HOSTILE_SCRIPT in page.page.locator("#raw").text_content()
 
     first_raw = 6 + N_FILLER
     page.open(url + f"#/e/{first_raw}")  # not UTF-8, NUL bytes
@@ -373,6 +380,13 @@ def test_data_files_hold_no_markup(site):
     for f in (site / "data").rglob("*.js"):
         text = f.read_bytes()
         assert b"<" not in text and text.isascii(), f
+    index = (site / "data" / "index.js").read_text()  # the list loads no messages: they wait in chunks
+    assert MARKER_WORD not in index and "You fix bugs" not in index
+    chunks = sorted((site / "data" / "ep").glob("*.js"))
+    assert any(MARKER_WORD in f.read_text() for f in chunks)
+    # the 5 MB output is capped in the page's data; its raw line keeps all of it
+    assert sum(f.stat().st_size for f in chunks) < 1_000_000
+    assert sum(f.stat().st_size for f in (site / "data" / "raw").glob("*.js")) > BIG
     html = (site / "index.html").read_text()
     assert "Content-Security-Policy" in html and "script-src 'self'" in html and "http" not in html.lower().replace(
         "http-equiv", "")
@@ -426,8 +440,8 @@ def test_serve_binds_loopback_and_serves_the_site(served):
     assert status == 200 and b"swepost view" in body
     assert "script-src 'self'" in headers["Content-Security-Policy"] and headers["X-Content-Type-Options"] == "nosniff"
     assert _get(port, "/static/app.js")[0] == 200 and _get(port, "/data/ep/0.js")[0] == 200
-    status, _, headers = _get(port, "/raw/0.json")
-    assert status == 200 and headers["Content-Type"] == "application/json"
+    status, _, headers = _get(port, "/data/raw/0.js")
+    assert status == 200 and headers["Content-Type"] == "text/javascript; charset=utf-8"
     assert _get(port, "/index.html", "HEAD")[1] == b""
     assert _get(port, "/nothing-here.js")[0] == 404
     other = _other_address()

@@ -45,6 +45,7 @@ class Episode:
     source: Source
     row: dict[str, Any] | None = None
     problem: str | None = None  # why the line could not be read
+    line: int = 0  # where in source.path
 
 
 def episode_sources(store: ArtifactStore, art: Artifact) -> tuple[str, list[Source]]:
@@ -119,17 +120,17 @@ def read_episodes(sources: list[Source]) -> Iterator[Episode]:
     """Every episode of every source, numbered from 0 in order; rl episodes carry their rollout row."""
     index = 0
     for source in sources:
-        for n, (raw, data, problem) in enumerate(_lines(source.path)):
+        for n, (lineno, raw, data, problem) in enumerate(_lines(source.path)):
             row = source.rows[n] if n < len(source.rows) else None
             if row is not None and data.get("episode_id") is not None and row.get("instance_id") not in (
                     None, data.get("instance_id")):
                 row = None  # the rows and the file disagree: show the trajectory alone
-            yield Episode(index, raw, data, source, row, problem)
+            yield Episode(index, raw, data, source, row, problem, lineno)
             index += 1
 
 
-def _lines(path: Path) -> Iterator[tuple[str, dict, str | None]]:
-    """(text, object, problem) per non-blank line; bytes that are not UTF-8 become U+FFFD, not an error."""
+def _lines(path: Path) -> Iterator[tuple[int, str, dict, str | None]]:
+    """(line number, text, object, problem) per non-blank line; bytes that are not UTF-8 become U+FFFD."""
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             text = line.decode("utf-8", errors="replace").rstrip("\r\n")
@@ -138,17 +139,17 @@ def _lines(path: Path) -> Iterator[tuple[str, dict, str | None]]:
             try:
                 data = json.loads(text, strict=False)  # strict=False: raw control characters (NUL) in strings
             except ValueError as e:
-                yield text, {}, f"line {lineno} of {path.name} is not JSON ({e})"
+                yield lineno, text, {}, f"line {lineno} of {path.name} is not JSON ({e})"
                 continue
             if not isinstance(data, dict):
-                yield text, {}, f"line {lineno} of {path.name} is a JSON {type(data).__name__}, not an object"
+                yield lineno, text, {}, f"line {lineno} of {path.name} is a JSON {type(data).__name__}, not an object"
                 continue
-            yield text, data, None
+            yield lineno, text, data, None
 
 
 def jsonl_objects(path: Path) -> list[dict]:
     """The JSON objects of a JSONL file; lines that are not one are left out."""
-    return [d for _, d, problem in _lines(path) if problem is None]
+    return [d for _, _, d, problem in _lines(path) if problem is None]
 
 
 def task_index(store: ArtifactStore, art: Artifact) -> dict[str, dict]:

@@ -3,8 +3,9 @@
 Everything from a trajectory is untrusted. It only ever reaches the page as JSON inside a data file
 (`window.__swepost_x = {...}`: ASCII only, `<` written as \\u003c) and is put on the page as text by the script,
 never as markup. The list loads one small index; an episode's messages load only when it is opened
-(data/ep/N.js), the text search's words only on the first search (data/search/K.js): thousands of episodes stay
-fast. Plain script files rather than fetch(), so the site works from file:// as well as from `--serve`.
+(data/ep/K.js, a chunk of neighbouring episodes), its raw line only when asked for (data/raw/K.js), the text
+search's words only on the first search (data/search/K.js): thousands of episodes stay fast, in a few hundred
+files. Plain script files rather than fetch(), so the site works from file:// as well as from `--serve`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ MESSAGE_CAP = 200_000  # characters of one message, diff or field kept in the pa
 SEARCH_MESSAGE_CAP = 2_000  # characters of each message the text search looks at
 SEARCH_EPISODE_CAP = 16_000
 SEARCH_CHUNK = 250  # episodes per search file
+EPISODE_CHUNK = 50  # at most this many episodes per data/ep file, and
+EPISODE_CHUNK_BYTES = 512_000  # no more bytes than this once it holds one (a larger episode is a chunk alone)
 
 
 def default_out(store: ArtifactStore, art: Artifact) -> Path:
@@ -77,22 +80,22 @@ def _write(store: ArtifactStore, art: Artifact, view: str, sources: list, site: 
         target = site / name if name == "index.html" else site / "static" / name
         target.write_bytes((static / name).read_bytes())
     data = site / "data"
-    for sub in ("ep", "search"):
+    for sub in ("ep", "raw", "search"):
         (data / sub).mkdir(parents=True)
-    (site / "raw").mkdir()
     tasks = task_index(store, art)
     rows: list[dict] = []
     chunk: list[str] = []
+    episodes = _EpisodeChunks(data)
     for ep in read_episodes(sources):
         row = episode_row(ep)
+        row["c"] = episodes.add(ep.index, episode_detail(ep, tasks), ep.raw)
         rows.append(row)
-        _js(data / "ep" / f"{ep.index}.js", f"window.__swepost_ep[{ep.index}]", episode_detail(ep, tasks))
-        (site / "raw" / f"{ep.index}.json").write_text(ep.raw, encoding="utf-8", errors="replace")
         chunk.append(search_text(ep))
         if len(chunk) == SEARCH_CHUNK:
             _js(data / "search" / f"{len(rows) // SEARCH_CHUNK - 1}.js",
                 f"window.__swepost_search[{len(rows) // SEARCH_CHUNK - 1}]", chunk)
             chunk = []
+    episodes.flush()
     if chunk:
         k = (len(rows) - 1) // SEARCH_CHUNK
         _js(data / "search" / f"{k}.js", f"window.__swepost_search[{k}]", chunk)
@@ -117,6 +120,34 @@ def to_js_literal(value: Any) -> str:
 
 def _js(path: Path, target: str, value: Any) -> None:
     path.write_text(f"{target} = {to_js_literal(value)};\n", encoding="ascii")
+
+
+class _EpisodeChunks:
+    """Episodes written a chunk of neighbours per file (data/ep/K.js, and their raw lines in data/raw/K.js): one
+    file per episode would cost thousands of file creations, one file for all would load every message at once."""
+
+    def __init__(self, data: Path):
+        self.data, self.number = data, 0
+        self.details: list[str] = []
+        self.raws: list[str] = []
+        self.size = 0
+
+    def add(self, index: int, detail: dict, raw: str) -> int:
+        """Queue an episode; returns the number of the chunk it is in."""
+        text = f"window.__swepost_ep[{index}] = {to_js_literal(detail)};\n"
+        if self.details and (len(self.details) >= EPISODE_CHUNK or self.size + len(text) > EPISODE_CHUNK_BYTES):
+            self.flush()
+        self.details.append(text)
+        self.raws.append(f"window.__swepost_raw[{index}] = {to_js_literal(raw)};\n")
+        self.size += len(text)
+        return self.number
+
+    def flush(self) -> None:
+        if self.details:
+            (self.data / "ep" / f"{self.number}.js").write_text("".join(self.details), encoding="ascii")
+            (self.data / "raw" / f"{self.number}.js").write_text("".join(self.raws), encoding="ascii")
+            self.number += 1
+        self.details, self.raws, self.size = [], [], 0
 
 
 # --- one episode --------------------------------------------------------------------------------------------
@@ -201,7 +232,7 @@ def episode_detail(ep: Episode, tasks: dict[str, dict]) -> dict[str, Any]:
     meta = {k: _cap(v, 2000) for k, v in d.items()
             if k not in ("messages", "tools", "final_diff", "evidence", "answer") and v not in (None, "", {}, [])}
     out: dict[str, Any] = {
-        "i": ep.index, "meta": meta, "problem": ep.problem,
+        "i": ep.index, "meta": meta, "problem": ep.problem, "file": str(ep.source.path), "line": ep.line,
         "row": {k: _cap(v, 2000) for k, v in (ep.row or {}).items()},
         "messages": [_message(m) for m in messages],
         "diff": _cap(d.get("final_diff") or None), "gold": _cap(task.get("patch") or None),

@@ -1,5 +1,5 @@
 "use strict";
-// The router: #/ the list, #/e/N episode N, #/run the run. Keys go to the view in sight.
+// The router: #/ the list, #/e/N episode N, #/raw/N its raw line, #/run the run. Keys go to the view in sight.
 (function () {
   const index = window.__swepost_index;
   const main = document.getElementById("main");
@@ -14,7 +14,9 @@
     const m = /^#\/e\/(\d+)$/.exec(location.hash);
     const navList = document.getElementById("nav-list"), navRun = document.getElementById("nav-run");
     navList.className = navRun.className = "";
+    const raw = /^#\/raw\/(\d+)$/.exec(location.hash);
     if (m && Number(m[1]) < index.rows.length) { view = Episode; Episode.render(main, Number(m[1])); }
+    else if (raw && Number(raw[1]) < index.rows.length) { view = Raw; Raw.render(main, Number(raw[1])); }
     else if (location.hash === "#/run") { view = Run; navRun.className = "active"; Run.render(main); }
     else { view = List; navList.className = "active"; List.render(main); }
   }

@@ -3,8 +3,9 @@
 // parsed as markup. Links are only ever built from numbers and fixed paths, never from the data.
 window.__swepost_ep = window.__swepost_ep || {};
 window.__swepost_search = window.__swepost_search || {};
+window.__swepost_raw = window.__swepost_raw || {};
 
-const SAFE_LINK = /^(#\/[a-z]*(\/\d+)?|raw\/\d+\.json)$/;
+const SAFE_LINK = /^#\/[a-z]*(\/\d+)?$/;
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);

@@ -7,7 +7,7 @@ const Episode = {
   render(main, i) {
     this.current = i;
     clear(main).append(h("p", {class: "loading"}, `loading episode ${i}…`));
-    loadScript(`data/ep/${i}.js`).then(() => {
+    loadScript(`data/ep/${List.rows[i].c}.js`).then(() => {
       if (this.current !== i) return;
       const ep = window.__swepost_ep[i];
       clear(main).append(this.page(ep, List.rows[i] || {}));
@@ -21,7 +21,7 @@ const Episode = {
       h("a", {href: "#/", id: "back"}, "← list"),
       h("h1", {id: "ep-title"}, row.id || `#${ep.i}`),
       h("span", {class: "muted"}, row.task),
-      h("a", {href: `raw/${ep.i}.json`, id: "raw-link", target: "_blank", rel: "noopener noreferrer"}, "raw JSON"),
+      h("a", {href: `#/raw/${ep.i}`, id: "raw-link"}, "raw JSON"),
       h("span", {class: "muted"}, (prev ? "p: previous" : "") + (prev && next ? " · " : "") + (next ? "n: next" : "")));
     const badge = (label, value, cls) => h("span", {class: "badge"}, label + " ", h("b", {class: cls || ""}, value));
     const badges = h("div", {class: "badges"},
@@ -161,6 +161,27 @@ const Episode = {
       if (to !== null) location.hash = `#/e/${to}`;
       return true;
     }
+    return false;
+  },
+};
+
+// The episode's line exactly as the artifact holds it (indented when it is JSON), loaded only when asked for.
+const Raw = {
+  render(main, i) {
+    this.current = i;
+    clear(main).append(h("p", {class: "loading"}, `loading the raw line of episode ${i}…`));
+    Promise.all([loadScript(`data/raw/${List.rows[i].c}.js`), loadScript(`data/ep/${List.rows[i].c}.js`)]).then(() => {
+      const raw = window.__swepost_raw[i], ep = window.__swepost_ep[i];
+      let text = raw;
+      try { text = JSON.stringify(JSON.parse(raw), null, 2); } catch (e) { /* not JSON: as it is */ }
+      clear(main).append(h("div", {id: "raw"},
+        h("div", {class: "ep-head"}, h("a", {href: `#/e/${i}`}, "← episode"), h("h1", {}, (List.rows[i] || {}).id || `#${i}`),
+          h("span", {class: "muted"}, `line ${ep.line} of ${ep.file} (${raw.length.toLocaleString()} characters)`)),
+        foldedPre({t: text}, "text raw-text")));
+    }, err => { clear(main).append(h("p", {class: "problem"}, String(err.message))); });
+  },
+  key(e) {
+    if (e.key === "Escape" || e.key === "u") { location.hash = `#/e/${this.current}`; return true; }
     return false;
   },
 };
