@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/sft.py --out bench/results/sft.json
 	$(PY) bench/judge.py --out bench/results/judge.json
 	$(PY) bench/retrieval.py --out bench/results/retrieval.json
+	$(PY) bench/viewer.py --out bench/results/viewer.json
 	$(PY) bench/env_server.py --out bench/results/env_server.json
 
 lint: install
