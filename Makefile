@@ -17,8 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,dense,ray]"
 	touch $@
 
+# Two workers: most tests wait on docker, subprocesses or servers, so two run in about the time of one
+# (tests/conftest.py keeps the ones that must not overlap in one group).
+PYTEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 # The sandbox base image (debootstrap + docker import, no registry); a no-op when it already exists.
 base-image: install

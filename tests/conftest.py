@@ -46,6 +46,18 @@ def swepost(home):
     return run
 
 
+# Test modules that must not run beside each other on two pytest-xdist workers (`make test` runs `-n 2 --dist
+# loadgroup`): both start a Ray head of their own, and two heads on one machine race for its session folder.
+SERIAL_GROUPS = {"test_env_server_ray.py": "ray", "test_mine.py": "ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = SERIAL_GROUPS.get(item.path.name)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 def require_or_skip(reason: str):
     """Skip a test that needs docker or bubblewrap; fail instead where SWEPOST_REQUIRE_DOCKER=1 (CI)."""
     if os.environ.get("SWEPOST_REQUIRE_DOCKER") == "1":
