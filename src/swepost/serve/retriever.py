@@ -159,7 +159,8 @@ def url_of(sock: socket.socket) -> str:
 def _uvicorn_server(app):
     import uvicorn
 
-    # h11 and no access log: thousands of rollouts' requests per minute are not worth a log line each
+    # httptools and uvloop when installed (they are dependencies); no access log: thousands of rollouts' requests
+    # per minute are not worth a log line each
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30, lifespan="off")
     return uvicorn.Server(config)
 
