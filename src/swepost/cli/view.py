@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from swepost.cli.common import console, err_console, store
+from swepost.errors import BadInput
 
 RefArg = Annotated[str, typer.Argument(help="An artifact with trajectories: trajectories, eval, an rl checkpoint, "
                                        "an rft checkpoint (name, name@version, a version prefix or its folder).",
@@ -42,7 +43,11 @@ def view_cmd(
     if serve:
         from swepost.viewer.server import make_server
 
-        server = make_server(built["out"], port)
+        try:
+            server = make_server(built["out"], port)
+        except OSError as e:
+            raise BadInput(f"--port {port}: cannot listen on 127.0.0.1:{port} ({e.strerror}); --port 0 takes a "
+                           "free one") from None
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         err_console.print(f"serving {built['out']} on {url} (loopback only; Ctrl-C stops)")
         print(url, flush=True)

@@ -50,9 +50,12 @@ def _figure(title: str):
     return fig, ax
 
 
-def _save(fig, out: Path, name: str) -> str:
+def _save(fig, out: Path, name: str, integer_x: bool = False) -> str:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
+    if integer_x:  # steps and rounds
+        fig.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(out / name)
     plt.close(fig)
@@ -68,9 +71,10 @@ def _series_plots(series: dict, out: Path) -> list[str]:
         known = [(a, p[key]) for a, p in zip(xs, pts, strict=True) if p[key] is not None]
         ax.plot([a for a, _ in known], [b for _, b in known], marker="o", label=label)
     ax.set_xlabel(x)
-    ax.set_ylim(bottom=0)
+    top = max([1.0] + [p[k] for p in pts for k in ("reward", "resolved_rate") if p[k] is not None])
+    ax.set_ylim(min([0.0] + [p["reward"] for p in pts if p["reward"] is not None]), top * 1.05)
     ax.legend(fontsize=8)
-    names.append(_save(fig, out, "reward.png"))
+    names.append(_save(fig, out, "reward.png", integer_x=True))
     fig, ax = _figure(f"exit statuses per {x}")
     bottom = [0] * len(pts)
     for status in series["statuses"]:
@@ -79,12 +83,12 @@ def _series_plots(series: dict, out: Path) -> list[str]:
         bottom = [a + b for a, b in zip(bottom, ys, strict=True)]
     ax.set_xlabel(x)
     ax.legend(fontsize=8)
-    names.append(_save(fig, out, "exit_statuses.png"))
+    names.append(_save(fig, out, "exit_statuses.png", integer_x=True))
     if series["kind"] == "rl":
         fig, ax = _figure("dropped groups per step (all rewards equal)")
         ax.bar(xs, [p["dropped_groups"] for p in pts], color="#cf222e")
         ax.set_xlabel("step")
-        names.append(_save(fig, out, "dropped_groups.png"))
+        names.append(_save(fig, out, "dropped_groups.png", integer_x=True))
         if any(v is not None for p in pts for v in p["time"].values()):
             fig, ax = _figure("time split per step (s)")
             bottom = [0.0] * len(pts)
@@ -94,7 +98,7 @@ def _series_plots(series: dict, out: Path) -> list[str]:
                 bottom = [a + b for a, b in zip(bottom, ys, strict=True)]
             ax.set_xlabel("step")
             ax.legend(fontsize=8)
-            names.append(_save(fig, out, "time_split.png"))
+            names.append(_save(fig, out, "time_split.png", integer_x=True))
     return names
 
 
@@ -161,7 +165,8 @@ def _markdown(store: ArtifactStore, art: Artifact, view: str, rows: list[dict], 
     lines += [f"| {_md(k)} | {v} |" for k, v in count_by(rows, "st").items()]
     if series and series["points"]:
         x = series["x"]
-        lines += ["", f"## Per {x}", "", f"| {x} | rollouts | graded | mean reward | resolved rate |"
+        n_label = "rollouts" if series["kind"] == "rl" else "episodes"
+        lines += ["", f"## Per {x}", "", f"| {x} | {n_label} | graded | mean reward | resolved rate |"
                   + (" dropped groups |" if series["kind"] == "rl" else " tasks resolved | new |"),
                   "|---|---|---|---|---|---|" + ("" if series["kind"] == "rl" else "---|")]
         for p in series["points"]:

@@ -107,7 +107,7 @@ def rft_series(sources: list[Source], rows: list[dict]) -> dict[str, Any]:
         resolved = {r["task"] for r in rs if r["res"] == RESOLVED}
         exits = Counter(r["st"] for r in rs)
         statuses.update(exits)
-        out.append({"round": source.round, "artifact": source.artifact.id, "episodes": len(rs),
+        out.append({"round": source.round, "artifact": source.artifact.id, "episodes": len(rs), "graded": len(graded),
                     "resolved_tasks": len(resolved), "new_tasks": len(resolved - solved),
                     "resolved_rate": sum(r["res"] == RESOLVED for r in graded) / len(graded) if graded else None,
                     "reward": sum(r["r"] for r in graded) / len(graded) if graded else None,
