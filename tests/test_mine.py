@@ -302,6 +302,8 @@ def test_minicalc_fixes_are_the_bundled_tasks(minicalc):
         verdict, reasons = EXPECT[e["expect"]]
         assert (got[sha]["verdict"], got[sha]["reason"]) in {(verdict, r) for r in reasons}, (e, got[sha])
     bundled = [json.loads(line) for line in (REPO_ROOT / "data" / "minicalc_tasks.jsonl").read_text().splitlines()]
+    for b in bundled:  # SWE-bench ships the lists as JSON strings
+        b["FAIL_TO_PASS"] = json.loads(b["FAIL_TO_PASS"]) if isinstance(b["FAIL_TO_PASS"], str) else b["FAIL_TO_PASS"]
     assert sorted(sorted(t["verify"]["fail_to_pass"]) for t in tasks) == sorted(
         sorted(b["FAIL_TO_PASS"]) for b in bundled)
     for t in tasks:  # the gold patch and the hidden tests are the bundled task's, line for line
