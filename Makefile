@@ -45,6 +45,7 @@ bench: install
 	$(PY) bench/retrieval.py --out bench/results/retrieval.json
 	$(PY) bench/viewer.py --out bench/results/viewer.json
 	$(PY) bench/env_server.py --out bench/results/env_server.json
+	$(PY) bench/mine.py --out bench/results/mine.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
