@@ -1,13 +1,14 @@
 """Stage `tasks-mine`: bug-fixing tasks mined from git history, SWE-Next style, executed on Ray.
 
-Candidates (`mining/history.py`): first-parent commits and pull-request merges that change non-test Python source
-and tests within size limits; the rest are skips, counted by reason. Environments (`mining/execute.py`): one
-profile image per (repo, time window), keyed by the window's anchor commit and the repo's install commands from
-`specs`, built once and reused by every candidate of the window. Execution: fresh sandboxes from the profile at the
-parent commit, with the candidate's test files (before) and with its whole diff (after), `runs` times each, graded
-by swepost's report plugin; kept: something improves, nothing regresses, nothing flips. Problem statements by an
-LLM (`mining/statements.py`), else the commit message, flagged. Every finished candidate is appended (fsynced) to a
-work log under $SWEPOST_HOME/work/, so the same command after a kill -9 executes only what is missing.
+Candidates (`mining/history.py`): commits and pull-request merges (against their first parent) that change
+non-test Python source and tests within size limits; the rest are skips, counted by reason. Environments
+(`mining/execute.py`): one profile image per (repo, time window), keyed by the window's anchor commit and the
+repo's install commands from `specs`, built once and reused by every candidate of the window. Execution: fresh
+sandboxes from the profile at the parent commit, with the candidate's test files (before) and with its whole diff
+(after), `runs` times each, graded by swepost's report plugin; kept: something improves, nothing regresses,
+nothing flips. Problem statements by an LLM (`mining/statements.py`), else the commit message, flagged. Every
+finished candidate is appended (fsynced) to a work log under $SWEPOST_HOME/work/, so the same command after a
+kill -9 executes only what is missing.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class TasksMineConfig(StageConfig):
     name: str = Field("tasks-mined", description="output artifact name")
     since: str | None = Field(None, description="first commit date mined, YYYY-MM-DD (UTC, included)")
     until: str | None = Field(None, description="last commit date mined, YYYY-MM-DD (UTC, included)")
-    ref: str = Field("HEAD", description="the branch of each mirror whose first-parent history is mined")
+    ref: str = Field("HEAD", description="the branch of each mirror whose history is mined")
     max_candidates: int | None = Field(None, ge=1, description="execute at most this many candidates (oldest "
                                        "first, repo by repo)")
     max_files: int = Field(10, ge=2, description="a candidate changes at most this many files")
