@@ -142,7 +142,7 @@ def test_bad_specs_name_file_line_and_key(tmp_path):
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """plantedlib mined on a private local Ray (the default), SIGKILLed once two candidates are logged, then the
+    """plantedlib mined on a private local Ray (the default), SIGKILLed once a candidate is logged, then the
     same command again: (home, artifact path, report, tasks, work log records, what the killed run had logged)."""
     need_docker_and_ray()
     home = tmp_path_factory.mktemp("mine-planted") / "home"
@@ -158,14 +158,14 @@ def planted(tmp_path_factory):
             logs = list((home / "work").glob("tasks-mine-*/log.jsonl"))
             if logs:
                 logged = [json.loads(x) for x in logs[0].read_text().splitlines() if x.strip()]
-                if sum(x["event"] == "executed" for x in logged) >= 2:
+                if sum(x["event"] == "executed" for x in logged) >= 1:
                     break
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the command, its local Ray and its workers, as a kill -9 of the job
         proc.wait(30)
     before = [x for x in logged if x["event"] == "executed"]
-    assert len(before) >= 2, "the first run logged fewer than two candidates before the deadline"
+    assert before, "the first run logged no candidate before the deadline"
     r = cli(home, *args)
     path, report, tasks = artifact(home, r)
     yield home, path, report, tasks, work_log(home), before
