@@ -225,7 +225,7 @@ class _Worker:
             self.conn.send((request_id, op, args))
         except (OSError, ValueError):
             self.pending.pop(request_id, None)
-            raise WorkerDied(f"environment worker {self.index} is gone") from None
+            raise WorkerDied(f"environment worker {self.index} died (its pipe is closed)") from None
         result = await future
         if isinstance(result, dict) and "__error__" in result:
             raise WorkFailed(f"environment worker {self.index}: {result['__error__']}")
