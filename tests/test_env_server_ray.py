@@ -215,6 +215,13 @@ def test_a_killed_actor_loses_only_its_trajectory_and_its_leftovers_are_swept(cl
             # what a local sandbox of that actor would have left: a working copy labelled with its owner
             leftover = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{socket.gethostname()}:{pid}-"))
             ray.kill(backend.actors["doomed"])
+            from swepost.sandbox.gc import alive
+
+            for _ in range(300):  # ray.kill is asynchronous: an action sent before the process is gone still runs
+                if not alive(pid):
+                    break
+                await asyncio.sleep(0.05)
+            assert not alive(pid), "ray.kill did not stop the actor's process within 15 s"
             with pytest.raises(WorkerDied, match=r"trajectory doomed died \(it was killed by `ray.kill`\)"):
                 await backend.call("doomed", None, search("subprocess"), False, {})
             assert backend.describe()["actor_deaths"] == 1 and "doomed" not in backend.actors
