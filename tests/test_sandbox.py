@@ -253,6 +253,9 @@ def test_sigkill_of_the_parent_then_gc_leaves_nothing(backend, request, swepost)
     try:
         ready = proc.stdout.readline().split()
         assert ready and ready[0] == "READY", ready
+        deadline = time.monotonic() + 15  # under load the engine may show the process a moment later
+        while not host_processes(f"sleep {marker}") and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert host_processes(f"sleep {marker}")
     finally:
         proc.kill()

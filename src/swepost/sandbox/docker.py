@@ -271,11 +271,13 @@ def gc_docker(everything: bool = False, client=None) -> list[str]:
     except WorkFailed:
         return []
     removed = []
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
-        if everything or not owner_alive(c.labels.get("swepost.owner", "")):
+    # the low-level listing: its rows carry the labels, so a container removed meanwhile (by its owner's close or
+    # another gc) is not inspected afterwards -- containers.list() inspects each one and raised NotFound
+    for row in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
+        if everything or not owner_alive((row.get("Labels") or {}).get("swepost.owner", "")):
             try:
-                c.remove(force=True)
-                removed.append(c.name)
+                client.api.remove_container(row["Id"], force=True)
+                removed.append(((row.get("Names") or [row["Id"][:12]])[0]).lstrip("/"))
             except Exception:  # noqa: BLE001 - raced with another gc or the owner's own close
                 pass
     try:  # read-only workdirs' volumes, once their containers are gone
