@@ -46,16 +46,31 @@ def swepost(home):
     return run
 
 
-# Test modules that must not run beside each other on two pytest-xdist workers (`make test` runs `-n 2 --dist
-# loadgroup`): both start a Ray head of their own, and two heads on one machine race for its session folder.
-SERIAL_GROUPS = {"test_env_server_ray.py": "ray", "test_mine.py": "ray"}
+# Tests that must run on one pytest-xdist worker, one after another (`make test` runs `-n 2 --dist loadgroup`):
+# - "ray": both modules start a Ray head of their own, and two heads on one machine race for its session folder;
+# - "network": one test fills docker's address pools, the others that make fenced networks wait for it;
+# - "taught": test_rl's module fixture (an SFT of the tiny model, minutes) is built once, not on each worker.
+SERIAL_GROUPS = {"test_env_server_ray.py": "ray", "test_mine.py": "ray",
+                 "test_sandbox_network.py": "network", "test_codeqa_env.py": "network"}
+FIXTURE_GROUPS = {"taught": "taught"}
 
 
+def xdist_group_of(item) -> str | None:
+    group = SERIAL_GROUPS.get(item.path.name)
+    for fixture, name in FIXTURE_GROUPS.items():
+        if fixture in getattr(item, "fixturenames", ()):
+            group = name
+    return group
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which writes the marks into the node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        group = SERIAL_GROUPS.get(item.path.name)
+        group = xdist_group_of(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    # the long groups first: started last, one of them would keep a worker busy after the other is done
+    items.sort(key=lambda item: xdist_group_of(item) is None)
 
 
 def require_or_skip(reason: str):

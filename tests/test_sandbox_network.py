@@ -5,6 +5,7 @@ Each test names the defence it proves; removing that defence makes it fail.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -15,7 +16,14 @@ from conftest import require_or_skip
 
 from swepost.sandbox.base import Limits, SandboxError
 from swepost.sandbox.docker import DockerSandbox
-from swepost.sandbox.network import ensure_network, parse_allow
+from swepost.sandbox.network import (
+    NETWORK_LABEL,
+    ensure_network,
+    network_name,
+    parse_allow,
+    pools_exhausted,
+    remove_network,
+)
 
 CONNECT = ("python3 -c \"import socket; s=socket.socket(); s.settimeout(1.5)\n"
            "try:\n s.connect(('{host}', {port})); print('CONNECTED')\nexcept OSError as e: print('REFUSED', e)\"")
@@ -73,15 +81,51 @@ def test_host_services_and_metadata_are_fenced_off(base_image, listener):
         assert not connects(box, "172.17.0.1", listener)  # docker0: other containers' gateway
 
 
-def test_an_allowed_address_and_port_is_reachable(base_image, listener):
+def test_an_allowed_address_and_port_is_reachable(base_image, listener, docker_client):
     """Defence: the allow list opens exactly ADDR:PORT (a proxy the user names), not the rest of that host."""
     here = host_address()
-    with DockerSandbox(base_image, limits=Limits(network=True, network_allow=[f"{here}:{listener}"])) as box:
-        assert connects(box, here, listener)
-        with socket.socket() as other:  # a second host service, not in the allow list
-            other.bind(("0.0.0.0", 0))
-            other.listen(1)
-            assert not connects(box, here, other.getsockname()[1])
+    allow = [f"{here}:{listener}"]
+    try:
+        with DockerSandbox(base_image, limits=Limits(network=True, network_allow=allow)) as box:
+            assert connects(box, here, listener)
+            with socket.socket() as other:  # a second host service, not in the allow list
+                other.bind(("0.0.0.0", 0))
+                other.listen(1)
+                assert not connects(box, here, other.getsockname()[1])
+    finally:  # a network per random port: left behind, every run would take one of docker's ~30 address pools
+        removed = remove_network(docker_client, network_name(allow))
+    assert removed
+    chains = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
+    assert "swp-" + hashlib.sha256(network_name(allow).encode()).hexdigest()[:8] not in chains  # rules gone too
+
+
+def test_idle_networks_are_freed_when_docker_runs_out_of_address_pools(base_image, docker_client):
+    """Defence: ensure_network frees swepost's idle networks when docker has no address pool left (the CI
+    failure: one network per allow list, never removed, until a new sandbox could not start)."""
+    fillers = []
+    try:
+        for i in range(64):  # docker's default pools hold about thirty bridges
+            try:
+                fillers.append(docker_client.networks.create(
+                    f"swepost-filler-{os.getpid()}-{i}", driver="bridge",
+                    labels={"swepost.sandbox": "1", NETWORK_LABEL: "1"}))
+            except Exception as e:  # noqa: BLE001 - docker.errors.APIError
+                assert pools_exhausted(e), e
+                break
+        else:
+            pytest.fail("docker never ran out of address pools; this test cannot show the defence")
+        with DockerSandbox(base_image, limits=Limits(network=True, network_allow=["192.0.2.77:9"])) as box:
+            assert box.run("echo up").output.strip() == "up"
+        left = {n.name for n in docker_client.networks.list(filters={"label": f"{NETWORK_LABEL}=1"})}
+        assert not left & {f.name for f in fillers}
+        assert network_name(["192.0.2.77:9"]) in left
+    finally:
+        for net in fillers:
+            try:
+                net.remove()
+            except Exception:  # noqa: BLE001 - freed by the defence already
+                pass
+        remove_network(docker_client, network_name(["192.0.2.77:9"]))
 
 
 def test_without_network_only_loopback(base_image):

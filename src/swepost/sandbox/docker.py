@@ -13,6 +13,7 @@ process in the container can remount it writable.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import queue
@@ -168,26 +169,38 @@ class DockerSandbox(Sandbox):
         lim = self.limits
         opts = {"workdir": self.workdir, "env": self.env, "oom_files": OOM_FILES, "cmd_dir": "/tmp/.swepost",
                 "uid": lim.uid, "disk_roots": DISK_ROOTS, **agent_limits(lim)}
-        try:
-            self.container = self.client.containers.create(
-                self.image,
-                command=["sh", "-c", f'mkdir -p "{self.workdir}" && cd "{self.workdir}" && '
-                         'exec python3 -u -c "$0" "$1"', AGENT_SOURCE, json.dumps(opts)],
-                stdin_open=True, tty=False, init=True, detach=True,
-                network_mode=ensure_network(self.client, lim.network_allow) if lim.network else "none",
-                mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
-                pids_limit=lim.pids, nano_cpus=int(lim.cpus * 1e9),
-                cap_drop=["ALL"], cap_add=AGENT_CAPS, security_opt=["no-new-privileges"],
-                labels=self._labels(), environment={"HOME": "/root", **self.env}, mounts=mounts,
-            )
-            sock = self.container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
-            raw = getattr(sock, "_sock", sock)
-            self.container.start()
-        except Exception as e:  # noqa: BLE001 - docker.errors.* and requests errors alike
-            if isinstance(e, SandboxError):
-                raise
-            raise SandboxError(f"docker sandbox from {self.image!r} did not start: {e}") from None
+        for attempt in (1, 2):
+            try:
+                self.container = self.client.containers.create(
+                    self.image,
+                    command=["sh", "-c", f'mkdir -p "{self.workdir}" && cd "{self.workdir}" && '
+                             'exec python3 -u -c "$0" "$1"', AGENT_SOURCE, json.dumps(opts)],
+                    stdin_open=True, tty=False, init=True, detach=True,
+                    network_mode=ensure_network(self.client, lim.network_allow) if lim.network else "none",
+                    mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
+                    pids_limit=lim.pids, nano_cpus=int(lim.cpus * 1e9),
+                    cap_drop=["ALL"], cap_add=AGENT_CAPS, security_opt=["no-new-privileges"],
+                    labels=self._labels(), environment={"HOME": "/root", **self.env}, mounts=mounts,
+                )
+                sock = self.container.attach_socket(params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+                raw = getattr(sock, "_sock", sock)
+                self.container.start()
+                break
+            except Exception as e:  # noqa: BLE001 - docker.errors.* and requests errors alike
+                if isinstance(e, SandboxError):
+                    raise
+                if attempt == 1 and lim.network and _network_vanished(e):
+                    # another process freed idle networks (docker's pools ran out) between our ensure and start
+                    self._drop_container()
+                    continue
+                raise SandboxError(f"docker sandbox from {self.image!r} did not start: {e}") from None
         return AttachChannel(raw, keepalive=sock)
+
+    def _drop_container(self) -> None:
+        if self.container is not None:
+            with contextlib.suppress(Exception):
+                self.container.remove(force=True)
+            self.container = None
 
     def start(self) -> DockerSandbox:
         super().start()
@@ -306,3 +319,9 @@ def _root_owned_tar(folder: Path) -> bytes:
         for child in sorted(folder.iterdir()):
             tar.add(child, arcname=child.name, filter=root)
     return buf.getvalue()
+
+
+def _network_vanished(error: Exception) -> bool:
+    """A create or start refused because the container's network is gone (removed as idle meanwhile)."""
+    text = str(error).lower()
+    return "network" in text and "not found" in text

@@ -15,7 +15,8 @@ it in `network_allow`. Each distinct allow list gets its own network (`swepost-n
 so one task's allowance is never another's. Rules are checked before inserted, under a file lock, on every
 open. Without iptables (not root, a remote or rootless engine) network is refused, unless
 SWEPOST_UNFENCED_NETWORK=1 says to use docker's default bridge unfenced. `swepost sandbox gc` leaves the
-networks in place (they are cheap); `gc --all` removes idle ones with their rules.
+networks in place (they are cheap); `gc --all` removes idle ones with their rules, and so does ensure_network
+when docker has no address pool left for a new one (docker's defaults hold about thirty bridges).
 """
 
 from __future__ import annotations
@@ -78,9 +79,24 @@ def ensure_network(client, allow: list[str] | None = None) -> str:
                            f"services needs it (set {UNFENCED_ENV}=1 to use docker's unfenced default bridge)")
     bridge = "swp-" + _digest(name)
     with _lock():
-        _ensure_docker_network(client, name, bridge, allow)
+        try:
+            _ensure_docker_network(client, name, bridge, allow)
+        except Exception as e:  # noqa: BLE001 - docker.errors.APIError; the check below says which
+            if not pools_exhausted(e):
+                raise
+            # docker's address pools hold ~30 bridges: free the idle ones other allow lists left, then retry
+            removed = _remove_idle_networks(client, keep=name)
+            if not removed:
+                raise SandboxError(f"docker has no free address pool for network {name!r} and none of "
+                                   "swepost's networks is idle; remove unused docker networks") from None
+            _ensure_docker_network(client, name, bridge, allow)
         _ensure_rules(bridge, allow)
     return name
+
+
+def pools_exhausted(error: Exception) -> bool:
+    """Is this docker's 'no free address pool' refusal (every default /16 and /20 is taken by a network)?"""
+    return "non-overlapping" in str(error) and "address pool" in str(error)
 
 
 def _cannot_fence(client) -> str | None:
@@ -197,7 +213,8 @@ def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def gc_networks(everything: bool = False, client=None) -> list[str]:
     """With everything: remove swepost's networks that no container uses, and their rules. Otherwise none
-    (a network costs nothing and its rules guard only its own bridge)."""
+    (a network costs nothing and its rules guard only its own bridge; ensure_network frees idle ones itself
+    when docker runs out of address pools)."""
     if not everything:
         return []
     from swepost.errors import WorkFailed
@@ -207,18 +224,40 @@ def gc_networks(everything: bool = False, client=None) -> list[str]:
         client = client or docker_client(timeout=30)
     except WorkFailed:
         return []
-    removed = []
-    for net in client.networks.list(filters={"label": f"{NETWORK_LABEL}=1"}):
-        bridge = (net.attrs.get("Options") or {}).get("com.docker.network.bridge.name", "")
+    with _lock():
+        return _remove_idle_networks(client)
+
+
+def remove_network(client, name: str) -> bool:
+    """Remove swepost's network `name` and its rules if no container uses it; False if it is in use or absent."""
+    import docker.errors
+
+    with _lock():
         try:
-            net.remove()
-        except Exception:  # noqa: BLE001 - still in use by a live sandbox: keep it and its rules
-            continue
-        removed.append(net.name)
-        if bridge.startswith("swp-") and shutil.which("iptables"):
-            for chain, parent in ((f"SWEPOST-{bridge[4:]}-F", "DOCKER-USER"), (f"SWEPOST-{bridge[4:]}-I", "INPUT")):
-                while _iptables("-D", parent, "-i", bridge, "-j", chain, check=False).returncode == 0:
-                    pass
-                _iptables("-F", chain, check=False)
-                _iptables("-X", chain, check=False)
-    return removed
+            net = client.networks.get(name)
+        except docker.errors.NotFound:
+            return False
+        if (net.attrs.get("Labels") or {}).get(NETWORK_LABEL) != "1":
+            return False
+        return _remove(net)
+
+
+def _remove_idle_networks(client, keep: str | None = None) -> list[str]:
+    """Under the lock: remove every swepost network but `keep` that no container uses, with its rules."""
+    return [net.name for net in client.networks.list(filters={"label": f"{NETWORK_LABEL}=1"})
+            if net.name != keep and _remove(net)]
+
+
+def _remove(net) -> bool:
+    bridge = (net.attrs.get("Options") or {}).get("com.docker.network.bridge.name", "")
+    try:
+        net.remove()
+    except Exception:  # noqa: BLE001 - still in use by a live sandbox (or gone already): keep its rules
+        return False
+    if bridge.startswith("swp-") and shutil.which("iptables"):
+        for chain, parent in ((f"SWEPOST-{bridge[4:]}-F", "DOCKER-USER"), (f"SWEPOST-{bridge[4:]}-I", "INPUT")):
+            while _iptables("-D", parent, "-i", bridge, "-j", chain, check=False).returncode == 0:
+                pass
+            _iptables("-F", chain, check=False)
+            _iptables("-X", chain, check=False)
+    return True
