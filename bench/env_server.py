@@ -14,7 +14,7 @@ once (VerlTool's batch form). Every request counts as an action (opens and answe
 The server runs on a thread of this process (BackgroundEnvServer); its HTTP clients run in a child process, so
 that their work does not take the server's GIL. Both share the machine's cores.
 
-If the server's accepted connections lack TCP_NODELAY (`swepost.serve.retriever.bind` makes its listening socket
+If the server's accepted connections lack TCP_NODELAY (`swepost.serve.http.bind` makes its listening socket
 with proto 0, so asyncio does not set it), each keep-alive response waits about 40 ms on Nagle and the client's
 delayed ACK. The bench then also runs each backend with a listening socket made with IPPROTO_TCP (`nodelay_patched`,
 a diagnostic of what the one-line fix gives), and skips that once bind is fixed.
@@ -265,7 +265,7 @@ def direct_batch(pool, tasks: dict, qs: list[str], size: int) -> dict:
 # --- the server ----------------------------------------------------------------------------------------------------
 
 def nodelay_bind(host: str, port: int) -> socket.socket:
-    """swepost.serve.retriever.bind's socket, made with proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on every
+    """swepost.serve.http.bind's socket, made with proto IPPROTO_TCP: asyncio then sets TCP_NODELAY on every
     connection it accepts (it checks the socket's proto)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -278,7 +278,7 @@ def nodelay_bind(host: str, port: int) -> socket.socket:
 
 def accepted_sockets_nodelay() -> bool:
     """Whether a connection accepted on the server's socket gets TCP_NODELAY from asyncio."""
-    from swepost.serve.retriever import bind
+    from swepost.serve.http import bind
 
     sock = bind("127.0.0.1", 0)
     try:
@@ -293,7 +293,7 @@ def serving(backend: str, spec, tasks: list, patched: bool):
 
     engine = ThreadBackend(spec) if backend == "threads" else ProcessBackend(spec, 2)
     server = EnvServer(engine, spec, tasks, ServerOptions(max_envs=1024))
-    patch = mock.patch("swepost.serve.retriever.bind", nodelay_bind) if patched else contextlib.nullcontext()
+    patch = mock.patch("swepost.serve.http.bind", nodelay_bind) if patched else contextlib.nullcontext()
     with patch:  # needed only while the server binds
         running = BackgroundEnvServer(server).__enter__()
     try:

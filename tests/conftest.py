@@ -73,6 +73,18 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: xdist_group_of(item) is None)
 
 
+def index_and_import_search(home: Path) -> Path:
+    """The bundled pydocs corpus indexed as `idx` and its questions imported as search tasks `q`, in `home`."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SWEPOST_HOME": str(home)}
+    for args in (["corpus", "index", str(repo / "data" / "pydocs_corpus.jsonl"), "--name", "idx"],
+                 ["tasks", "import", str(repo / "data" / "pydocs_questions.jsonl"), "--kind", "search",
+                  "--name", "q"]):
+        subprocess.run([sys.executable, "-m", "swepost", *args], env=env, cwd=repo, check=True,
+                       capture_output=True, timeout=120)
+    return home
+
+
 def require_or_skip(reason: str):
     """Skip a test that needs docker or bubblewrap; fail instead where SWEPOST_REQUIRE_DOCKER=1 (CI)."""
     if os.environ.get("SWEPOST_REQUIRE_DOCKER") == "1":

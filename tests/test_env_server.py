@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import index_and_import_search
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = REPO_ROOT / "data" / "pydocs_questions.jsonl"
@@ -98,13 +99,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def search_home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("env-server") / "home"
-    env = {**os.environ, "SWEPOST_HOME": str(home)}
-    for args in (["corpus", "index", str(REPO_ROOT / "data" / "pydocs_corpus.jsonl"), "--name", "idx"],
-                 ["tasks", "import", str(QUESTIONS), "--kind", "search", "--name", "q"]):
-        subprocess.run([sys.executable, "-m", "swepost", *args], env=env, cwd=REPO_ROOT, check=True,
-                       capture_output=True, timeout=120)
-    return home
+    return index_and_import_search(tmp_path_factory.mktemp("env-server") / "home")
 
 
 @pytest.fixture(scope="module")
@@ -452,7 +447,7 @@ def test_the_listening_socket_says_tcp_so_replies_are_not_held_by_nagle():
     keep-alive reply (uvicorn writes head and body apart) waited ~40 ms for the client's delayed ACK."""
     import socket
 
-    from swepost.serve.retriever import bind
+    from swepost.serve.http import bind
 
     sock = bind("127.0.0.1", 0)
     try:

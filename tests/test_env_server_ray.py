@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import require_or_skip
+from conftest import index_and_import_search, require_or_skip
 
 from swepost.artifacts import ArtifactStore
 from swepost.errors import BadInput, WorkFailed
@@ -102,13 +102,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def search_home(tmp_path_factory, cluster) -> Path:
     """The bundled corpus indexed and its questions imported as search tasks (while the Ray head boots)."""
-    home = tmp_path_factory.mktemp("env-server-ray") / "home"
-    env = {**os.environ, "SWEPOST_HOME": str(home)}
-    for args in (["corpus", "index", str(REPO_ROOT / "data" / "pydocs_corpus.jsonl"), "--name", "idx"],
-                 ["tasks", "import", str(QUESTIONS), "--kind", "search", "--name", "q"]):
-        subprocess.run([sys.executable, "-m", "swepost", *args], env=env, cwd=REPO_ROOT, check=True,
-                       capture_output=True, timeout=120)
-    return home
+    return index_and_import_search(tmp_path_factory.mktemp("env-server-ray") / "home")
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
 from swepost.sandbox.gc import sweep_dead_owners
 from swepost.serve.envsession import EnvSpec, SessionPool, WorkerDied, error_reply
+from swepost.serve.http import BackgroundServer
 
 MAX_BATCH = 4096  # trajectories in one request (a rollout batch)
 MAX_BODY_BYTES = 64 << 20
@@ -642,78 +643,18 @@ def make_backend(spec: EnvSpec, *, workers: int = 1, ray: str | None = None, con
 def serve_env(server: EnvServer, host: str = "127.0.0.1", port: int = 8000, *,
               on_ready: Callable[[str], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then close every environment and return normally."""
-    from swepost.serve.retriever import bind, url_of
+    from swepost.serve.http import serve_foreground
 
-    app = create_app(server)
-    sock = bind(host, port)
-    uv = _uvicorn(app)
-    stopped: list[int] = []
-    previous = {sig: signal.signal(sig, lambda s, f: stopped.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        if on_ready is not None:
-            uv.config.callback_notify = None
-            _announce_when_started(uv, lambda: on_ready(url_of(sock)))
-        uv.run(sockets=[sock])
-    finally:
-        sock.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if not uv.started:
+    if not serve_foreground(create_app(server), host, port, lifespan=True, on_ready=on_ready):
         raise WorkFailed("the environment server did not start (see the messages above)")
 
 
-def _uvicorn(app):
-    import uvicorn
-
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30, lifespan="on",
-                            timeout_graceful_shutdown=30)
-    return uvicorn.Server(config)
-
-
-def _announce_when_started(uv, announce: Callable[[], None]) -> None:
-    """Call `announce` once uvicorn has run the lifespan startup (the backend is up) and is accepting."""
-    original = uv.startup
-
-    async def startup(sockets=None):
-        await original(sockets=sockets)
-        if uv.started:
-            announce()
-
-    uv.startup = startup
-
-
-class BackgroundEnvServer:
+class BackgroundEnvServer(BackgroundServer):
     """The environment server on a thread of this process (tests, benchmarks, the demo):
     `with BackgroundEnvServer(server) as s: ... s.url`."""
 
+    name = "environment server"
+
     def __init__(self, server: EnvServer, *, host: str = "127.0.0.1", port: int = 0):
-        self.server, self.host, self.port = server, host, port
-        self.url = ""
-        self._uv = None
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-
-    def __enter__(self) -> "BackgroundEnvServer":
-        from swepost.serve.retriever import bind, url_of
-
-        sock = bind(self.host, self.port)
-        self.url = url_of(sock)
-        self._uv = _uvicorn(create_app(self.server))
-        _announce_when_started(self._uv, self._started.set)
-        self._thread = threading.Thread(target=self._run, args=(sock,), name="env-server", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 300
-        while not self._started.wait(0.1):
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise WorkFailed("the environment server did not start")
-        return self
-
-    def _run(self, sock) -> None:
-        try:
-            self._uv.run(sockets=[sock])
-        finally:
-            sock.close()
-
-    def __exit__(self, *exc) -> None:
-        self._uv.should_exit = True
-        self._thread.join(timeout=60)
+        super().__init__(create_app(server), host=host, port=port, lifespan=True)
+        self.server = server

@@ -11,14 +11,13 @@ field; a body over the size cap is a 413.
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime, and the request
 # models are local to create_app (their caps are its arguments), out of reach of string annotations
 import json
-import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from swepost.errors import BadInput
 from swepost.retrieval.documents import Retriever
+from swepost.serve.http import BackgroundServer, serve_foreground
 
 DEFAULT_TOPK = 3  # Search-R1's retrieval_server.py --topk default
 MAX_TOPK = 100
@@ -133,44 +132,11 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": data})
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket: port 0 picks a free one. Bound before the server starts, so its URL can be printed
-    (and connections queue) as soon as it is known."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets whose protocol says TCP, and uvicorn
-    # writes a response's head and body apart, so without it every keep-alive reply waits ~40 ms for a delayed ACK
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise BadInput(f"cannot listen on {host}:{port}: {e.strerror or e}", key="--port") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _uvicorn_server(app):
-    import uvicorn
-
-    # httptools and uvloop when installed (they are dependencies); no access log: thousands of rollouts' requests
-    # per minute are not worth a log line each
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=30, lifespan="off")
-    return uvicorn.Server(config)
-
-
 def serve_retriever(index_path: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
                     default_topk: int = DEFAULT_TOPK, max_topk: int = MAX_TOPK, max_queries: int = MAX_QUERIES,
                     on_ready: Callable[[str, int], None] | None = None) -> None:
     """Open the index, listen, call `on_ready(url, documents)`, and serve until SIGINT or SIGTERM (then return
     normally: a stopped server is not a failure)."""
-    import signal
 
     from swepost.retrieval.index import open_index
 
@@ -181,47 +147,14 @@ def serve_retriever(index_path: str | Path, host: str = "127.0.0.1", port: int =
     except Exception as e:  # a folder that is not an index, a damaged one
         raise BadInput(f"cannot open the index: {e}", file=str(index_path)) from None
     app = create_app(index, default_topk=default_topk, max_topk=max_topk, max_queries=max_queries)
-    sock = bind(host, port)
-    server = _uvicorn_server(app)
-    # uvicorn shuts down gracefully on these signals and then raises them again with the handlers it found:
-    # leave it handlers that only note the stop, so the command ends with exit code 0
-    stopped: list[int] = []
-    previous = {sig: signal.signal(sig, lambda s, f: stopped.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        if on_ready:
-            on_ready(url_of(sock), len(index))
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    serve_foreground(app, host, port, on_ready=None if on_ready is None else lambda url: on_ready(url, len(index)))
 
 
-class BackgroundRetrieverServer:
+class BackgroundRetrieverServer(BackgroundServer):
     """The retriever app served by uvicorn in a thread of this process (tests, the demo, in-process workers):
     `with BackgroundRetrieverServer(index) as server: RetrieverClient(server.url)`."""
 
+    name = "retriever server"
+
     def __init__(self, retriever: Retriever, *, host: str = "127.0.0.1", port: int = 0, **app_options: Any):
-        self.app = create_app(retriever, **app_options)
-        self.host, self.port = host, port
-        self.url = ""
-        self._server = None
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "BackgroundRetrieverServer":
-        sock = bind(self.host, self.port)
-        self.url = url_of(sock)
-        self._server = _uvicorn_server(self.app)
-        self._thread = threading.Thread(target=self._run, args=(sock,), name="retriever-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self, sock: socket.socket) -> None:
-        try:
-            self._server.run(sockets=[sock])
-        finally:
-            sock.close()
-
-    def __exit__(self, *exc) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        super().__init__(create_app(retriever, **app_options), host=host, port=port)
