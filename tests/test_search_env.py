@@ -134,7 +134,7 @@ def test_open_pages_and_find(env):
     ("lookup", {}, MalformedCall, "Unknown tool 'lookup'. Available tools: search, open, find, answer"),
     ("search", {}, MalformedCall, "Parameter `query` is required for search"),
     ("search", {"query": 7}, MalformedCall, "`query` of search must be a string"),
-    ("search", {"query": "x", "k": 3}, MalformedCall, "Unexpected argument\\(s\\) for search: k; it takes: query, "
+    ("search", {"query": "x", "k": 3}, MalformedCall, "Unexpected argument\\(s\\) for search: 'k'; it takes: query, "
      "topk"),
     ("search", '{"query": "x"', MalformedCall, "not valid JSON"),
     ("search", ["x"], MalformedCall, "must be a JSON object"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,36 @@ class MalformedCall(ToolError):
 
 class EnvironmentBroken(Exception):
     """The environment itself broke (sandbox gone): the episode ends with sandbox_error."""
+
+
+def show_value(value: Any, limit: int = 200) -> str:
+    """A short, safe rendering of any argument value for an error message."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a huge int refuses repr; anything else odd likewise
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit // 2] + " ... " + text[-limit // 2:]
+
+
+def tool_arguments(name: str, arguments: Any, allowed: Iterable[str]) -> dict[str, Any]:
+    """A tool call's arguments as a dict: JSON text (or none) parsed, an object required, keys outside `allowed`
+    refused; every refusal a MalformedCall the model reads. An explicit null is an omitted argument."""
+    if arguments is None:
+        arguments = {}
+    if isinstance(arguments, (str, bytes)):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except (ValueError, RecursionError):
+            raise MalformedCall(f"The arguments of {name} are not valid JSON: {show_value(arguments)}") from None
+    if not isinstance(arguments, dict):
+        raise MalformedCall(f"The arguments of {name} must be a JSON object, got {type(arguments).__name__}")
+    allowed = tuple(allowed)
+    extra = [k for k in arguments if k not in allowed]
+    if extra:
+        takes = f"it takes: {', '.join(allowed)}" if allowed else "it takes none"
+        raise MalformedCall(f"Unexpected argument(s) for {name}: {', '.join(show_value(k, 60) for k in extra[:10])}"
+                            f"; {takes}")
+    return {k: v for k, v in arguments.items() if v is not None}
 
 
 @dataclass

@@ -48,6 +48,10 @@ from swepost.envs.base import (
     ask_judge,
     command_observation,
     load_prompt_templates,
+    tool_arguments,
+)
+from swepost.envs.base import (
+    show_value as _show,
 )
 from swepost.errors import BadInput
 from swepost.records import SandboxLimits, Task
@@ -274,7 +278,7 @@ class CodeQAEnvironment:
     def step(self, name: str, arguments: dict[str, Any]) -> Observation:
         if name not in TOOL_ARGS:
             raise MalformedCall(f"Unknown tool {str(name)[:100]!r}. Available tools: {', '.join(TOOL_ARGS)}.")
-        args = _arguments(name, arguments)
+        args = tool_arguments(name, arguments, TOOL_ARGS[name])
         if name == "semantic_search":
             return Observation(self._search(args))
         if name == "view_codebase":
@@ -426,32 +430,6 @@ class CodeQAEnvironment:
 
 
 # --- arguments ------------------------------------------------------------------------------------------------
-def _arguments(name: str, arguments: Any) -> dict[str, Any]:
-    if arguments is None:
-        arguments = {}
-    if isinstance(arguments, (str, bytes)):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except (ValueError, RecursionError):
-            raise MalformedCall(f"The arguments of {name} are not valid JSON: {_show(arguments)}") from None
-    if not isinstance(arguments, dict):
-        raise MalformedCall(f"The arguments of {name} must be a JSON object, got {type(arguments).__name__}")
-    allowed = TOOL_ARGS[name]
-    extra = [k for k in arguments if k not in allowed]
-    if extra:
-        raise MalformedCall(f"Unexpected argument(s) for {name}: {', '.join(_show(k, 60) for k in extra[:10])}; "
-                            f"it takes: {', '.join(allowed)}")
-    return {k: v for k, v in arguments.items() if v is not None}  # an explicit null is an omitted argument
-
-
-def _show(value: Any, limit: int = 200) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - a huge int refuses repr
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit // 2] + " ... " + text[-limit // 2:]
-
-
 def _string(args: dict[str, Any], key: str, tool: str, *, required: bool) -> str | None:
     value = args.get(key)
     if value is None:

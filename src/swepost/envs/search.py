@@ -28,7 +28,6 @@ instead (resolved at `resolved_threshold` of its reward), EM and F1 still record
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from pathlib import Path
@@ -41,6 +40,7 @@ from swepost.envs.base import (
     ToolError,
     ask_judge,
     load_prompt_templates,
+    tool_arguments,
 )
 from swepost.envs.browse import RenderedPage, find_in_text, open_site, paginate
 from swepost.envs.codeqa import shared_judge
@@ -255,7 +255,7 @@ class SearchEnvironment:
         tools = TOOL_ARGS[self.mode]
         if name not in tools:
             raise MalformedCall(f"Unknown tool {str(name)[:100]!r}. Available tools: {', '.join(tools)}.")
-        args = _arguments(name, arguments, tools[name])
+        args = tool_arguments(name, arguments, tools[name])
         if name == "answer":
             return self._answer(args)
         handler = getattr(self, f"_{name}")
@@ -514,23 +514,6 @@ def snippet(text: str, query: str, size: int) -> str:
 
 
 # --- arguments ------------------------------------------------------------------------------------------------
-def _arguments(name: str, arguments: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
-    if arguments is None:
-        arguments = {}
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except (ValueError, RecursionError):
-            raise MalformedCall(f"The arguments of {name} are not valid JSON: {arguments[:200]!r}") from None
-    if not isinstance(arguments, dict):
-        raise MalformedCall(f"The arguments of {name} must be a JSON object, got {type(arguments).__name__}")
-    extra = [str(k)[:60] for k in arguments if k not in allowed]
-    if extra:
-        takes = ", ".join(allowed) or "no arguments"
-        raise MalformedCall(f"Unexpected argument(s) for {name}: {', '.join(extra[:10])}; it takes: {takes}")
-    return {k: v for k, v in arguments.items() if v is not None}  # an explicit null is an omitted argument
-
-
 def _string(args: dict[str, Any], key: str, tool: str) -> str:
     value = args.get(key)
     if value is None:

@@ -37,6 +37,10 @@ from swepost.envs.base import (
     ToolError,
     command_observation,
     load_prompt_templates,
+    tool_arguments,
+)
+from swepost.envs.base import (
+    show_value as _show,
 )
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
@@ -185,15 +189,6 @@ def load_prompts(prompts_dir: str | Path | None = None) -> dict[str, str]:
                                  PROMPT_FIELDS)
 
 
-def _show(value: Any, limit: int = 200) -> str:
-    """A short, safe rendering of any argument value for an error message."""
-    try:
-        text = repr(value)
-    except Exception:  # noqa: BLE001 - a huge int refuses repr; anything else odd likewise
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit // 2] + " ... " + text[-limit // 2:]
-
-
 def _clip(text: str, limit: int = 2000) -> str:
     if len(text) <= limit:
         return text
@@ -274,7 +269,7 @@ class SweEnvironment:
             raise MalformedCall(f"Tool name must be a string, got {_show(name)}")
         if name not in TOOL_ARGS:
             raise MalformedCall(f"Unknown tool {_show(name, 100)}; the tools are: {', '.join(TOOL_ARGS)}")
-        args = self._arguments(name, arguments)
+        args = tool_arguments(name, arguments, TOOL_ARGS[name])
         box = self._live_box()
         try:
             if name == "bash":
@@ -379,26 +374,6 @@ class SweEnvironment:
         if m and not box.closed:
             return ToolError(f"The operation failed: {_clip(m.group(1), 1000)}")
         return EnvironmentBroken(message)
-
-    @staticmethod
-    def _arguments(name: str, arguments: Any) -> dict[str, Any]:
-        if arguments is None:
-            arguments = {}
-        if isinstance(arguments, (str, bytes)):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except (ValueError, RecursionError):
-                raise MalformedCall(f"The arguments of {name} are not valid JSON: {_show(arguments)}") from None
-        if not isinstance(arguments, dict):
-            raise MalformedCall(f"The arguments of {name} must be a JSON object, got {type(arguments).__name__}")
-        allowed = TOOL_ARGS[name]
-        extra = [k for k in arguments if k not in allowed]
-        if extra:
-            takes = f"it takes: {', '.join(allowed)}" if allowed else "it takes none"
-            raise MalformedCall(f"Unexpected argument(s) for {name}: {', '.join(_show(k, 60) for k in extra[:10])}; "
-                            f"{takes}")
-        # an explicit null is the same as leaving an optional argument out
-        return {k: v for k, v in arguments.items() if v is not None}
 
     def _truncate(self, text: str) -> str:
         limit = self.max_observation_chars
