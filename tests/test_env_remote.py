@@ -270,6 +270,9 @@ def test_rl_rollouts_run_in_the_server(pydocs, swepost, store, home, tmp_path):
     assert out["stats"]["rollouts"] == 4 and "sandbox_error" not in out["stats"]["exit_status"], out["stats"]
     assert metrics["swepost_env_opened_total"] == metrics["swepost_env_ended_total"] == "4", metrics
     assert metrics["swepost_env_ungraded_total"] == "0" and metrics["swepost_env_live_environments"] == "0"
+    steps = store.resolve(out["id"]).path / "trajectories" / "step-000001.jsonl"
+    # the server's environment, learnt at reset, not `remote` (RL's gate once read the name before reset)
+    assert {json.loads(line)["environment"] for line in steps.read_text().splitlines()} == {"search"}
 
 
 def test_rft_hands_env_url_to_its_collect_rounds():

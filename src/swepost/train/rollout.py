@@ -317,9 +317,12 @@ class GatedEnvironment:
 
     def __init__(self, env: Environment, gate: threading.Semaphore):
         self.env, self.gate = env, gate
-        self.name = getattr(env, "name", "env")
         self.doing = "waiting to start"  # what the episode was doing, for a cut's message
         self._cut = threading.Event()
+
+    @property
+    def name(self) -> str:  # read through: a remote environment learns its name from the server at reset
+        return getattr(self.env, "name", "env")
 
     def _call(self, doing: str, fn, *args):
         self.doing = f"waiting for a sandbox slot ({doing})"
