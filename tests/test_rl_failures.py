@@ -112,13 +112,14 @@ def score_batch(tok, tasks, rollouts, *, group: int, reward: str = "env"):
     from swepost.train.rl import RolloutFunc, RolloutLog
     from swepost.train.rollout import RolloutStats
 
-    folder = Path(tempfile.mkdtemp(prefix="rl-failures-"))
-    cfg = RlConfig(tasks="x", model="m", reward=reward, num_generations=group)
-    func = RolloutFunc(cfg, list({t.instance_id: t for t in tasks}.values()), RolloutLog(folder, False))
-    func._run = lambda trainer, ids, seed: (rollouts, RolloutStats())
-    trainer = trainer_stand_in(group)
-    out = func([t.instance_id for t in tasks], trainer)
-    rows = [json.loads(line) for line in (folder / "rollouts.jsonl").read_text().splitlines()]
+    with tempfile.TemporaryDirectory(prefix="rl-failures-") as tmp:
+        folder = Path(tmp)
+        cfg = RlConfig(tasks="x", model="m", reward=reward, num_generations=group)
+        func = RolloutFunc(cfg, list({t.instance_id: t for t in tasks}.values()), RolloutLog(folder, False))
+        func._run = lambda trainer, ids, seed: (rollouts, RolloutStats())
+        trainer = trainer_stand_in(group)
+        out = func([t.instance_id for t in tasks], trainer)
+        rows = [json.loads(line) for line in (folder / "rollouts.jsonl").read_text().splitlines()]
     return out, rows, logged_metrics(trainer)
 
 
