@@ -73,16 +73,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: xdist_group_of(item) is None)
 
 
-def index_and_import_search(home: Path) -> Path:
-    """The bundled pydocs corpus indexed as `idx` and its questions imported as search tasks `q`, in `home`."""
+def swepost_in(home: Path, *commands: list[str]) -> Path:
+    """Run each swepost command (a list of arguments) with SWEPOST_HOME=home from the repository's root; `home`."""
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "SWEPOST_HOME": str(home)}
-    for args in (["corpus", "index", str(repo / "data" / "pydocs_corpus.jsonl"), "--name", "idx"],
-                 ["tasks", "import", str(repo / "data" / "pydocs_questions.jsonl"), "--kind", "search",
-                  "--name", "q"]):
-        subprocess.run([sys.executable, "-m", "swepost", *args], env=env, cwd=repo, check=True,
+    for args in commands:
+        subprocess.run([sys.executable, "-m", "swepost", *map(str, args)], env=env, cwd=repo, check=True,
                        capture_output=True, timeout=120)
     return home
+
+
+def index_and_import_search(home: Path) -> Path:
+    """The bundled pydocs corpus indexed as `idx` and its questions imported as search tasks `q`, in `home`."""
+    data = Path(__file__).resolve().parents[1] / "data"
+    return swepost_in(home, ["corpus", "index", data / "pydocs_corpus.jsonl", "--name", "idx"],
+                      ["tasks", "import", data / "pydocs_questions.jsonl", "--kind", "search", "--name", "q"])
 
 
 def require_or_skip(reason: str):

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import index_and_import_search
+from conftest import index_and_import_search, swepost_in
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = REPO_ROOT / "data" / "pydocs_questions.jsonl"
@@ -256,14 +256,9 @@ def containers_of(docker_client, pids: list[int]) -> list[str]:
 
 @pytest.fixture
 def minicalc_home(tmp_path, base_image) -> Path:
-    home = tmp_path / "home"
-    env = {**os.environ, "SWEPOST_HOME": str(home)}
-    for args in (["tasks", "import", str(REPO_ROOT / "data" / "minicalc_tasks.jsonl"), "--name", "mini"],
-                 ["tasks", "import", str(REPO_ROOT / "data" / "minicalc_qa.jsonl"), "--kind", "codeqa",
-                  "--name", "qa"]):
-        subprocess.run([sys.executable, "-m", "swepost", *args], env=env, cwd=REPO_ROOT, check=True,
-                       capture_output=True, timeout=120)
-    return home
+    return swepost_in(tmp_path / "home",
+                      ["tasks", "import", REPO_ROOT / "data" / "minicalc_tasks.jsonl", "--name", "mini"],
+                      ["tasks", "import", REPO_ROOT / "data" / "minicalc_qa.jsonl", "--kind", "codeqa", "--name", "qa"])
 
 
 def fix_actions(task: dict) -> list[str]:
