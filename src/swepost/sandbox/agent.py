@@ -312,15 +312,20 @@ class Shell:
 
     def kill_all(self):
         """SIGKILL every process of the shell's session (background jobs included), and with a sandbox uid of
-        its own, every process of that uid (what left the session with setsid too)."""
-        members = session_members(self.pid)
-        if self.opts.get("switch_uid"):
-            members += uid_members(self.opts["uid"])
-        for pid in members:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        its own, every process of that uid (what left the session with setsid too). Listed and killed again
+        until none is left: a loop killed after its child may fork a new one in between (`for ...; do head ...`)."""
+        for _ in range(200):
+            members = session_members(self.pid)
+            if self.opts.get("switch_uid"):
+                members += uid_members(self.opts["uid"])
+            if not members:
+                break
+            for pid in members:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.002)
         try:
             os.kill(self.pid, signal.SIGKILL)
             _, status = os.waitpid(self.pid, 0)
@@ -429,7 +434,7 @@ def session_members(sid):
         try:
             with open("/proc/%s/stat" % name) as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid:  # field 6 of stat: the session id
+            if int(fields[3]) == sid and fields[0] != "Z":  # fields 6 and 3 of stat: session id, state
                 out.append(int(name))
         except (OSError, IndexError, ValueError):
             pass
@@ -526,9 +531,12 @@ def uid_members(uid):
         if name.isdigit():
             try:
                 with open("/proc/%s/status" % name) as f:
+                    zombie = False
                     for line in f:
-                        if line.startswith("Uid:"):
-                            if int(line.split()[1]) == uid:
+                        if line.startswith("State:"):  # before Uid: in the file
+                            zombie = line.split()[1] == "Z"
+                        elif line.startswith("Uid:"):
+                            if int(line.split()[1]) == uid and not zombie:
                                 out.append(int(name))
                             break
             except (OSError, IndexError, ValueError):
