@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import uuid
 
 import pytest
 from conftest import require_or_skip
@@ -190,13 +191,16 @@ def test_writing_past_the_disk_quota_is_stopped(backend, open_box):
     r = box.run(f"for i in 1 2 3 4; do head -c 30M /dev/zero > {tmp}/f$i; done; echo finished", timeout=60)
     assert r.disk_exceeded and r.exit_code == 153 and "disk quota exceeded" in r.output, r
     assert box.run(f"rm -f {tmp}/f*; echo freed").output == "freed\n"
-    box.run(f"nohup sh -c 'for i in 1 2 3 4 5 6; do head -c 20M /dev/zero > {tmp}/bg$i; sleep 0.5; done' "
-            ">/dev/null 2>&1 &")
+    # a name of this run's own in the writer's argv: the local backend's pgrep sees the whole host, where this
+    # test's docker and bwrap cases may be writing at the same moment on the other xdist worker
+    bg = f"bg{uuid.uuid4().hex[:12]}"
+    box.run(f"nohup sh -c 'for i in 1 2 3 4 5 6; do dd if=/dev/zero of={tmp}/{bg}-$i bs=1M count=20 status=none; "
+            f"sleep 0.5; done' >/dev/null 2>&1 &")
     time.sleep(5)  # the model thinks; the writer is caught between commands
-    r = box.run(f"echo files=$(ls {tmp} | grep -c bg); pgrep -f 'head -c 20M' || echo no-writer")
+    r = box.run(f"echo files=$(ls {tmp} | grep -c {bg}); pgrep -f {bg} || echo no-writer")
     assert "disk quota exceeded" in r.output and "no-writer" in r.output, r.output
     assert int(r.output.split("files=")[1].split()[0]) < 6  # killed before it was done
-    assert box.run(f"rm -f {tmp}/bg*; echo freed").output == "freed\n"  # deleting is always let through
+    assert box.run(f"rm -f {tmp}/{bg}-*; echo freed").output == "freed\n"  # deleting is always let through
 
 
 @pytest.mark.parametrize("backend", ["docker", "bwrap"])
