@@ -222,3 +222,52 @@ def test_executed_verdicts_hold_under_pytest(clones, tmp_path):
             assert bool(improved) == (commit["expect"] not in ("no_improvement", "flaky")), why
             checked.add(commit["expect"])
     assert checked == set(EXECUTED)
+
+
+KILLED_CHECKOUT = """
+import sys
+from pathlib import Path
+from swepost.records import Task
+from swepost.sandbox.repos import checkout
+minicalc = sys.argv[3]
+checkout(Task(instance_id="t", problem_statement="", repo="swepost/minicalc", base_commit=minicalc),
+         sys.argv[1], Path(sys.argv[2]) / "repo")
+"""
+
+
+def test_a_checkout_killed_mid_unbundle_leaves_its_folder_to_sandbox_gc(tmp_path, swepost):
+    """checkout() unbundles the mirror into a temp folder; a kill -9 there skips its cleanup. The folder carries
+    its owner (host:pid), so `swepost sandbox gc` removes it once that process is gone, and only then."""
+    import signal
+    import tempfile
+    import time
+
+    from swepost.sandbox.base import CHECKOUT_PREFIX
+
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    real_git = subprocess.run(["which", "git"], capture_output=True, text=True, check=True).stdout.strip()
+    started = tmp_path / "stalled"
+    # a real git, made slow where checkout unbundles: the moment to kill the process
+    (shim / "git").write_text(f'#!/bin/sh\ncase "$*" in *"clone --quiet --bare"*) touch {started}; sleep 60;; esac\n'
+                              f'exec {real_git} "$@"\n')
+    (shim / "git").chmod(0o755)
+    minicalc = git("bundle", "list-heads", str(BUNDLES / "swepost__minicalc.bundle"), cwd=ROOT).split()[0]
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CHECKOUT, str(BUNDLES), str(tmp_path), minicalc],
+                            env={**os.environ, "PATH": f"{shim}:{os.environ['PATH']}"}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists(), "checkout never reached the unbundle"
+        left = list(Path(tempfile.gettempdir()).glob(f"{CHECKOUT_PREFIX}*:{proc.pid}-*"))
+        assert len(left) == 1, left
+        assert swepost("sandbox", "gc").returncode == 0
+        assert left[0].exists()  # its owner still runs: not gc's to take
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the python process and the stalled git below it
+        proc.wait()
+    assert left[0].exists()  # what kill -9 leaves behind
+    r = swepost("sandbox", "gc")
+    assert r.returncode == 0, r.stderr
+    assert not left[0].exists()

@@ -80,6 +80,11 @@ def run_id() -> str:
     return os.environ.get("SWEPOST_RUN_ID") or uuid.uuid4().hex[:12]
 
 
+# + owner + "-": the temp folders of repo checkouts (and the mirrors they are fetched through), so that
+# `sandbox gc` clears what a killed process left
+CHECKOUT_PREFIX = "swepost-checkout-"
+
+
 def owner() -> str:
     """Who owns a sandbox: host and pid, so `gc` can tell a crashed run's leftovers from live ones."""
     return f"{socket.gethostname()}:{os.getpid()}"

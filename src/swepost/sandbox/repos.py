@@ -15,6 +15,7 @@ from pathlib import Path
 
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import Task
+from swepost.sandbox.base import CHECKOUT_PREFIX, owner
 
 
 def mirror_path(repos: str | Path, repo: str) -> Path:
@@ -46,7 +47,7 @@ def checkout(task: Task, repos: str | Path, dest: str | Path) -> Path:
         raise BadInput(f"{task.instance_id}: needs `repo` and `base_commit` to check out from a mirror")
     source = mirror_path(repos, task.repo)
     dest = Path(dest)
-    with tempfile.TemporaryDirectory(prefix="swepost-mirror-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{CHECKOUT_PREFIX}{owner()}-") as tmp:  # a kill -9 leaves it to gc
         upstream = source
         if source.is_file():  # a bundle: fetching from it would unpack all of it, so it is unbundled first
             upstream = Path(tmp) / "unbundled.git"

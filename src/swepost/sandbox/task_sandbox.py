@@ -15,10 +15,8 @@ from swepost.config import validate
 from swepost.errors import BadInput, WorkFailed
 from swepost.records import SandboxLimits, Task
 from swepost.sandbox import open_sandbox, pick_backend
-from swepost.sandbox.base import Limits, Sandbox, owner, remove_orphan_dirs
+from swepost.sandbox.base import CHECKOUT_PREFIX, Limits, Sandbox, owner, remove_orphan_dirs
 from swepost.sandbox.repos import checkout, mirror_path
-
-CHECKOUT_PREFIX = "swepost-checkout-"  # + owner: `sandbox gc` clears what a killed process left
 
 
 def gc_checkouts(everything: bool = False) -> list[str]:
