@@ -221,6 +221,9 @@ def test_close_leaves_no_process(backend, open_box):
     box = open_box(backend)
     marker = f"{time.time_ns() % 10**9}.{os.getpid()}"
     box.run(f"sleep {marker} &")
+    deadline = time.monotonic() + 10  # `&` returns before the job has exec'd sleep; under load that is a moment
+    while not host_processes(f"sleep {marker}") and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert host_processes(f"sleep {marker}")
     box.close()
     deadline = time.monotonic() + 10
