@@ -94,13 +94,23 @@ def owner_alive(label: str) -> bool:
     host, _, pid = label.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another machine's sandbox: not ours to judge
+    return pid_alive(int(pid))
+
+
+def pid_alive(pid: int) -> bool:
+    """Is the process running? A killed child its parent has not reaped yet (a zombie) is gone: a killed
+    environment-server worker stays one until the server notices, and its sandboxes are orphans already."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def remove_orphan_dirs(prefix: str, everything: bool = False) -> list[str]:

@@ -7,8 +7,9 @@ Ray actor) dies, so a killed worker's sandboxes do not outlive it.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
+
+from swepost.sandbox.base import pid_alive
 
 
 def sweep_dead_owners(pids: list[int] | None = None, wait: float = 10.0) -> int:
@@ -35,13 +36,4 @@ def sweep_dead_owners(pids: list[int] | None = None, wait: float = 10.0) -> int:
 
 def alive(pid: int) -> bool:
     """Is the process running? A killed child not yet reaped (a zombie) is gone for this purpose."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    return True
+    return pid_alive(pid)

@@ -283,9 +283,9 @@ class ProcessBackend:
     async def _restart(self, worker: _Worker) -> None:
         loop = asyncio.get_running_loop()
         pid = worker.process.pid if worker.process is not None else None
+        with contextlib.suppress(Exception):  # reaped first (gc also takes a zombie owner for dead)
+            await loop.run_in_executor(None, worker.process.join, 1)
         await loop.run_in_executor(None, sweep_dead_owners, [pid] if pid else [], 10.0)
-        with contextlib.suppress(Exception):
-            worker.process.join(1)
         while not self._stopping:
             try:
                 await loop.run_in_executor(None, worker.spawn)
