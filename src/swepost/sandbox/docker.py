@@ -170,6 +170,7 @@ class DockerSandbox(Sandbox):
         opts = {"workdir": self.workdir, "env": self.env, "oom_files": OOM_FILES, "cmd_dir": "/tmp/.swepost",
                 "uid": lim.uid, "disk_roots": DISK_ROOTS, **agent_limits(lim)}
         for attempt in (1, 2):
+            sock = None
             try:
                 self.container = self.client.containers.create(
                     self.image,
@@ -191,6 +192,9 @@ class DockerSandbox(Sandbox):
                     raise
                 if attempt == 1 and lim.network and _network_vanished(e):
                     # another process freed idle networks (docker's pools ran out) between our ensure and start
+                    with contextlib.suppress(Exception):
+                        if sock is not None:
+                            sock.close()
                     self._drop_container()
                     continue
                 raise SandboxError(f"docker sandbox from {self.image!r} did not start: {e}") from None

@@ -34,6 +34,4 @@ def sweep_dead_owners(pids: list[int] | None = None, wait: float = 10.0) -> int:
     return removed
 
 
-def alive(pid: int) -> bool:
-    """Is the process running? A killed child not yet reaped (a zombie) is gone for this purpose."""
-    return pid_alive(pid)
+alive = pid_alive  # a zombie (killed, not yet reaped) counts as gone; the name callers and tests use

@@ -137,7 +137,6 @@ def serve_retriever(index_path: str | Path, host: str = "127.0.0.1", port: int =
                     on_ready: Callable[[str, int], None] | None = None) -> None:
     """Open the index, listen, call `on_ready(url, documents)`, and serve until SIGINT or SIGTERM (then return
     normally: a stopped server is not a failure)."""
-
     from swepost.retrieval.index import open_index
 
     try:
